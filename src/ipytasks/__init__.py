@@ -1,0 +1,83 @@
+"""ipytasks: run notebook cells as background tasks.
+
+``%load_ext ipytasks``, then mark cells ``%%parallel`` or ``%%sequential``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from . import api as _api
+from .api import cancel as cancel
+from .api import result as result
+from .api import results as results
+from .api import submit as submit
+from .api import tasks as tasks
+from .api import wait as wait
+from .tasks import TaskCancelled as TaskCancelled
+from .tasks import TaskFailed as TaskFailed
+from .tasks import TaskRecord as TaskRecord
+from .tasks import TaskSkipped as TaskSkipped
+from .tasks import TaskState as TaskState
+
+try:
+    __version__ = version("ipytasks")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = (
+    "cancel",
+    "load_ipython_extension",
+    "result",
+    "results",
+    "submit",
+    "tasks",
+    "unload_ipython_extension",
+    "wait",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskRecord",
+    "TaskSkipped",
+    "TaskState",
+)
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """Install the magics (``%load_ext ipytasks``). Starts nothing until the first task."""
+    from .magics import TaskMagics, await_waiting_cells, await_wait_lines
+
+    if _api._session is not None:
+        return
+    magics = TaskMagics(shell=ip)
+    ip.register_magics(magics)
+    session = _api._Session(ip, {"thread": {"max_threads": magics.max_threads}})
+    if session.in_kernel:
+        ip.input_transformers_cleanup.append(await_waiting_cells)
+        ip.input_transformers_post.append(await_wait_lines)
+    _api._session = session
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """Cancel every task, stop ipytasks' threads, and restore what loading changed."""
+    from .magics import TaskMagics, await_waiting_cells, await_wait_lines
+
+    session = _api._session
+    if session is None:
+        return
+    _api._session = None
+    cancelled = session.close()
+    for hooks, hook in (
+        (ip.input_transformers_cleanup, await_waiting_cells),
+        (ip.input_transformers_post, await_wait_lines),
+    ):
+        while hook in hooks:
+            hooks.remove(hook)
+    manager = ip.magics_manager
+    for kind in ("line", "cell"):
+        for name in [n for n, f in manager.magics[kind].items()
+                     if getattr(f, "__self__", None).__class__ is TaskMagics]:
+            del manager.magics[kind][name]
+    manager.registry.pop("TaskMagics", None)
+    if cancelled:
+        print("ipytasks: cancelled " + ", ".join(r.name for r in cancelled))

@@ -1,0 +1,244 @@
+"""The Python API: what the magics call, and what a user can call directly (DESIGN §4)."""
+
+from __future__ import annotations
+
+import keyword
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from .modes import MODES
+from .output import OutputCapture
+from .scheduler import Scheduler
+from .tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+
+__all__ = ("submit", "wait", "cancel", "result", "results", "tasks")
+
+#: Every task of the session, by name, in submission order.
+tasks = TaskRegistry()
+
+NOT_LOADED = "ipytasks is not loaded: run %load_ext ipytasks first"
+BAD_NAME = "{what} must be a Python identifier, not {value!r}"
+BAD_CHOICE = "{option} must be one of {choices}, not {value!r}"
+BAD_TIMEOUT = "{option} must be a number of seconds greater than 0, not {value!r}"
+NOT_ENDED = "task {name!r} is {state}: %wait {name} first"
+UNKNOWN_TASK = "no task named {name!r} (known: {known})"
+ON_ERROR_CHOICES = ("stop", "continue")
+
+
+class _Session:
+    """What a loaded extension holds for one shell; the scheduler starts on first use."""
+
+    def __init__(self, shell: Any, mode_settings: dict[str, dict[str, Any]]) -> None:
+        self.shell = shell
+        self.mode_settings = mode_settings
+        self.in_kernel = getattr(shell, "kernel", None) is not None
+        self.capture = OutputCapture(shell)
+        self._scheduler: Scheduler | None = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            self.capture.install()
+            echo = None if self.in_kernel else self._echo
+            self._scheduler = Scheduler(
+                self.shell, tasks, mode_settings=self.mode_settings, echo=echo
+            )
+        return self._scheduler
+
+    def _echo(self, name: str, text: str) -> None:
+        stream = self.capture._streams.get(name)
+        target = stream._ipytasks_original if stream is not None else None
+        if target is not None:
+            target.write(text)
+            target.flush()
+
+    def attach_view(self, record: TaskRecord) -> Any:
+        """Give a non-quiet task its view; return what to display (or ``None``)."""
+        if record.options.quiet or record.sink is None:
+            return None
+        from .views import CellView, TextView
+
+        if self.in_kernel:
+            view = CellView(record)
+            record.sink.attach(view)
+            return view.widget
+        record.sink.attach(TextView(record, lambda text: self._echo("stdout", text)))
+        return None
+
+    def close(self) -> list[TaskRecord]:
+        cancelled: list[TaskRecord] = []
+        if self._scheduler is not None:
+            cancelled = self._scheduler.close()
+            self._scheduler = None
+        self.capture.uninstall()
+        tasks._clear()
+        return cancelled
+
+
+_session: _Session | None = None
+
+
+def _current() -> _Session:
+    if _session is None:
+        raise UsageError(NOT_LOADED)
+    return _session
+
+
+def _check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value):
+        raise UsageError(BAD_NAME.format(what=what, value=value))
+    return value
+
+
+def _names(value: str | Iterable[str] | None, option: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(_check_name(item.strip(), f"each {option} target") for item in items if item.strip())
+
+
+def make_options(
+    *,
+    mode: str = "auto",
+    after: str | Iterable[str] | None = (),
+    group: str | None = None,
+    chain: str | None = None,
+    on_error: str = "stop",
+    timeout: float | None = None,
+    wait: bool = False,
+    quiet: bool = False,
+) -> TaskOptions:
+    """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming the bad one."""
+    if mode not in MODES:
+        raise UsageError(BAD_CHOICE.format(option="--mode", choices="|".join(MODES), value=mode))
+    if on_error not in ON_ERROR_CHOICES:
+        raise UsageError(
+            BAD_CHOICE.format(option="--on-error", choices="|".join(ON_ERROR_CHOICES), value=on_error)
+        )
+    if timeout is not None:
+        try:
+            ok = float(timeout) > 0 and math.isfinite(float(timeout))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(BAD_TIMEOUT.format(option="--timeout", value=timeout))
+        timeout = float(timeout)
+    return TaskOptions(
+        mode=mode,
+        after=_names(after, "--after"),
+        group=_check_name(group, "--group") if group is not None else None,
+        chain=_check_name(chain, "--chain") if chain is not None else None,
+        on_error=on_error,
+        timeout=timeout,
+        wait=bool(wait),
+        quiet=bool(quiet),
+    )
+
+
+def submit(code: str, name: str | None = None, **options: Any) -> TaskRecord:
+    """Run ``code`` as a background task and return its record at once.
+
+    Takes the options of ``%%parallel`` as keyword arguments (``mode``, ``after``,
+    ``group``, ``chain``, ``on_error``, ``timeout``, ``wait``, ``quiet``); a
+    ``chain`` makes it a ``%%sequential`` task of that chain. The task is shown in
+    the current cell unless ``quiet``. With ``wait=True`` it blocks until the task
+    ends, which is only possible off the event loop: in a notebook cell, use
+    ``await ipytasks.wait(name)`` instead.
+
+    :raises UsageError: a bad option, a busy name, an unknown ``after`` target.
+    :raises SyntaxError: ``code`` does not parse; no task is created.
+    """
+    return _submit(code, name, options, number=0)
+
+
+def _submit(
+    code: str, name: str | None, options: dict[str, Any], *, number: int, display: bool = True
+) -> TaskRecord:
+    session = _current()
+    opts = make_options(**options)
+    scheduler = session.scheduler
+    name = _check_name(name, "NAME") if name is not None else scheduler.next_default_name()
+    if opts.wait and scheduler.on_loop_thread():
+        raise UsageError(
+            "wait=True would block the event loop the task runs on: "
+            f"submit it, then `await ipytasks.wait({name!r})`"
+        )
+    shown: list[Any] = []
+    record = scheduler.submit(
+        code, name, opts, number=number, attach=lambda r: shown.append(session.attach_view(r))
+    )
+    if display and shown and shown[0] is not None:
+        from IPython.display import display as show
+
+        show(shown[0])
+    if opts.wait:
+        scheduler.run_blocking(scheduler.wait([record]))
+    return record
+
+
+async def wait(*targets: str, timeout: float | None = None) -> None:
+    """Wait until the named tasks or groups (default: all) have ended.
+
+    Other tasks keep running meanwhile, and cancelling the wait (the kernel's
+    interrupt) ends only the wait.
+
+    :raises TaskFailed: listing every awaited task that failed, timed out or was
+        skipped, each with its traceback.
+    :raises TimeoutError: ``timeout`` seconds passed first; the tasks keep running.
+    """
+    scheduler = _current().scheduler
+    records = scheduler.resolve(targets, "wait")
+    await scheduler.await_on_loop(scheduler.wait(records, timeout))
+
+
+def wait_blocking(*targets: str, timeout: float | None = None) -> None:
+    """:func:`wait`, blocking this thread; only off the scheduler's loop thread."""
+    scheduler = _current().scheduler
+    records = scheduler.resolve(targets, "wait")
+    scheduler.run_blocking(scheduler.wait(records, timeout))
+
+
+def cancel(*targets: str, all: bool = False) -> list[str]:  # noqa: A002 - mirrors %cancel --all
+    """Cancel the named tasks or groups (or every task with ``all=True``).
+
+    A pending task never starts; a running body is stopped (DESIGN §5). Returns
+    the names of the tasks that were cancelled.
+    """
+    if not targets and not all:
+        raise UsageError("name the tasks or groups to cancel, or use --all")
+    scheduler = _current().scheduler
+    records = scheduler.resolve(() if all else targets, "cancel")
+    return [r.name for r in scheduler.cancel(records)]
+
+
+def _record(name: str) -> TaskRecord:
+    record = tasks.get(name)
+    if record is None:
+        raise UsageError(UNKNOWN_TASK.format(name=name, known=", ".join(tasks) or "none yet"))
+    return record
+
+
+def result(name: str) -> Any:
+    """The value of the task's last expression; or its error, raised.
+
+    :raises UsageError: no such task, or it has not ended yet.
+    """
+    record = _record(name)
+    if not record.state.ended:
+        raise UsageError(NOT_ENDED.format(name=name, state=record.state))
+    if record.state is TaskState.DONE:
+        return record.result
+    assert record.error is not None
+    raise record.error
+
+
+def results(group: str | None = None) -> dict[str, Any]:
+    """Results of the tasks that are done, by name (of ``group`` only, if given)."""
+    return {
+        name: record.result
+        for name, record in tasks.items()
+        if record.state is TaskState.DONE and (group is None or record.options.group == group)
+    }

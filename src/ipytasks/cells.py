@@ -1,0 +1,96 @@
+"""Turning a cell's text into code a task can run.
+
+A cell goes through IPython's own input transformations first (so ``%time``,
+``!cmd`` and ``%wait`` work inside a task), then is split like IPython splits a
+cell: the statements, and the last expression whose value is the task's result.
+Both parts are compiled with top-level ``await`` allowed; a cell that uses it
+compiles to coroutines and runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import dataclass
+from types import CodeType
+from typing import Any
+
+__all__ = ("CompiledCell", "compile_cell")
+
+_TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledCell:
+    """A cell ready to run: the statements, the last expression, and what it needs."""
+
+    source: str
+    transformed: str
+    filename: str
+    tree: ast.Module
+    body: CodeType | None
+    last: CodeType | None
+    is_async: bool
+    quiet_result: bool
+
+    async def run_async(self, namespace: dict[str, Any]) -> Any:
+        """Run the cell in ``namespace`` on the current event loop; return its last value."""
+        for code in (self.body, self.last):
+            if code is None:
+                continue
+            value = eval(code, namespace)  # noqa: S307 - running the user's own cell
+            if code.co_flags & inspect.CO_COROUTINE:
+                value = await value
+        return value if self.last is not None else None
+
+    def run_sync(self, namespace: dict[str, Any]) -> Any:
+        """Run a cell without top-level ``await`` in ``namespace``; return its last value."""
+        value = None
+        if self.body is not None:
+            exec(self.body, namespace)  # noqa: S102 - running the user's own cell
+        if self.last is not None:
+            value = eval(self.last, namespace)  # noqa: S307
+        return value
+
+
+def compile_cell(shell: Any, source: str, number: int = 0) -> CompiledCell:
+    """Transform and compile ``source`` the way IPython would run it as cell ``number``.
+
+    :raises SyntaxError: if the transformed cell does not parse; the error points
+        at the line of the cell.
+    """
+    transformed = shell.transform_cell(source)
+    # IPython's caching compiler registers the source with linecache, so tracebacks
+    # show the cell's lines (and "Cell In[n]" for the submitting cell).
+    filename = shell.compile.cache(transformed, number, raw_code=source)
+    flags = shell.compile.flags | _TOP_LEVEL_AWAIT
+    tree = compile(transformed, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+
+    body_nodes = list(tree.body)
+    last_node = None
+    if body_nodes and isinstance(body_nodes[-1], ast.Expr):
+        last_node = body_nodes.pop()
+
+    body = None
+    if body_nodes:
+        body = compile(
+            ast.Module(body=body_nodes, type_ignores=[]), filename, "exec", flags, dont_inherit=True
+        )
+    last = None
+    if last_node is not None:
+        last = compile(
+            ast.Expression(body=last_node.value), filename, "eval", flags, dont_inherit=True
+        )
+    is_async = any(
+        code is not None and bool(code.co_flags & inspect.CO_COROUTINE) for code in (body, last)
+    )
+    return CompiledCell(
+        source=source,
+        transformed=transformed,
+        filename=filename,
+        tree=tree,
+        body=body,
+        last=last,
+        is_async=is_async,
+        quiet_result=source.rstrip().endswith(";"),
+    )

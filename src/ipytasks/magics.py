@@ -1,0 +1,344 @@
+"""The magics: parse a line, call the API (DESIGN §3–§4).
+
+In a kernel, ``%wait`` lines and ``%%parallel … --wait`` cells are rewritten by an
+input transformer into an ``await`` of the API, so IPython runs the cell as an
+``await`` cell on the kernel's loop: the tasks keep running while it waits, and
+the kernel's interrupt cancels only the wait. Blocking in a synchronous magic
+instead would need a nested loop run, which lets the interrupt land inside a
+background task (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from IPython.core import magic_arguments
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from traitlets import Int
+
+from . import api
+from .modes import MODES
+from .tasks import TaskFailed
+
+__all__ = ("TaskMagics",)
+
+
+def task_args(f: Any) -> Any:
+    """The options ``%%parallel`` and ``%%sequential`` share."""
+    decorators = [
+        magic_arguments.argument(
+            "name", nargs="?", default=None, metavar="NAME",
+            help="Task name, a Python identifier. Default: the cell's number (cell7).",
+        ),
+        magic_arguments.argument(
+            "--after", metavar="A,B", default=None,
+            help="Start only after these tasks or groups have ended.",
+        ),
+        magic_arguments.argument(
+            "-g", "--group", metavar="G", default=None,
+            help="Group label, for %%wait, %%cancel and --after.",
+        ),
+        magic_arguments.argument(
+            "--on-error", dest="on_error", choices=api.ON_ERROR_CHOICES, default="stop",
+            help="When a task this one waits for did not succeed: 'stop' (default) "
+            "marks this one skipped, 'continue' runs it anyway.",
+        ),
+        magic_arguments.argument(
+            "--mode", choices=MODES, default="auto",
+            help="Where the body runs: 'async' on the kernel's event loop, 'thread' in a "
+            "worker thread; 'auto' (default) picks async when the cell has a top-level "
+            "await, else thread.",
+        ),
+        magic_arguments.argument(
+            "--thread", dest="mode", action="store_const", const="thread",
+            help="Short for --mode thread.",
+        ),
+        magic_arguments.argument(
+            "--timeout", metavar="S", type=float, default=None,
+            help="Stop the body after S seconds; the task ends as timed_out.",
+        ),
+        magic_arguments.argument(
+            "--wait", action="store_true",
+            help="Block this cell until the task ends (output shows live); "
+            "other tasks keep running.",
+        ),
+        magic_arguments.argument(
+            "--quiet", action="store_true",
+            help="No status line or output area in the cell; output is still kept.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def _chain_arg(f: Any) -> Any:
+    return magic_arguments.argument(
+        "--chain", metavar="C", default="main",
+        help="The chain to append to (default 'main'); a chain runs its tasks in order.",
+    )(f)
+
+
+def _syntax_message(magic: str, exc: SyntaxError) -> str:
+    where = f"line {exc.lineno}" if exc.lineno else "the cell"
+    text = f"%%{magic}: no task created, {type(exc).__name__} on {where} of the cell: {exc.msg}"
+    if exc.text:
+        code = exc.text.rstrip("\n")
+        stripped = code.lstrip()
+        caret = max((exc.offset or 1) - 1 - (len(code) - len(stripped)), 0)
+        text += f"\n    {stripped}\n    {' ' * caret}^"
+    return text
+
+
+def _without_traceback(exc: BaseException) -> BaseException:
+    # The error lists the tasks' own tracebacks; the frames of the wait are noise.
+    return exc.with_traceback(None)
+
+
+def _parse(magic: Any, line: str) -> Any:
+    try:
+        return magic_arguments.parse_argstring(magic, line)
+    except UsageError as exc:
+        raise UsageError(f"%%{magic.__name__}: {exc}") from None
+
+
+@magics_class
+class TaskMagics(Magics):
+    """``%%parallel``, ``%%sequential``, ``%wait``, ``%cancel``, ``%result``, ``%tasks``."""
+
+    max_threads = Int(
+        40, help="How many thread-mode bodies may run at once (the worker-thread pool's size)."
+    ).tag(config=True)
+
+    def _task_options(self, args: Any, chain: str | None) -> tuple[str | None, dict[str, Any]]:
+        options = dict(
+            mode=args.mode,
+            after=args.after,
+            group=args.group,
+            chain=chain,
+            on_error=args.on_error,
+            timeout=args.timeout,
+            wait=args.wait,
+            quiet=args.quiet,
+        )
+        return args.name, options
+
+    def _default_name(self) -> str:
+        if getattr(self.shell, "kernel", None) is not None:
+            return f"cell{self.shell.execution_count}"
+        return api._current().scheduler.next_default_name()
+
+    def submit_cell(self, magic: str, line: str, cell: str) -> api.TaskRecord:
+        """Parse a ``%%parallel``/``%%sequential`` line and submit ``cell``."""
+        method = getattr(self, magic)
+        args = _parse(method, line)
+        name, options = self._task_options(args, args.chain if magic == "sequential" else None)
+        api._current()
+        try:
+            return api._submit(
+                cell,
+                name if name is not None else self._default_name(),
+                options,
+                number=self.shell.execution_count,
+            )
+        except SyntaxError as exc:
+            # Reported as a usage error: the shell then shows the message alone,
+            # not the stack of the magic machinery above the user's line.
+            raise UsageError(_syntax_message(magic, exc)) from None
+
+    @magic_arguments.magic_arguments()
+    @task_args
+    @cell_magic
+    def parallel(self, line: str, cell: str) -> None:
+        """Run the cell as a background task, concurrently with other tasks.
+
+        The cell returns at once and its code runs in the background: on the
+        kernel's event loop when it uses top-level ``await``, else in a worker
+        thread, in the notebook's own namespace. The cell shows a live status line
+        above the task's own output area, where everything the task prints or
+        displays, its result and its traceback land.
+
+        Examples
+        --------
+        ::
+
+            In [2]: %%parallel fetch
+               ...: await asyncio.sleep(1)
+               ...: rows = [1, 2, 3]
+               ...: len(rows)
+            ✔ fetch done in 1.00s
+            3
+        """
+        self.submit_cell("parallel", line, cell)
+
+    @magic_arguments.magic_arguments()
+    @task_args
+    @_chain_arg
+    @cell_magic
+    def sequential(self, line: str, cell: str) -> None:
+        """Run the cell as a background task after the previous task of its chain.
+
+        Like ``%%parallel``, but the task starts only once the task submitted
+        before it to the same chain (``--chain``, default ``main``) has ended;
+        with ``--on-error stop`` (the default) it is skipped if that one did not
+        succeed.
+
+        Examples
+        --------
+        ::
+
+            In [3]: %%sequential parse
+               ...: table = [r * 2 for r in rows]
+            ✔ parse done in 0.01s
+        """
+        self.submit_cell("sequential", line, cell)
+
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument(
+        "targets", nargs="*", metavar="TARGET", help="Task names or groups (default: all tasks)."
+    )
+    @magic_arguments.argument(
+        "--timeout", metavar="S", type=float, default=None,
+        help="Give up waiting after S seconds (the tasks keep running).",
+    )
+    @line_magic
+    def wait(self, line: str) -> None:
+        """Block until tasks end; raise one error listing every task that failed.
+
+        Other tasks keep running while this cell waits, and interrupting the
+        kernel ends only the wait. In a notebook a ``%wait`` line makes its cell
+        an ``await`` cell; from a thread or a terminal it blocks.
+
+        Examples
+        --------
+        ::
+
+            In [4]: %wait fetch parse
+        """
+        __tracebackhide__ = True
+        args = _parse(self.wait, line)
+        try:
+            api.wait_blocking(*args.targets, timeout=args.timeout)
+        except (TaskFailed, TimeoutError) as exc:
+            raise _without_traceback(exc) from None
+
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument("targets", nargs="*", metavar="TARGET", help="Task names or groups.")
+    @magic_arguments.argument("--all", action="store_true", help="Cancel every unfinished task.")
+    @line_magic
+    def cancel(self, line: str) -> None:
+        """Cancel tasks: pending ones never start, running bodies are stopped.
+
+        An async body is cancelled at its next ``await``; a thread body at its
+        next Python instruction (a C call that blocks finishes first).
+
+        Examples
+        --------
+        ::
+
+            In [5]: %cancel fetch
+            cancelled: fetch
+        """
+        args = _parse(self.cancel, line)
+        names = api.cancel(*args.targets, all=args.all)
+        print("cancelled: " + (", ".join(names) if names else "nothing (all had ended)"))
+
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument("name", metavar="NAME", help="The task's name.")
+    @line_magic
+    def result(self, line: str) -> Any:
+        """Return a task's result (its last expression's value), or raise its error.
+
+        Examples
+        --------
+        ::
+
+            In [6]: %result fetch
+            Out[6]: 3
+        """
+        args = _parse(self.result, line)
+        return api.result(args.name)
+
+    @line_magic
+    def tasks(self, line: str) -> None:
+        """Print a table of every task: state, mode, timings, attempts, what it waits for.
+
+        Examples
+        --------
+        ::
+
+            In [7]: %tasks
+        """
+        from .views import table
+
+        print(table(api.tasks.values()))
+
+
+# A %wait line, after IPython turned it into a call of the magic.
+_WAIT_LINE = re.compile(r"^(?P<indent>\s*)get_ipython\(\)\.run_line_magic\('wait', (?P<arg>.*)\)\s*$")
+_TASK_CELL = re.compile(r"^%%(?P<magic>parallel|sequential)(?P<line>(\s.*)?)$")
+
+
+def await_wait_lines(lines: list[str]) -> list[str]:
+    """Input transformer (post): make each ``%wait`` line an ``await`` of the API."""
+    out = []
+    for text in lines:
+        match = _WAIT_LINE.match(text)
+        if match:
+            text = (
+                f"{match['indent']}await __import__('ipytasks').magics.awaited_wait("
+                f"{match['arg']})\n"
+            )
+        out.append(text)
+    return out
+
+
+def await_waiting_cells(lines: list[str]) -> list[str]:
+    """Input transformer (cleanup): a ``%%parallel … --wait`` cell becomes an ``await``."""
+    if not lines:
+        return lines
+    match = _TASK_CELL.match(lines[0].rstrip("\n"))
+    if match is None:
+        return lines
+    try:
+        words = shlex.split(match["line"])
+    except ValueError:
+        return lines  # let the magic report the bad line
+    if "--wait" not in words:
+        return lines
+    cell = "".join(lines[1:])
+    return [
+        f"await __import__('ipytasks').magics.awaited_cell({match['magic']!r}, "
+        f"{match['line'].strip()!r}, {cell!r})\n"
+    ]
+
+
+def _magics() -> TaskMagics:
+    session = api._current()
+    return session.shell.magics_manager.registry["TaskMagics"]
+
+
+async def awaited_wait(line: str) -> None:
+    """What a ``%wait`` line runs in a notebook: the magic, awaited on the kernel's loop."""
+    __tracebackhide__ = True
+    magics = _magics()
+    args = _parse(magics.wait, line)
+    try:
+        await api.wait(*args.targets, timeout=args.timeout)
+    except (TaskFailed, TimeoutError) as exc:
+        raise _without_traceback(exc) from None
+
+
+async def awaited_cell(magic: str, line: str, cell: str) -> None:
+    """What a ``%%parallel … --wait`` cell runs in a notebook: submit, then await the end."""
+    magics = _magics()
+    line = " ".join(w for w in shlex.split(line) if w != "--wait")
+    record = magics.submit_cell(magic, line, cell)
+    __tracebackhide__ = True
+    try:
+        await api.wait(record.name)
+    except TaskFailed as exc:
+        raise _without_traceback(exc) from None

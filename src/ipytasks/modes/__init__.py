@@ -1,0 +1,22 @@
+"""Run modes: where a task body runs (DESIGN §5).
+
+Each mode lives in ``modes/_<name>.py`` and exposes ``mode_class``; a mode's
+module is imported only when a task first uses it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .abc import Mode
+
+__all__ = ("MODES", "Mode", "get_mode_class")
+
+#: What ``--mode`` accepts. ``auto`` resolves to ``async`` or ``thread`` per cell.
+MODES = ("auto", "async", "thread")
+
+
+def get_mode_class(name: str) -> type[Mode]:
+    """The class implementing mode ``name`` (one of :data:`MODES` but ``auto``)."""
+    module = import_module(f"ipytasks.modes._{name}")
+    return module.mode_class

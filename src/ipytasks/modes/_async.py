@@ -1,0 +1,26 @@
+"""async mode: the body runs as a coroutine on the scheduler's event loop (DESIGN §5.1)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .abc import Mode
+
+if TYPE_CHECKING:
+    from ..tasks import TaskRecord
+
+
+class AsyncMode(Mode):
+    """Run the cell on the loop itself, in the notebook's namespace.
+
+    Cancel and timeout cancel the coroutine, as they would any asyncio task.
+    """
+
+    name = "async"
+
+    async def run(self, task: TaskRecord) -> Any:
+        assert task.cell is not None
+        return await task.cell.run_async(self.shell.user_ns)
+
+
+mode_class = AsyncMode

@@ -1,0 +1,498 @@
+"""The scheduler: registers tasks, orders them, runs each through its mode, ends it.
+
+All of the scheduler's state changes on one event loop thread: the kernel's own
+loop in a kernel (where the magics already run), or a loop of ipytasks' own in a
+daemon thread where no loop runs between cells (terminal IPython, a script).
+Calls from other threads hop onto the loop (:meth:`_LoopHost.call`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextvars
+import itertools
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+from IPython.core.error import UsageError
+
+from .cells import CompiledCell, compile_cell
+from .modes import Mode, get_mode_class
+from .output import TaskOutput, current_output
+from .tasks import (
+    TaskCancelled,
+    TaskFailed,
+    TaskOptions,
+    TaskRecord,
+    TaskRegistry,
+    TaskSkipped,
+    TaskState,
+)
+
+__all__ = ("Scheduler",)
+
+T = TypeVar("T")
+
+TASK_BUSY = "task {name!r} is {state}: %cancel {name} first, or give this cell another NAME"
+UNKNOWN_TARGET = "{option}: no task or group named {target!r} (known: {known})"
+SELF_CYCLE = "cycle: task {name!r} cannot wait for itself ({option} {name})"
+ASYNC_IN_THREAD = (
+    "task {name!r}: the cell uses top-level await, which runs only on the event loop; "
+    "use --mode async (or auto) instead of --mode thread"
+)
+OWN_LOOP_NOTICE = (
+    "ipytasks: no event loop runs between cells here, so tasks run on a loop of their own "
+    "in a background thread. Objects made in `await` cells belong to IPython's loop and "
+    "cannot be awaited in async tasks.\n"
+)
+SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
+
+#: Upstream states that let a task run under --on-error stop.
+_SUCCESS = TaskState.DONE
+#: How often running tasks' elapsed times tick in their status lines.
+TICK_INTERVAL = 0.5
+
+
+class _LoopHost:
+    """The event loop tasks run on, and a way to call into it from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.own_thread: threading.Thread | None = None
+        if loop is None:
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            self.own_thread = threading.Thread(target=run, name="ipytasks-loop", daemon=True)
+            self.own_thread.start()
+            ready.wait(10)
+            self.thread_ident = self.own_thread.ident
+        else:
+            self.thread_ident = threading.get_ident()
+        self.loop = loop
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self.thread_ident
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the loop thread and return its value (or raise its error)."""
+        if self.on_loop_thread():
+            return fn(*args)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result()
+
+    def run_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Block this (non-loop) thread until ``coro`` ends on the loop.
+
+        Ctrl-C (or any error here) cancels ``coro`` and re-raises: it ends the wait only.
+        """
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        if self.own_thread is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.own_thread.join(5)
+
+
+class Scheduler:
+    """Owns every task of a session: registration, order, running and ending.
+
+    :param shell: the IPython shell whose namespace the tasks use.
+    :param loop: the running loop to use; ``None`` picks the kernel's running loop
+        when there is a kernel, and otherwise starts a loop of its own in a thread.
+    :param mode_settings: keyword arguments for each mode's constructor, by mode name.
+    :param echo: receives every task's stream text as it comes (a terminal).
+    """
+
+    def __init__(
+        self,
+        shell: Any,
+        registry: TaskRegistry,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        mode_settings: dict[str, dict[str, Any]] | None = None,
+        echo: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.shell = shell
+        self.tasks = registry
+        self._mode_settings = mode_settings or {}
+        self._echo = echo
+        if loop is None and getattr(shell, "kernel", None) is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        self.own_loop = loop is None
+        self._host = _LoopHost(loop)
+        if self.own_loop:
+            sys.stderr.write(OWN_LOOP_NOTICE)
+        self._modes: dict[str, Mode] = {}
+        self._chains: dict[str, TaskRecord] = {}
+        self._numbers = itertools.count(1)
+        self._ticking: set[TaskRecord] = set()
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._closed = False
+        atexit.register(self._at_exit)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._host.loop
+
+    # -- submitting -------------------------------------------------------------------
+
+    def next_default_name(self) -> str:
+        """A fresh ``taskN`` name for a submission that gave none."""
+        while True:
+            name = f"task{next(self._numbers)}"
+            if name not in self.tasks:
+                return name
+
+    def submit(
+        self,
+        source: str,
+        name: str,
+        options: TaskOptions,
+        *,
+        number: int = 0,
+        attach: Callable[[TaskRecord], None] | None = None,
+    ) -> TaskRecord:
+        """Register ``source`` as task ``name`` and start driving it; return its record.
+
+        ``attach`` is called with the record on the loop thread before the task can
+        start, to give it views.
+
+        :raises SyntaxError: the cell does not parse (no task is created).
+        :raises UsageError: a name that is busy, an unknown ``--after`` target, a cycle.
+        """
+        cell = compile_cell(self.shell, source, number)
+        mode = options.mode
+        if mode == "auto":
+            mode = "async" if cell.is_async else "thread"
+        elif mode == "thread" and cell.is_async:
+            raise UsageError(ASYNC_IN_THREAD.format(name=name))
+        return self._host.call(self._register, source, name, options, cell, mode, attach)
+
+    def _register(
+        self,
+        source: str,
+        name: str,
+        options: TaskOptions,
+        cell: CompiledCell,
+        mode: str,
+        attach: Callable[[TaskRecord], None] | None,
+    ) -> TaskRecord:
+        if self._closed:
+            raise UsageError("ipytasks is unloaded: %load_ext ipytasks to submit tasks again")
+        existing = self.tasks.get(name)
+        if existing is not None and not existing.state.ended:
+            raise UsageError(TASK_BUSY.format(name=name, state=existing.state))
+        upstream: dict[TaskRecord, str] = {}
+        for target in options.after:
+            if target == name:
+                raise UsageError(SELF_CYCLE.format(name=name, option="--after"))
+            for record in self._resolve(target, "--after"):
+                upstream.setdefault(record, "after")
+        if options.chain is not None:
+            previous = self._chains.get(options.chain)
+            if previous is not None:
+                upstream.setdefault(previous, f"chain {options.chain}")
+
+        record = TaskRecord(
+            name=name,
+            source=source,
+            options=options,
+            cell=cell,
+            mode=mode,
+            waits_for=tuple(r.name for r in upstream),
+            reasons={r.name: why for r, why in upstream.items()},
+            upstream=tuple(upstream),
+        )
+        record.sink = TaskOutput(self.loop, self._echo)
+        record.sink.owner = record
+        record._ended_event = asyncio.Event()
+        self.tasks._add(record)
+        if options.chain is not None:
+            self._chains[options.chain] = record
+        if attach is not None:
+            attach(record)
+        # A fresh context per task: the output variable set inside it stays its own.
+        record._runner = self.loop.create_task(
+            self._drive(record), name=f"ipytasks:{name}", context=contextvars.copy_context()
+        )
+        return record
+
+    def _resolve(self, target: str, option: str) -> list[TaskRecord]:
+        """The records a name or group stands for (the latest record of each name)."""
+        record = self.tasks.get(target)
+        if record is not None:
+            return [record]
+        members = [r for r in self.tasks.values() if r.options.group == target]
+        if members:
+            return members
+        known = ", ".join(self.tasks) or "none yet"
+        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target, known=known))
+
+    def resolve(self, targets: Iterable[str], option: str) -> list[TaskRecord]:
+        """Records for names and groups, in submission order, each once; all if empty."""
+        targets = list(targets)
+        if not targets:
+            return list(self.tasks.values())
+        found: dict[TaskRecord, None] = {}
+        for target in targets:
+            for record in self._resolve(target, option):
+                found[record] = None
+        return list(found)
+
+    # -- running ----------------------------------------------------------------------
+
+    async def _drive(self, record: TaskRecord) -> None:
+        """The life of one task. Nothing may escape: an error here would reach the loop."""
+        current_output.set(record.sink)
+        try:
+            for upstream in record.upstream:
+                await upstream._ended_event.wait()
+            if record.options.on_error == "stop":
+                bad = [u for u in record.upstream if u.state != _SUCCESS]
+                if bad:
+                    why = ", ".join(f"{u.name!r} {u.state}" for u in bad)
+                    self._end(record, TaskState.SKIPPED, error=TaskSkipped(f"upstream {why}"))
+                    return
+            await self._run(record)
+        except asyncio.CancelledError:
+            self._end(record, TaskState.CANCELLED, error=TaskCancelled(f"task {record.name!r} was cancelled"))
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit included
+            self._end(record, TaskState.FAILED, error=exc)
+
+    async def _run(self, record: TaskRecord) -> None:
+        record.state = TaskState.RUNNING
+        record.started = time.time()
+        record.attempts += 1
+        self._changed(record)
+        mode = self._mode(record.mode)
+        timeout = record.options.timeout
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                result = await mode.run(record)
+        except TimeoutError as exc:
+            if deadline.expired():
+                self._end(
+                    record,
+                    TaskState.TIMED_OUT,
+                    error=TimeoutError(f"task {record.name!r} timed out after {timeout:g} s"),
+                )
+            else:
+                self._end(record, TaskState.FAILED, error=exc)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a task's failure, whatever it raised
+            self._end(record, TaskState.FAILED, error=exc)
+        else:
+            self._end(record, TaskState.DONE, result=result)
+
+    def _mode(self, name: str) -> Mode:
+        mode = self._modes.get(name)
+        if mode is None:
+            cls = get_mode_class(name)
+            mode = self._modes[name] = cls(self.shell, **self._mode_settings.get(name, {}))
+        return mode
+
+    def _end(
+        self,
+        record: TaskRecord,
+        state: TaskState,
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if record.state.ended:
+            return
+        record.state = state
+        record.ended = time.time()
+        record.result = result
+        record.error = error
+        sink = record.sink
+        assert sink is not None
+        if error is not None and state in (TaskState.FAILED,):
+            _trim_traceback(error, record.cell)
+            self._show_error(record, error)
+        elif state is TaskState.DONE and result is not None and not record.cell.quiet_result:
+            self._show_result(record, result)
+        self._changed(record)
+        record._ended_event.set()
+
+    def _show_result(self, record: TaskRecord, result: Any) -> None:
+        try:
+            data, metadata = self.shell.display_formatter.format(result)
+        except Exception:  # noqa: BLE001 - a broken repr must not fail a finished task
+            data, metadata = {"text/plain": object.__repr__(result)}, {}
+        if data:
+            record.sink.display(data, metadata)
+
+    def _show_error(self, record: TaskRecord, error: BaseException) -> None:
+        try:
+            lines = self.shell.InteractiveTB.structured_traceback(
+                type(error), error, error.__traceback__
+            )
+        except Exception:  # noqa: BLE001
+            import traceback
+
+            lines = traceback.format_exception(error)
+        record.sink.error(type(error).__name__, str(error), list(lines))
+
+    def _changed(self, record: TaskRecord) -> None:
+        """Tell the task's views now; keep running ones ticking."""
+        sink = record.sink
+        if sink is None or not sink.views:
+            return
+        if record.state is TaskState.RUNNING:
+            self._ticking.add(record)
+            self._arm_tick()
+        else:
+            self._ticking.discard(record)
+        contextvars.Context().run(sink.flush)
+
+    def _arm_tick(self) -> None:
+        if self._tick_handle is None and self._ticking:
+            self._tick_handle = self.loop.call_later(
+                TICK_INTERVAL, self._tick, context=contextvars.Context()
+            )
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        for record in list(self._ticking):
+            if record.state is not TaskState.RUNNING:
+                self._ticking.discard(record)
+            elif record.sink is not None:
+                record.sink.flush()
+        self._arm_tick()
+
+    # -- waiting and cancelling ---------------------------------------------------------
+
+    async def wait(self, records: list[TaskRecord], timeout: float | None = None) -> None:
+        """Wait until every record has ended; raise :class:`TaskFailed` for the failures.
+
+        Cancelling the wait (an interrupt) leaves the tasks running.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                for record in records:
+                    await record._ended_event.wait()
+        except TimeoutError:
+            open_ = ", ".join(f"{r.name} ({r.state})" for r in records if not r.state.ended)
+            raise TimeoutError(f"still unfinished after {timeout:g} s: {open_}") from None
+        failures = [
+            r
+            for r in records
+            if r.state in (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.SKIPPED)
+        ]
+        if failures:
+            raise TaskFailed(failures)
+
+    def cancel(self, records: Iterable[TaskRecord]) -> list[TaskRecord]:
+        """Cancel the records that have not ended; return those."""
+        return self._host.call(self._cancel, list(records))
+
+    def _cancel(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        cancelled = []
+        for record in records:
+            if not record.state.ended and record._runner is not None:
+                record._runner.cancel()
+                cancelled.append(record)
+        return cancelled
+
+    def run_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and block this thread until it ends (not the loop thread)."""
+        if self._host.on_loop_thread():
+            coro.close()
+            raise UsageError(
+                "this would block the event loop the tasks run on: "
+                "use `await ipytasks.wait(...)`, or %wait on a line of its own"
+            )
+        return self._host.run_blocking(coro)
+
+    def on_loop_thread(self) -> bool:
+        return self._host.on_loop_thread()
+
+    async def await_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the scheduler's loop, from a coroutine on any loop."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    # -- closing ----------------------------------------------------------------------
+
+    def close(self) -> list[TaskRecord]:
+        """Cancel every unfinished task, release the modes, stop an own loop."""
+        if self._closed:
+            return []
+        self._closed = True
+        atexit.unregister(self._at_exit)
+        unfinished = [r for r in self.tasks.values() if not r.state.ended]
+
+        def finish() -> None:
+            for record in unfinished:
+                if record._runner is not None:
+                    record._runner.cancel()
+                # Mark it now: the loop may not run again before the caller looks.
+                self._end(record, TaskState.CANCELLED, error=TaskCancelled("ipytasks was unloaded"))
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+                self._tick_handle = None
+
+        try:
+            self._host.call(finish)
+        finally:
+            for mode in self._modes.values():
+                mode.close()
+            self._modes.clear()
+            self._host.close()
+        return unfinished
+
+    def _at_exit(self) -> None:
+        unfinished = [r for r in self.tasks.values() if not r.state.ended]
+        if unfinished:
+            names = ", ".join(r.name for r in unfinished)
+            s = "s" if len(unfinished) != 1 else ""
+            stream = sys.__stderr__
+            if stream is not None:
+                print(SHUTDOWN_NOTICE.format(n=len(unfinished), s=s, names=names), file=stream)
+        for mode in self._modes.values():
+            mode.close()
+
+
+def _trim_traceback(error: BaseException, cell: CompiledCell | None) -> None:
+    """Drop ipytasks' own frames, so the traceback starts in the user's cell."""
+    if cell is None:
+        return
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != cell.filename:
+        tb = tb.tb_next
+    if tb is not None:
+        error.__traceback__ = tb

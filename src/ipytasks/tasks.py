@@ -1,0 +1,193 @@
+"""Task records: what a task is, what state it is in, and how it ended.
+
+A :class:`TaskRecord` is created by the scheduler for every submission and kept
+for the whole session; ``ipytasks.tasks`` is the :class:`TaskRegistry` of them.
+Nothing here runs code or knows about event loops.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cells import CompiledCell
+    from .output import TaskOutput
+
+__all__ = (
+    "TaskState",
+    "TaskOptions",
+    "TaskRecord",
+    "TaskRegistry",
+    "TaskError",
+    "TaskFailed",
+    "TaskCancelled",
+    "TaskSkipped",
+)
+
+
+class TaskState(enum.StrEnum):
+    """The state of a task. Members compare equal to their lower-case names."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (TaskState.PENDING, TaskState.RUNNING)
+
+
+#: States a task can end in without having done its work.
+UNSUCCESSFUL = frozenset(
+    {TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMED_OUT, TaskState.SKIPPED}
+)
+
+
+class TaskError(Exception):
+    """Base class of the errors ipytasks raises about tasks."""
+
+
+class TaskCancelled(TaskError):
+    """The task was cancelled before it could finish (``%cancel``, unload, shutdown)."""
+
+
+class TaskSkipped(TaskError):
+    """The task never ran: a task it waits for did not succeed (``--on-error stop``)."""
+
+
+class TaskFailed(TaskError):
+    """One or more awaited tasks failed, timed out or were skipped.
+
+    ``failures`` holds their records; the message lists each with its traceback.
+    """
+
+    def __init__(self, failures: list[TaskRecord]) -> None:
+        self.failures = list(failures)
+        names = ", ".join(f"{r.name} ({r.state})" for r in self.failures)
+        n = len(self.failures)
+        parts = [f"{n} task{'s' if n != 1 else ''} did not succeed: {names}"]
+        for record in self.failures:
+            parts.append(f"\n--- {record.name}: {record.state} ---\n{record.error_text()}")
+        super().__init__("".join(parts).rstrip())
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """What the user asked for on the magic line (or as keyword arguments of ``submit``).
+
+    ``chain`` is ``None`` for a ``%%parallel`` task and the chain's name for a
+    ``%%sequential`` one.
+    """
+
+    mode: str = "auto"
+    after: tuple[str, ...] = ()
+    group: str | None = None
+    chain: str | None = None
+    on_error: str = "stop"
+    timeout: float | None = None
+    wait: bool = False
+    quiet: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """One submission of one cell: its options, its state, its timings and its outcome.
+
+    ``waits_for`` names the tasks this one waits on; ``reasons`` says why, per name
+    (``"after"``, ``"chain main"``).
+    """
+
+    name: str
+    source: str
+    options: TaskOptions
+    cell: CompiledCell | None = field(default=None, repr=False)
+    mode: str = "async"
+    state: TaskState = TaskState.PENDING
+    result: Any = field(default=None, repr=False)
+    error: BaseException | None = field(default=None, repr=False)
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    attempts: int = 0
+    waits_for: tuple[str, ...] = ()
+    reasons: dict[str, str] = field(default_factory=dict, repr=False)
+    sink: TaskOutput | None = field(default=None, repr=False)
+    upstream: tuple[TaskRecord, ...] = field(default=(), repr=False)
+    # Set by the scheduler: an asyncio.Event set when the task ends.
+    _ended_event: Any = field(default=None, repr=False)
+    _runner: Any = field(default=None, repr=False)
+
+    @property
+    def group(self) -> str | None:
+        return self.options.group
+
+    @property
+    def chain(self) -> str | None:
+        return self.options.chain
+
+    @property
+    def output(self) -> str:
+        """The text the task printed so far (stdout and stderr, in order)."""
+        return self.sink.text if self.sink is not None else ""
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds spent running: until now while running, ``None`` before it starts."""
+        if self.started is None:
+            return None
+        return (self.ended if self.ended is not None else time.time()) - self.started
+
+    def error_text(self) -> str:
+        """The error with its traceback, as plain text (empty when there is none)."""
+        if self.error is None:
+            return ""
+        if isinstance(self.error, TaskError | TimeoutError) and self.error.__traceback__ is None:
+            return f"{type(self.error).__name__}: {self.error}"
+        return "".join(traceback.format_exception(self.error)).rstrip()
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} {self.state} ({self.mode})>"
+
+
+class TaskRegistry(Mapping[str, TaskRecord]):
+    """Every task of the session by name, in submission order.
+
+    A name that is submitted again after its task ended maps to the new record;
+    the old one stays in :attr:`history`.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[str, TaskRecord] = {}
+        self.history: list[TaskRecord] = []
+
+    def __getitem__(self, name: str) -> TaskRecord:
+        return self._latest[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{r.name}: {r.state}" for r in self._latest.values())
+        return f"<tasks {{{states}}}>"
+
+    def _add(self, record: TaskRecord) -> None:
+        # Re-inserting moves a replaced name to the end: iteration follows submission.
+        self._latest.pop(record.name, None)
+        self._latest[record.name] = record
+        self.history.append(record)
+
+    def _clear(self) -> None:
+        self._latest.clear()
+        self.history.clear()
