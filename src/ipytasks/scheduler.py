@@ -23,7 +23,7 @@ from IPython.core.error import UsageError
 
 from .cells import CompiledCell, compile_cell
 from .modes import Mode, get_mode_class
-from .output import TaskOutput, current_output
+from .output import TaskOutput, _report_internal_error, current_output
 from .tasks import (
     TaskCancelled,
     TaskFailed,
@@ -153,6 +153,7 @@ class Scheduler:
         self._numbers = itertools.count(1)
         self._ticking: set[TaskRecord] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._listeners: list[Callable[[TaskRecord], None]] = []
         self._closed = False
         atexit.register(self._at_exit)
 
@@ -192,6 +193,8 @@ class Scheduler:
             mode = "async" if cell.is_async else "thread"
         elif mode == "thread" and cell.is_async:
             raise UsageError(ASYNC_IN_THREAD.format(name=name))
+        probe = TaskRecord(name=name, source=source, options=options, cell=cell, mode=mode)
+        self._mode(mode).prepare(probe)
         return self._host.call(self._register, source, name, options, cell, mode, attach)
 
     def _register(
@@ -241,6 +244,7 @@ class Scheduler:
         record._runner = self.loop.create_task(
             self._drive(record), name=f"ipytasks:{name}", context=contextvars.copy_context()
         )
+        self._changed(record)
         return record
 
     def _resolve(self, target: str, option: str) -> list[TaskRecord]:
@@ -362,8 +366,21 @@ class Scheduler:
             lines = traceback.format_exception(error)
         record.sink.error(type(error).__name__, str(error), list(lines))
 
+    def subscribe(self, listener: Callable[[TaskRecord], None]) -> None:
+        """Call ``listener(record)`` on the loop whenever a task is submitted or changes state."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[TaskRecord], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def _changed(self, record: TaskRecord) -> None:
-        """Tell the task's views now; keep running ones ticking."""
+        """Tell the listeners and the task's views now; keep running ones ticking."""
+        for listener in list(self._listeners):
+            try:
+                listener(record)
+            except Exception as exc:  # noqa: BLE001 - a broken listener must not break tasks
+                _report_internal_error("telling a listener about a task", exc)
         sink = record.sink
         if sink is None or not sink.views:
             return

@@ -26,6 +26,12 @@ class Mode(metaclass=ABCMeta):
     def __init__(self, shell: Any) -> None:
         self.shell = shell
 
+    def prepare(self, task: TaskRecord) -> None:
+        """Check a task at submission, on the submitting thread, before it is registered.
+
+        Raise ``UsageError`` to refuse it (no task is created). The default accepts all.
+        """
+
     @abstractmethod
     async def run(self, task: TaskRecord) -> Any:
         """Run ``task.cell`` and return its result, or raise its error.
