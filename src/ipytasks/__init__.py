@@ -51,7 +51,11 @@ def load_ipython_extension(ip: Any) -> None:
         return
     magics = TaskMagics(shell=ip)
     ip.register_magics(magics)
-    session = _api._Session(ip, {"thread": {"max_threads": magics.max_threads}})
+    settings = {
+        "thread": {"max_threads": magics.max_threads},
+        "process": {"max_workers": magics.max_workers or None},
+    }
+    session = _api._Session(ip, settings)
     if session.in_kernel:
         ip.input_transformers_cleanup.append(await_waiting_cells)
         ip.input_transformers_post.append(await_wait_lines)

@@ -27,6 +27,7 @@ class CompiledCell:
     source: str
     transformed: str
     filename: str
+    number: int
     tree: ast.Module
     body: CodeType | None
     last: CodeType | None
@@ -88,6 +89,7 @@ def compile_cell(shell: Any, source: str, number: int = 0) -> CompiledCell:
         source=source,
         transformed=transformed,
         filename=filename,
+        number=number,
         tree=tree,
         body=body,
         last=last,

@@ -10,6 +10,7 @@ background task (FACTS.md).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
 from typing import Any
@@ -24,6 +25,8 @@ from .modes import MODES
 from .tasks import TaskFailed
 
 __all__ = ("TaskMagics",)
+
+WAIT_INTERRUPTED = "the wait was interrupted; the tasks keep running (%cancel stops them)"
 
 
 def task_args(f: Any) -> Any:
@@ -49,12 +52,17 @@ def task_args(f: Any) -> Any:
         magic_arguments.argument(
             "--mode", choices=MODES, default="auto",
             help="Where the body runs: 'async' on the kernel's event loop, 'thread' in a "
-            "worker thread; 'auto' (default) picks async when the cell has a top-level "
-            "await, else thread.",
+            "worker thread, 'process' in a worker process; 'auto' (default) picks async "
+            "when the cell has a top-level await, else thread.",
         ),
         magic_arguments.argument(
             "--thread", dest="mode", action="store_const", const="thread",
             help="Short for --mode thread.",
+        ),
+        magic_arguments.argument(
+            "--process", dest="mode", action="store_const", const="process",
+            help="Short for --mode process: run in a worker process; the names the cell "
+            "reads are shipped there and the names it binds come back on success.",
         ),
         magic_arguments.argument(
             "--timeout", metavar="S", type=float, default=None,
@@ -111,6 +119,9 @@ class TaskMagics(Magics):
 
     max_threads = Int(
         40, help="How many thread-mode bodies may run at once (the worker-thread pool's size)."
+    ).tag(config=True)
+    max_workers = Int(
+        0, help="How many worker processes process mode keeps (0: one per core)."
     ).tag(config=True)
 
     def _task_options(self, args: Any, chain: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -330,6 +341,9 @@ async def awaited_wait(line: str) -> None:
         await api.wait(*args.targets, timeout=args.timeout)
     except (TaskFailed, TimeoutError) as exc:
         raise _without_traceback(exc) from None
+    except asyncio.CancelledError:
+        # Still a CancelledError, so the kernel's cancellation completes as usual.
+        raise asyncio.CancelledError(WAIT_INTERRUPTED) from None
 
 
 async def awaited_cell(magic: str, line: str, cell: str) -> None:
@@ -342,3 +356,5 @@ async def awaited_cell(magic: str, line: str, cell: str) -> None:
         await api.wait(record.name)
     except TaskFailed as exc:
         raise _without_traceback(exc) from None
+    except asyncio.CancelledError:
+        raise asyncio.CancelledError(WAIT_INTERRUPTED) from None

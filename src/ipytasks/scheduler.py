@@ -50,6 +50,7 @@ OWN_LOOP_NOTICE = (
     "in a background thread. Objects made in `await` cells belong to IPython's loop and "
     "cannot be awaited in async tasks.\n"
 )
+UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
 
 #: Upstream states that let a task run under --on-error stop.
@@ -187,6 +188,8 @@ class Scheduler:
         :raises SyntaxError: the cell does not parse (no task is created).
         :raises UsageError: a name that is busy, an unknown ``--after`` target, a cycle.
         """
+        if self._closed:
+            raise UsageError(UNLOADED)
         cell = compile_cell(self.shell, source, number)
         mode = options.mode
         if mode == "auto":
@@ -207,7 +210,7 @@ class Scheduler:
         attach: Callable[[TaskRecord], None] | None,
     ) -> TaskRecord:
         if self._closed:
-            raise UsageError("ipytasks is unloaded: %load_ext ipytasks to submit tasks again")
+            raise UsageError(UNLOADED)
         existing = self.tasks.get(name)
         if existing is not None and not existing.state.ended:
             raise UsageError(TASK_BUSY.format(name=name, state=existing.state))
@@ -315,6 +318,13 @@ class Scheduler:
             self._end(record, TaskState.FAILED, error=exc)
         else:
             self._end(record, TaskState.DONE, result=result)
+
+    def install_mode(self, mode: Mode) -> None:
+        """Make ``mode`` the instance used for tasks of mode ``mode.name``."""
+        old = self._modes.get(mode.name)
+        if old is not None and old is not mode:
+            old.close()
+        self._modes[mode.name] = mode
 
     def _mode(self, name: str) -> Mode:
         mode = self._modes.get(name)

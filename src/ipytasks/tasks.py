@@ -152,7 +152,11 @@ class TaskRecord:
             return ""
         if isinstance(self.error, TaskError | TimeoutError) and self.error.__traceback__ is None:
             return f"{type(self.error).__name__}: {self.error}"
-        return "".join(traceback.format_exception(self.error)).rstrip()
+        text = "".join(traceback.format_exception(self.error)).rstrip()
+        if self.cell is not None and self.cell.number:
+            # Name the cell as IPython does, rather than by its cache file.
+            text = text.replace(f'File "{self.cell.filename}"', f"Cell In[{self.cell.number}]")
+        return text
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} {self.state} ({self.mode})>"

@@ -13,7 +13,7 @@ from .abc import Mode
 __all__ = ("MODES", "Mode", "get_mode_class")
 
 #: What ``--mode`` accepts. ``auto`` resolves to ``async`` or ``thread`` per cell.
-MODES = ("auto", "async", "thread")
+MODES = ("auto", "async", "thread", "process")
 
 
 def get_mode_class(name: str) -> type[Mode]:

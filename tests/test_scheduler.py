@@ -1,0 +1,365 @@
+"""The scheduler on its own: order, states, failure policy, waiting and cancelling.
+
+Task progress is driven by a gated mode whose bodies start only when the test
+opens their gate, so order is asserted on events, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from ipytasks.modes import Mode
+from ipytasks.output import OutputCapture
+from ipytasks.scheduler import Scheduler
+from ipytasks.tasks import TaskFailed, TaskOptions, TaskRegistry, TaskState
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class GatedMode(Mode):
+    """Runs a body only once the test opens the task's gate; records the order."""
+
+    name = "gated"
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.started: list[str] = []
+        self._gates: dict[str, asyncio.Event] = {}
+
+    def gate(self, name: str) -> asyncio.Event:
+        return self._gates.setdefault(name, asyncio.Event())
+
+    async def run(self, task: Any) -> Any:
+        self.started.append(task.name)
+        await self.gate(task.name).wait()
+        return await task.cell.run_async(self.shell.user_ns)
+
+
+@pytest.fixture
+def shell() -> Any:
+    ip = InteractiveShell.instance()
+    ip.user_ns.clear()
+    ip.init_user_ns()
+    return ip
+
+
+@contextlib.contextmanager
+def routed(ip: Any) -> Any:
+    """Install ipytasks' output routing for the body of a test.
+
+    Inside the test, not in a fixture: pytest puts its own sys.stdout back at the
+    start of each test phase.
+    """
+    capture = OutputCapture(ip)
+    capture.install()
+    try:
+        yield
+    finally:
+        capture.uninstall()
+
+
+@pytest.fixture
+async def scheduler(shell: Any) -> Any:
+    sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
+    yield sched
+    sched.close()
+
+
+@pytest.fixture
+def gated(scheduler: Scheduler) -> GatedMode:
+    mode = GatedMode(scheduler.shell)
+    scheduler.install_mode(mode)
+    return mode
+
+
+def opts(**kwargs: Any) -> TaskOptions:
+    kwargs.setdefault("mode", "gated")
+    return TaskOptions(**kwargs)
+
+
+async def settle() -> None:
+    await anyio.wait_all_tasks_blocked()
+
+
+async def test_parallel_tasks_start_together(scheduler: Scheduler, gated: GatedMode) -> None:
+    """Two parallel tasks both start before either ends."""
+    a = scheduler.submit("x = 1", "a", opts())
+    b = scheduler.submit("y = 2", "b", opts())
+    await settle()
+    assert gated.started == ["a", "b"]
+    assert a.state == "running" and b.state == "running"
+    gated.gate("a").set()
+    gated.gate("b").set()
+    with anyio.fail_after(5):
+        await scheduler.wait([a, b])
+    assert scheduler.shell.user_ns["x"] == 1 and scheduler.shell.user_ns["y"] == 2
+
+
+async def test_chain_runs_in_submission_order(scheduler: Scheduler, gated: GatedMode) -> None:
+    """A sequential task starts only after the previous task of its chain ended."""
+    a = scheduler.submit("order = ['a']", "a", opts(chain="main"))
+    b = scheduler.submit("order.append('b')", "b", opts(chain="main"))
+    other = scheduler.submit("z = 0", "other", opts(chain="side"))
+    await settle()
+    assert gated.started == ["a", "other"]
+    assert b.state == "pending" and b.waits_for == ("a",) and b.reasons == {"a": "chain main"}
+    gated.gate("a").set()
+    await settle()
+    assert gated.started == ["a", "other", "b"]
+    gated.gate("b").set()
+    gated.gate("other").set()
+    with anyio.fail_after(5):
+        await scheduler.wait([a, b, other])
+    assert scheduler.shell.user_ns["order"] == ["a", "b"]
+
+
+async def test_after_names_tasks_and_groups(scheduler: Scheduler, gated: GatedMode) -> None:
+    """--after waits for a named task and for every task of a named group."""
+    g1 = scheduler.submit("1", "g1", opts(group="fetch"))
+    g2 = scheduler.submit("2", "g2", opts(group="fetch"))
+    report = scheduler.submit("3", "report", opts(after=("fetch",)))
+    await settle()
+    assert report.state == "pending" and set(report.waits_for) == {"g1", "g2"}
+    gated.gate("g1").set()
+    await settle()
+    assert report.state == "pending"
+    gated.gate("g2").set()
+    gated.gate("report").set()
+    with anyio.fail_after(5):
+        await scheduler.wait([g1, g2, report])
+    assert report.result == 3
+
+
+async def test_failure_skips_dependents_under_stop(scheduler: Scheduler, gated: GatedMode) -> None:
+    """A failed task makes its chain's later tasks skipped, transitively; they never start."""
+    for name in ("a", "b", "c"):
+        gated.gate(name).set()
+    a = scheduler.submit("1/0", "a", opts(chain="main"))
+    b = scheduler.submit("'b'", "b", opts(chain="main"))
+    c = scheduler.submit("'c'", "c", opts(chain="main"))
+    with anyio.fail_after(5), pytest.raises(TaskFailed) as info:
+        await scheduler.wait([a, b, c])
+    assert [a.state, b.state, c.state] == ["failed", "skipped", "skipped"]
+    assert gated.started == ["a"]
+    assert isinstance(a.error, ZeroDivisionError)
+    assert "upstream 'a' failed" in str(b.error)
+    message = str(info.value)
+    assert "a (failed)" in message and "b (skipped)" in message and "ZeroDivisionError" in message
+
+
+async def test_continue_runs_after_failure(scheduler: Scheduler, gated: GatedMode) -> None:
+    """--on-error continue runs a task even though the one it waits for failed."""
+    gated.gate("a").set()
+    gated.gate("b").set()
+    a = scheduler.submit("1/0", "a", opts(chain="main"))
+    b = scheduler.submit("'ran'", "b", opts(chain="main", on_error="continue"))
+    with anyio.fail_after(5), pytest.raises(TaskFailed):
+        await scheduler.wait([a, b])
+    assert b.state == "done" and b.result == "ran"
+
+
+async def test_cancel_pending_and_running(scheduler: Scheduler, gated: GatedMode) -> None:
+    """Cancelling a running task stops it; a pending one never starts."""
+    a = scheduler.submit("1", "a", opts(chain="main"))
+    b = scheduler.submit("2", "b", opts(chain="main"))
+    await settle()
+    cancelled = scheduler.cancel([a, b])
+    assert cancelled == [a, b]
+    with anyio.fail_after(5):
+        await scheduler.wait([a, b])  # cancelled tasks are not failures
+    assert a.state == "cancelled"
+    assert b.state == "cancelled"
+    assert gated.started == ["a"]
+
+
+async def test_timeout_ends_as_timed_out(scheduler: Scheduler) -> None:
+    """--timeout stops an async body and ends it as timed_out, not failed."""
+    scheduler.shell.user_ns["asyncio"] = asyncio
+    t = scheduler.submit("await asyncio.sleep(30)", "t", TaskOptions(timeout=0.05))
+    with anyio.fail_after(5), pytest.raises(TaskFailed):
+        await scheduler.wait([t])
+    assert t.state == "timed_out"
+    assert isinstance(t.error, TimeoutError)
+
+
+async def test_own_timeout_error_is_a_failure(scheduler: Scheduler) -> None:
+    """A body raising TimeoutError itself fails; only --timeout makes timed_out."""
+    t = scheduler.submit("raise TimeoutError('mine')", "t", TaskOptions(mode="async", timeout=30))
+    with anyio.fail_after(5), pytest.raises(TaskFailed):
+        await scheduler.wait([t])
+    assert t.state == "failed"
+
+
+@pytest.mark.parametrize("body", ["raise KeyboardInterrupt", "raise SystemExit(3)"])
+@pytest.mark.parametrize("mode", ["async", "thread"])
+async def test_interrupt_and_exit_become_failures(scheduler: Scheduler, body: str, mode: str) -> None:
+    """KeyboardInterrupt and SystemExit from a body fail the task; the loop runs on."""
+    t = scheduler.submit(body, "t", TaskOptions(mode=mode))
+    with anyio.fail_after(5), pytest.raises(TaskFailed):
+        await scheduler.wait([t])
+    assert t.state == "failed"
+    assert isinstance(t.error, KeyboardInterrupt | SystemExit)
+    after = scheduler.submit("'still fine'", "after", TaskOptions(mode=mode))
+    with anyio.fail_after(5):
+        await scheduler.wait([after])
+    assert after.result == "still fine"
+
+
+async def test_busy_name_is_refused_finished_name_replaced(scheduler: Scheduler, gated: GatedMode) -> None:
+    """A running NAME cannot be submitted again; a finished one is replaced, history kept."""
+    first = scheduler.submit("1", "a", opts())
+    await settle()
+    with pytest.raises(UsageError, match="'a' is running"):
+        scheduler.submit("2", "a", opts())
+    gated.gate("a").set()
+    with anyio.fail_after(5):
+        await scheduler.wait([first])
+    second = scheduler.submit("2", "a", opts())
+    assert scheduler.tasks["a"] is second
+    assert scheduler.tasks.history == [first, second]
+    with anyio.fail_after(5):
+        await scheduler.wait([second])
+    assert second.result == 2
+
+
+async def test_bad_after_creates_no_task(scheduler: Scheduler) -> None:
+    """An unknown --after target or a task waiting for itself is refused; nothing is created."""
+    with pytest.raises(UsageError, match="no task or group named 'nope'"):
+        scheduler.submit("1", "a", TaskOptions(after=("nope",)))
+    with pytest.raises(UsageError, match="cycle"):
+        scheduler.submit("1", "a", TaskOptions(after=("a",)))
+    with pytest.raises(SyntaxError):
+        scheduler.submit("1 +", "a", TaskOptions())
+    assert len(scheduler.tasks) == 0
+
+
+async def test_auto_mode_picks_async_or_thread(scheduler: Scheduler) -> None:
+    """auto runs a cell with top-level await on the loop and any other cell in a thread."""
+    scheduler.shell.user_ns["asyncio"] = asyncio
+    scheduler.shell.user_ns["threading"] = threading
+    a = scheduler.submit("await asyncio.sleep(0)\nthreading.current_thread().name", "a", TaskOptions())
+    t = scheduler.submit("threading.current_thread().name", "t", TaskOptions())
+    with anyio.fail_after(5):
+        await scheduler.wait([a, t])
+    assert (a.mode, t.mode) == ("async", "thread")
+    assert a.result == threading.current_thread().name
+    assert t.result.startswith("ipytasks-thread")
+    with pytest.raises(UsageError, match="top-level await"):
+        scheduler.submit("await asyncio.sleep(0)", "x", TaskOptions(mode="thread"))
+
+
+async def test_output_is_kept_per_task(capsys: pytest.CaptureFixture[str], scheduler: Scheduler) -> None:
+    """Prints of concurrent tasks (loop and thread) land in their own task's output only."""
+    scheduler.shell.user_ns["asyncio"] = asyncio
+    with routed(scheduler.shell):
+        a = scheduler.submit(
+            "for i in range(3):\n    print('a', i)\n    await asyncio.sleep(0)", "a", TaskOptions()
+        )
+        t = scheduler.submit(
+            "import sys\nprint('t out')\nprint('t err', file=sys.stderr)", "t", TaskOptions()
+        )
+        with anyio.fail_after(5):
+            await scheduler.wait([a, t])
+    assert a.output == "a 0\na 1\na 2\n"
+    assert t.output == "t out\nt err\n"
+    assert [o["name"] for o in t.sink.outputs] == ["stdout", "stderr"]
+    captured = capsys.readouterr()
+    assert "a 0" not in captured.out and "t out" not in captured.out
+    print("outside any task")
+    assert "outside any task" in capsys.readouterr().out
+
+
+async def test_thread_body_is_stopped_at_next_instruction(scheduler: Scheduler) -> None:
+    """Cancelling a busy thread body stops it; the pool thread is reused afterwards."""
+    started = threading.Event()
+    scheduler.shell.user_ns["started"] = started
+    t = scheduler.submit("started.set()\nwhile True:\n    pass", "spin", TaskOptions(mode="thread"))
+    with anyio.fail_after(5):
+        await anyio.to_thread.run_sync(started.wait, 5)
+        scheduler.cancel([t])
+        await scheduler.wait([t])
+    assert t.state == "cancelled"
+    again = scheduler.submit("'again'", "again", TaskOptions(mode="thread"))
+    with anyio.fail_after(5):
+        await scheduler.wait([again])
+    assert again.result == "again"
+
+
+async def test_blocked_thread_says_it_is_stuck(scheduler: Scheduler) -> None:
+    """A body stuck in a C call when cancelled ends cancelled, and its output says so."""
+    started = threading.Event()
+    release = threading.Event()
+    scheduler.shell.user_ns.update(started=started, release=release)
+    t = scheduler.submit("started.set()\nrelease.wait(10)", "stuck", TaskOptions(mode="thread"))
+    with anyio.fail_after(5):
+        await anyio.to_thread.run_sync(started.wait, 5)
+        scheduler.cancel([t])
+        await scheduler.wait([t])
+        assert t.state == "cancelled"
+        while "cannot interrupt" not in t.output:
+            await asyncio.sleep(0.05)
+    release.set()
+
+
+async def test_wait_timeout_leaves_tasks_running(scheduler: Scheduler, gated: GatedMode) -> None:
+    """wait(timeout=) raises TimeoutError naming what is unfinished; the task runs on."""
+    a = scheduler.submit("1", "a", opts())
+    with pytest.raises(TimeoutError, match=r"a \(running\)"):
+        await scheduler.wait([a], timeout=0.05)
+    assert a.state == "running"
+    gated.gate("a").set()
+    with anyio.fail_after(5):
+        await scheduler.wait([a])
+    assert a.state == "done"
+
+
+async def test_result_rich_repr_and_traceback_in_output(scheduler: Scheduler) -> None:
+    """The result's repr and a failure's traceback (starting at the cell) land in the outputs."""
+    ok = scheduler.submit("41 + 1", "ok", TaskOptions(mode="async"))
+    bad = scheduler.submit("x = 1\nraise ValueError('boom')", "bad", TaskOptions(mode="async"))
+    with anyio.fail_after(5), pytest.raises(TaskFailed):
+        await scheduler.wait([ok, bad])
+    assert ok.sink.outputs[-1]["data"]["text/plain"] == "42"
+    error = bad.sink.outputs[-1]
+    assert error["output_type"] == "error" and error["ename"] == "ValueError"
+    text = bad.error_text()
+    assert "line 2" in text and "ipytasks" not in text.split("\n")[1]
+
+
+async def test_close_cancels_unfinished(scheduler: Scheduler, gated: GatedMode) -> None:
+    """close() marks every unfinished task cancelled at once."""
+    a = scheduler.submit("1", "a", opts())
+    b = scheduler.submit("2", "b", opts(after=("a",)))
+    await settle()
+    closed = scheduler.close()
+    assert closed == [a, b]
+    assert a.state == "cancelled" and b.state == "cancelled"
+    with pytest.raises(UsageError, match="unloaded"):
+        scheduler.submit("3", "c", opts())
+
+
+def test_registry_iterates_in_submission_order() -> None:
+    """Iterating the registry yields names in submission order; a replaced name moves last."""
+    from ipytasks.tasks import TaskRecord
+
+    reg = TaskRegistry()
+    for name in ("a", "b", "a"):
+        reg._add(TaskRecord(name=name, source="", options=TaskOptions()))
+    assert list(reg) == ["b", "a"]
+    assert len(reg.history) == 3
+    assert TaskState.DONE == "done"
+    assert sys.version_info >= (3, 11)
