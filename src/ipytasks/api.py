@@ -171,12 +171,18 @@ def _submit(
         code, name, opts, number=number, attach=lambda r: shown.append(session.attach_view(r))
     )
     if display and shown and shown[0] is not None:
-        from IPython.display import display as show
-
-        show(shown[0])
+        _show_widget(shown[0])
     if opts.wait:
         scheduler.run_blocking(scheduler.wait([record]))
     return record
+
+
+def _show_widget(widget: Any) -> None:
+    # The widget's own bundle, published directly: display() would first try every
+    # formatter IPython has, which costs more than making the widget.
+    from IPython.core.display_functions import publish_display_data
+
+    publish_display_data(widget._repr_mimebundle_())
 
 
 async def wait(*targets: str, timeout: float | None = None) -> None:

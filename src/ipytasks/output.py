@@ -182,10 +182,12 @@ class _RoutingStream:
     def __init__(self, original: IO[str], name: str) -> None:
         self._ipytasks_original = original
         self._ipytasks_name = name
+        self._ipytasks_dirty = True
 
     def write(self, text: str) -> int:
         sink = current_output.get()
         if sink is None:
+            self._ipytasks_dirty = True
             return self._ipytasks_original.write(text)
         sink.write(self._ipytasks_name, text)
         return len(text)
@@ -195,7 +197,11 @@ class _RoutingStream:
             self.write(line)
 
     def flush(self) -> None:
-        if current_output.get() is None:
+        # ipykernel flushes both streams before every display, and each flush of its
+        # stream waits for a round trip to its IO thread: skip it when nothing was
+        # written through here since the last one.
+        if current_output.get() is None and self._ipytasks_dirty:
+            self._ipytasks_dirty = False
             self._ipytasks_original.flush()
 
     def __getattr__(self, attr: str) -> Any:

@@ -73,17 +73,22 @@ def _status_html(record: TaskRecord) -> str:
 
 
 class CellView:
-    """The status line and output area of one task, as ipywidgets."""
+    """The status line and output area of one task, as ipywidgets.
+
+    The output area is made when the task first has output: a task that prints
+    nothing costs two widgets (and two comm messages) instead of three.
+    """
 
     def __init__(self, record: TaskRecord) -> None:
         import ipywidgets as widgets
 
+        layout, style = _shared_layout()
         self.record = record
-        self.status = widgets.HTML(value=_status_html(record))
-        self.area = widgets.Output()
-        self.widget = _task_box(children=(self.status, self.area))
+        self.status = widgets.HTML(value=_status_html(record), layout=layout, style=style)
+        self.area: Any = None
+        self.widget = _task_box(children=(self.status,), layout=layout)
         self.widget._ipytasks_record = record
-        self._shown_version = -1
+        self._shown_version = 0
 
     def update(self, output: TaskOutput) -> None:
         status = _status_html(self.record)
@@ -91,7 +96,14 @@ class CellView:
             self.status.value = status
         if output.version != self._shown_version:
             self._shown_version = output.version
-            self.area.outputs = output.notebook_outputs()
+            if self.area is None:
+                import ipywidgets as widgets
+
+                self.area = widgets.Output(layout=self.status.layout)
+                self.area.outputs = output.notebook_outputs()
+                self.widget.children = (self.status, self.area)
+            else:
+                self.area.outputs = output.notebook_outputs()
 
 
 def _task_box_class() -> type:
@@ -108,6 +120,19 @@ def _task_box_class() -> type:
 
 
 _box_class: type | None = None
+_shared: tuple[Any, Any] | None = None
+
+
+def _shared_layout() -> tuple[Any, Any]:
+    # Every widget has a Layout (and an HTML a style), each a widget of its own with
+    # a comm: sharing one set makes a task's view three comms instead of seven.
+    global _shared
+    if _shared is None or _shared[0].comm is None:
+        from ipywidgets.widgets.widget_string import HTMLStyle
+        import ipywidgets as widgets
+
+        _shared = (widgets.Layout(), HTMLStyle())
+    return _shared
 
 
 def _task_box(**kwargs: Any) -> Any:
