@@ -150,7 +150,7 @@ class Scheduler:
         if self.own_loop:
             sys.stderr.write(OWN_LOOP_NOTICE)
         self._modes: dict[str, Mode] = {}
-        self._chains: dict[str, TaskRecord] = {}
+        self._chains: dict[str, list[str]] = {}
         self._numbers = itertools.count(1)
         self._ticking: set[TaskRecord] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -221,7 +221,7 @@ class Scheduler:
             for record in self._resolve(target, "--after"):
                 upstream.setdefault(record, "after")
         if options.chain is not None:
-            previous = self._chains.get(options.chain)
+            previous = self._chain_predecessor(options.chain, name)
             if previous is not None:
                 upstream.setdefault(previous, f"chain {options.chain}")
 
@@ -239,8 +239,8 @@ class Scheduler:
         record.sink.owner = record
         record._ended_event = asyncio.Event()
         self.tasks._add(record)
-        if options.chain is not None:
-            self._chains[options.chain] = record
+        if options.chain is not None and name not in self._chains.setdefault(options.chain, []):
+            self._chains[options.chain].append(name)
         if attach is not None:
             attach(record)
         # A fresh context per task: the output variable set inside it stays its own.
@@ -249,6 +249,20 @@ class Scheduler:
         )
         self._changed(record)
         return record
+
+    def _chain_predecessor(self, chain: str, name: str) -> TaskRecord | None:
+        """The task a sequential task of ``chain`` named ``name`` runs after.
+
+        A chain is a sequence of names. A new name goes at the end, after the
+        latest task of the name before it; a name submitted again (a fixed cell)
+        keeps its place, so it runs after its old predecessor rather than after
+        whatever failed or was skipped further down the chain.
+        """
+        names = self._chains.get(chain, [])
+        position = names.index(name) if name in names else len(names)
+        if position == 0:
+            return None
+        return self.tasks.get(names[position - 1])
 
     def _resolve(self, target: str, option: str) -> list[TaskRecord]:
         """The records a name or group stands for (the latest record of each name)."""

@@ -45,6 +45,9 @@ class TaskState(enum.StrEnum):
     def ended(self) -> bool:
         return self not in (TaskState.PENDING, TaskState.RUNNING)
 
+    def __repr__(self) -> str:
+        return repr(self.value)
+
 
 #: States a task can end in without having done its work.
 UNSUCCESSFUL = frozenset(
