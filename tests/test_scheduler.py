@@ -363,3 +363,21 @@ def test_registry_iterates_in_submission_order() -> None:
     assert len(reg.history) == 3
     assert TaskState.DONE == "done"
     assert sys.version_info >= (3, 11)
+
+
+async def test_fixed_cell_keeps_its_place_in_chain(scheduler: Scheduler, gated: GatedMode) -> None:
+    """A name submitted again in its chain runs after its old predecessor, not the failed tail."""
+    for name in ("load", "parse", "save"):
+        gated.gate(name).set()
+    load = scheduler.submit("raw = ['1', 'x']", "load", opts(chain="etl"))
+    parse = scheduler.submit("nums = [int(v) for v in raw]", "parse", opts(chain="etl"))
+    save = scheduler.submit("total = sum(nums)", "save", opts(chain="etl"))
+    with anyio.fail_after(5), pytest.raises(TaskFailed):
+        await scheduler.wait([load, parse, save])
+    assert (parse.state, save.state) == ("failed", "skipped")
+    parse2 = scheduler.submit("nums = [int(v) for v in raw if v.isdigit()]", "parse", opts(chain="etl"))
+    save2 = scheduler.submit("total = sum(nums)", "save", opts(chain="etl"))
+    assert parse2.upstream == (load,) and save2.upstream == (parse2,)
+    with anyio.fail_after(5):
+        await scheduler.wait([parse2, save2])
+    assert scheduler.shell.user_ns["total"] == 1

@@ -137,9 +137,13 @@ class TaskMagics(Magics):
         )
         return args.name, options
 
+    def _cell_number(self) -> int:
+        # IPython counts the running cell before running it: In[n] runs with count n+1.
+        return max(self.shell.execution_count - 1, 1)
+
     def _default_name(self) -> str:
         if getattr(self.shell, "kernel", None) is not None:
-            return f"cell{self.shell.execution_count}"
+            return f"cell{self._cell_number()}"
         return api._current().scheduler.next_default_name()
 
     def submit_cell(self, magic: str, line: str, cell: str) -> api.TaskRecord:
@@ -153,7 +157,7 @@ class TaskMagics(Magics):
                 cell,
                 name if name is not None else self._default_name(),
                 options,
-                number=self.shell.execution_count,
+                number=self._cell_number(),
             )
         except SyntaxError as exc:
             # Reported as a usage error: the shell then shows the message alone,
