@@ -91,9 +91,7 @@ class CellView:
         self._shown_version = 0
 
     def update(self, output: TaskOutput) -> None:
-        status = _status_html(self.record)
-        if self.status.value != status:
-            self.status.value = status
+        # Outputs first: once the status line says a task ended, its output is there.
         if output.version != self._shown_version:
             self._shown_version = output.version
             if self.area is None:
@@ -104,6 +102,9 @@ class CellView:
                 self.widget.children = (self.status, self.area)
             else:
                 self.area.outputs = output.notebook_outputs()
+        status = _status_html(self.record)
+        if self.status.value != status:
+            self.status.value = status
 
 
 def _task_box_class() -> type:

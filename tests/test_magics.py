@@ -1,0 +1,303 @@
+"""%%parallel, %%sequential, %wait, %cancel, %result through a real ipykernel (6 and 7).
+
+Each test reads what the front end would see: the execute replies, the iopub
+streams and errors of every cell, and the widget state of each task's status line
+and output area. Progress is gated by events the test sets from a later cell.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from kernel_driver import Execution, Kernel
+
+
+def task_view(kernel: Kernel, execution: Execution) -> dict[str, str | None]:
+    """The model ids of the status line and output area a submitting cell shows."""
+    views = [
+        d["application/vnd.jupyter.widget-view+json"]["model_id"]
+        for d in execution.displays
+        if "application/vnd.jupyter.widget-view+json" in d
+    ]
+    assert len(views) == 1, f"expected one task view in the cell, got {execution.displays}"
+    box = kernel.widget_states()[views[0]]["state"]
+    children = [c.removeprefix("IPY_MODEL_") for c in box["children"]]
+    found: dict[str, str | None] = {"box": views[0], "status": None, "output": None}
+    for child in children:
+        model = kernel.widget_states()[child]["model_name"]
+        found["status" if model == "HTMLModel" else "output"] = child
+    return found
+
+
+def status_text(kernel: Kernel, execution: Execution) -> str:
+    status = task_view(kernel, execution)["status"]
+    return re.sub(r"<[^>]+>", "", kernel.widget_states()[status]["state"]["value"])
+
+
+def area_text(kernel: Kernel, execution: Execution) -> str:
+    output = task_view(kernel, execution)["output"]
+    return kernel.output_widget_text(output) if output else ""
+
+
+def area_outputs(kernel: Kernel, execution: Execution) -> list[dict]:
+    output = task_view(kernel, execution)["output"]
+    return kernel.widget_states()[output]["state"].get("outputs", []) if output else []
+
+
+def streams_containing(kernel: Kernel, text: str) -> list[dict]:
+    return [
+        m for m in kernel.messages()
+        if m["msg_type"] == "stream" and text in m["content"]["text"]
+    ]
+
+
+def error_of(execution: Execution) -> tuple[str, str]:
+    """The error a cell ended with, as the execute reply names it (UsageError has no
+    traceback message of its own: the shell prints it on stderr)."""
+    assert execution.status == "error", f"the cell did not fail: {execution!r}"
+    return execution.reply["ename"], execution.reply["evalue"]
+
+
+def value(kernel: Kernel, expr: str) -> str:
+    """The repr of ``expr`` evaluated in the kernel."""
+    return kernel.execute(f"print(repr({expr}))").stdout.strip()
+
+
+def test_output_lands_in_the_tasks_own_area(kernel: Kernel) -> None:
+    """An async task returns at once; its prints, display and result reach only its own area."""
+    kernel.execute("import asyncio, sys\nfrom IPython.display import display, HTML\ngate1 = asyncio.Event()")
+    sub = kernel.execute(
+        "%%parallel own1\n"
+        "print('own1 before')\n"
+        "await gate1.wait()\n"
+        "print('own1 warn', file=sys.stderr)\n"
+        "display(HTML('<i>own1 html</i>'))\n"
+        "6 * 7"
+    )
+    assert sub.stdout == "" and sub.errors == []
+    kernel.wait_until(lambda: "own1 before" in area_text(kernel, sub), what="first print in area")
+    other = kernel.execute("import ipytasks\nprint('other cell', ipytasks.tasks['own1'].state)")
+    assert other.stdout == "other cell running\n"
+    kernel.execute("gate1.set()")
+    kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="status line says done")
+    outputs = area_outputs(kernel, sub)
+    assert [o.get("name") or o["output_type"] for o in outputs] == [
+        "stdout", "stderr", "display_data", "display_data"
+    ]
+    assert outputs[2]["data"]["text/html"] == "<i>own1 html</i>"
+    assert outputs[3]["data"]["text/plain"] == "42"
+    assert streams_containing(kernel, "own1") == []
+    assert status_text(kernel, sub).startswith("✔ own1 done in ")
+    assert value(kernel, "ipytasks.tasks['own1'].output") == repr("own1 before\nown1 warn\n")
+
+
+def test_thread_prints_stay_in_their_cell(kernel: Kernel) -> None:
+    """A thread task printing while later cells run never writes into them (ipykernel 7
+    would send a plain thread's print to the latest cell)."""
+    kernel.execute("import threading\nstep = threading.Event()\ngo_on = threading.Event()")
+    sub = kernel.execute(
+        "%%parallel thr1\n"
+        "print('thr1 one')\n"
+        "step.set()\n"
+        "go_on.wait(20)\n"
+        "print('thr1 two')\n"
+        "threading.current_thread().name"
+    )
+    kernel.wait_until(lambda: "thr1 one" in area_text(kernel, sub), what="thread print in area")
+    later = kernel.execute("go_on.set()\nprint('later cell')")
+    kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="thread task done")
+    assert area_text(kernel, sub) == "thr1 one\nthr1 two\n"
+    assert later.stdout == "later cell\n"
+    assert streams_containing(kernel, "thr1") == []
+    assert "ipytasks-thread" in area_outputs(kernel, sub)[-1]["data"]["text/plain"]
+    assert value(kernel, "ipytasks.tasks['thr1'].mode") == "'thread'"
+
+
+def test_sequential_chain_runs_in_order(kernel: Kernel) -> None:
+    """%%sequential tasks of a chain wait for the previous one; other chains do not."""
+    kernel.execute("gate2 = asyncio.Event()\norder2 = []")
+    first = kernel.execute("%%sequential c2a --chain c2\nawait gate2.wait()\norder2.append('a')")
+    second = kernel.execute("%%sequential c2b --chain c2\norder2.append('b')")
+    other = kernel.execute("%%sequential c2x --chain c2other\norder2.append('x')")
+    kernel.wait_until(lambda: "done" in status_text(kernel, other), what="other chain runs")
+    assert "waits for c2a (chain c2)" in status_text(kernel, second)
+    assert value(kernel, "order2") == "['x']"
+    kernel.execute("gate2.set()")
+    kernel.wait_until(lambda: "done" in status_text(kernel, second), what="chain finished")
+    assert "done" in status_text(kernel, first)
+    assert value(kernel, "order2") == "['x', 'a', 'b']"
+
+
+def test_wait_runs_other_tasks_and_lists_failures(kernel: Kernel) -> None:
+    """%wait blocks its cell while tasks keep running, then raises one error naming every
+    failure with its traceback; a skipped task is listed too."""
+    kernel.execute(
+        "%%parallel w3ok\nticks3 = 0\nfor _ in range(5):\n    ticks3 += 1\n    await asyncio.sleep(0.05)"
+    )
+    kernel.execute("%%sequential w3bad --chain c3\nawait asyncio.sleep(0.1)\n{}['missing']")
+    kernel.execute("%%sequential w3after --chain c3\n'never'")
+    waited = kernel.execute("%wait w3ok w3bad w3after", allow_errors=True)
+    assert value(kernel, "ticks3") == "5"
+    (error,) = waited.errors
+    assert error["ename"] == "TaskFailed"
+    assert "2 tasks did not succeed: w3bad (failed), w3after (skipped)" in error["evalue"]
+    assert "KeyError: 'missing'" in error["evalue"] and "line 2" in error["evalue"]
+    assert "upstream 'w3bad' failed" in error["evalue"]
+    assert kernel.execute("%wait w3ok").status == "ok"
+
+
+def test_wait_option_blocks_the_cell(kernel: Kernel) -> None:
+    """--wait blocks until the task ends while another task keeps running meanwhile."""
+    kernel.execute("%%parallel bg4\nbeats4 = 0\nwhile True:\n    beats4 += 1\n    await asyncio.sleep(0.02)")
+    cell = kernel.execute("%%parallel w4 --wait\nawait asyncio.sleep(0.3)\nprint('w4 printed')\n'w4 result'")
+    assert value(kernel, "ipytasks.tasks['w4'].state") == "'done'"
+    assert "w4 printed" in area_text(kernel, cell)
+    assert int(value(kernel, "beats4")) >= 3
+    kernel.execute("%cancel bg4")
+    assert value(kernel, "ipytasks.tasks['bg4'].state") in ("'cancelled'", "'running'")
+    kernel.wait_until(lambda: value(kernel, "ipytasks.tasks['bg4'].state") == "'cancelled'")
+
+
+def test_results_and_result_magic(kernel: Kernel) -> None:
+    """%result returns the last expression's value or raises the task's error; results() maps
+    names to results of finished tasks in a group."""
+    kernel.execute("%%parallel r5a -g g5\n'alpha'")
+    kernel.execute("%%parallel r5b -g g5\nawait asyncio.sleep(0)\n2 ** 10")
+    kernel.execute("%%parallel r5c\nint('x')")
+    kernel.execute("%wait g5")
+    out = kernel.execute("%result r5b")
+    assert out.displays[-1]["text/plain"] == "1024"
+    assert value(kernel, "ipytasks.results('g5')") == "{'r5a': 'alpha', 'r5b': 1024}"
+    kernel.wait_until(lambda: value(kernel, "ipytasks.tasks['r5c'].state") == "'failed'")
+    failed = kernel.execute("%result r5c", allow_errors=True)
+    assert failed.errors[0]["ename"] == "ValueError"
+
+
+@pytest.mark.parametrize(
+    ("body", "ename"),
+    [("raise KeyboardInterrupt", "KeyboardInterrupt"), ("raise SystemExit(3)", "SystemExit")],
+)
+@pytest.mark.parametrize("mode", ["async", "thread"])
+def test_interrupt_or_exit_in_a_task_fails_only_the_task(
+    kernel: Kernel, body: str, ename: str, mode: str
+) -> None:
+    """KeyboardInterrupt or SystemExit from a task body makes that task failed; the kernel,
+    its other tasks and the user's variables survive."""
+    name = f"die6_{mode}_{ename.lower()}"
+    kernel.execute(f"survivor6 = '{name}'")
+    kernel.execute(f"%%parallel {name} --mode {mode}\n{body}")
+    waited = kernel.execute(f"%wait {name}", allow_errors=True)
+    assert waited.errors[0]["ename"] == "TaskFailed"
+    assert f"{name} (failed)" in waited.errors[0]["evalue"]
+    assert kernel.is_alive()
+    assert kernel.execute("print('alive')").stdout == "alive\n"
+    assert value(kernel, "survivor6") == repr(name)
+
+
+def test_timeout_and_cancel(kernel: Kernel) -> None:
+    """--timeout ends a body as timed_out; %cancel stops a running and a pending task."""
+    kernel.execute("%%parallel t7 --timeout 0.2\nawait asyncio.sleep(30)")
+    kernel.execute("%%sequential c7a --chain c7\nwhile True:\n    await asyncio.sleep(0.05)")
+    kernel.execute("%%sequential c7b --chain c7\n'never runs'")
+    cancelled = kernel.execute("%cancel c7a c7b")
+    assert cancelled.stdout == "cancelled: c7a, c7b\n"
+    kernel.wait_until(
+        lambda: value(kernel, "[str(ipytasks.tasks[n].state) for n in ('t7', 'c7a', 'c7b')]")
+        == "['timed_out', 'cancelled', 'cancelled']",
+        what="timed out and cancelled",
+    )
+    assert value(kernel, "ipytasks.tasks['c7b'].started") == "None"
+
+
+def test_magics_and_shell_commands_inside_a_task(kernel: Kernel) -> None:
+    """A task body goes through IPython's transformations: %time and !cmd work in it."""
+    sub = kernel.execute("%%parallel m8 --thread\n%time x8 = sum(range(10))\n!echo shell-says-hi\nx8")
+    kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="magic task done")
+    text = area_text(kernel, sub)
+    assert "Wall time" in text and "shell-says-hi" in text
+    assert area_outputs(kernel, sub)[-1]["data"]["text/plain"] == "45"
+    assert streams_containing(kernel, "shell-says-hi") == []
+
+
+@pytest.mark.parametrize(
+    ("cell", "culprit"),
+    [
+        ("%%parallel u9 --bogus\n1", "unrecognized arguments: --bogus"),
+        ("%%parallel u9 --after nope9\n1", "no task or group named 'nope9'"),
+        ("%%parallel u9 --timeout -1\n1", "--timeout must be a number of seconds greater than 0"),
+        ("%%parallel 9bad\n1", "NAME must be a Python identifier, not '9bad'"),
+        ("%%parallel u9\nx = (", "SyntaxError on line 1"),
+        ("%%parallel u9 --mode thread\nawait asyncio.sleep(0)", "top-level await"),
+    ],
+)
+def test_bad_input_is_a_usage_error_and_creates_no_task(kernel: Kernel, cell: str, culprit: str) -> None:
+    """Bad options, unknown targets and syntax errors are reported at once in the submitting
+    cell, naming the culprit, and no task is created."""
+    ename, evalue = error_of(kernel.execute(cell, allow_errors=True))
+    assert ename == "UsageError"
+    assert culprit in evalue
+    assert value(kernel, "'u9' in ipytasks.tasks") == "False"
+
+
+def test_busy_name_is_refused(kernel: Kernel) -> None:
+    """Submitting a NAME that is still running is refused and the running task is untouched."""
+    kernel.execute("gate10 = asyncio.Event()")
+    kernel.execute("%%parallel busy10\nawait gate10.wait()\n'first'")
+    ename, evalue = error_of(kernel.execute("%%parallel busy10\n'second'", allow_errors=True))
+    assert ename == "UsageError" and "'busy10' is running" in evalue
+    kernel.execute("gate10.set()\n%wait busy10")
+    assert value(kernel, "ipytasks.result('busy10')") == "'first'"
+
+
+def test_interrupt_ends_only_the_wait(fresh_kernel: Kernel) -> None:
+    """The kernel's interrupt during %wait ends the wait; the task keeps running."""
+    k = fresh_kernel
+    k.execute("%load_ext ipytasks\nimport asyncio, ipytasks\nrelease = asyncio.Event()")
+    k.execute("%%parallel long11\nawait release.wait()\n'finished'")
+    # The print tells the test the cell's code runs (the kernel ignores an interrupt that
+    # arrives before that); the wait starts right after it.
+    waiting = k.submit("print('waiting now', flush=True)\n%wait long11")
+    k.wait_until(lambda: "waiting now" in waiting.stdout, what="the %wait cell to run")
+    k.interrupt()
+    waiting.wait(20, allow_errors=True)
+    assert waiting.status == "error"
+    assert "the wait was interrupted; the tasks keep running" in waiting.error_text
+    assert value(k, "ipytasks.tasks['long11'].state") == "'running'"
+    k.execute("release.set()\n%wait long11")
+    assert value(k, "ipytasks.result('long11')") == "'finished'"
+    assert k.is_alive()
+
+
+def test_unload_restores_everything(fresh_kernel: Kernel) -> None:
+    """%unload_ext cancels tasks and restores streams, display publisher, magics and
+    transformers; loading again works."""
+    k = fresh_kernel
+    before = k.execute(
+        "import sys\nip = get_ipython()\n"
+        "state = lambda: (type(sys.stdout).__name__, type(sys.stderr).__name__, "
+        "'publish' in vars(ip.display_pub), len(ip.input_transformers_cleanup), "
+        "len(ip.input_transformers_post), 'parallel' in ip.magics_manager.magics['cell'])\n"
+        "print(state())"
+    ).stdout
+    k.execute("%load_ext ipytasks\nimport asyncio")
+    k.execute("%%parallel hang12\nawait asyncio.Event().wait()")
+    k.execute("%%parallel quick12\n1")
+    unloaded = k.execute("%unload_ext ipytasks")
+    assert "cancelled hang12" in unloaded.stdout
+    after = k.execute("print(state())").stdout
+    assert after == before
+    k.execute("%load_ext ipytasks\nimport ipytasks")
+    assert value(k, "len(ipytasks.tasks)") == "0"
+    k.execute("%%parallel again12\n'again'\n")
+    k.execute("%wait again12")
+    assert value(k, "ipytasks.result('again12')") == "'again'"
+
+
+def test_shutdown_names_cancelled_tasks(fresh_kernel: Kernel) -> None:
+    """A kernel shut down with tasks running cancels them and names them in its log."""
+    k = fresh_kernel
+    k.execute("%load_ext ipytasks\nimport asyncio")
+    k.execute("%%parallel left13\nawait asyncio.Event().wait()")
+    k.shutdown()
+    assert "cancelled 1 unfinished task: left13" in k.log_tail()
