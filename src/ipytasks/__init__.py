@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+from typing import Any as _Any
 
 from . import api as _api
 from .api import cancel as cancel
@@ -22,8 +23,8 @@ from .tasks import TaskSkipped as TaskSkipped
 from .tasks import TaskState as TaskState
 
 try:
-    __version__ = version("ipytasks")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _version("ipytasks")
+except _PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
 __all__ = (
@@ -43,7 +44,7 @@ __all__ = (
 )
 
 
-def load_ipython_extension(ip: Any) -> None:
+def load_ipython_extension(ip: _Any) -> None:
     """Install the magics (``%load_ext ipytasks``). Starts nothing until the first task."""
     from .magics import TaskMagics, await_waiting_cells, await_wait_lines
 
@@ -62,7 +63,7 @@ def load_ipython_extension(ip: Any) -> None:
     _api._session = session
 
 
-def unload_ipython_extension(ip: Any) -> None:
+def unload_ipython_extension(ip: _Any) -> None:
     """Cancel every task, stop ipytasks' threads, and restore what loading changed."""
     from .magics import TaskMagics, await_waiting_cells, await_wait_lines
 

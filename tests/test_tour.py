@@ -1,0 +1,78 @@
+"""The tour notebook runs top to bottom headless (nbclient) and shows what it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.kernel
+
+
+def _run_tour_module():
+    spec = importlib.util.spec_from_file_location("run_tour", ROOT / "notebooks" / "run_tour.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tour() -> list[dict]:
+    nb = _run_tour_module().run_tour(ROOT / "notebooks" / "tour.ipynb", python=sys.executable)
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def cell_text(cell: dict) -> str:
+    parts = []
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type == "error":
+            parts.append(f"{out.ename}: {out.evalue}")
+        elif "data" in out:
+            parts.append(str(out.data.get("text/plain", "")))
+    return "".join(parts)
+
+
+def find(tour: list[dict], snippet: str) -> dict:
+    matches = [c for c in tour if snippet in c.source]
+    assert matches, f"no tour cell contains {snippet!r}"
+    return matches[0]
+
+
+def test_parallel_is_faster_than_sequential(tour: list[dict]) -> None:
+    """Three 1 s calls take about 3 s in a chain and about 1 s in parallel."""
+    sequential = float(re.search(r"sequential: ([\d.]+) s", cell_text(find(tour, "print(f\"sequential"))).group(1))
+    parallel = float(re.search(r"parallel: ([\d.]+) s", cell_text(find(tour, "print(f\"parallel"))).group(1))
+    assert sequential >= 2.9
+    assert parallel < 1.6
+
+
+def test_failing_chain_is_reported_then_fixed(tour: list[dict]) -> None:
+    """The failing chain's %wait lists the failure and the skip; the fixed cells then succeed."""
+    failed = cell_text(find(tour, "%wait load parse save"))
+    assert "TaskFailed: 2 tasks did not succeed: parse (failed), save (skipped)" in failed
+    assert "ValueError: invalid literal for int()" in failed
+    assert cell_text(find(tour, "%result save")).strip() == "3"
+
+
+def test_task_table_lists_every_task(tour: list[dict]) -> None:
+    """The last cell waits for everything and prints the table with each task's final state."""
+    table = cell_text(tour[-1])
+    states = dict(re.findall(r"^(\w+)\s.*?\b(done|failed|cancelled|timed_out|skipped|running|pending)\b", table, re.M))
+    assert states["users"] == states["users_p"] == states["save"] == "done"
+    assert states["forever"] == "cancelled"
+    assert states["too_slow"] == "done"  # replaced after timing out
+    assert "running" not in states.values() and "pending" not in states.values()
+
+
+def test_cells_show_status_widgets(tour: list[dict]) -> None:
+    """Each submitting cell displays one task view; its text form names the task."""
+    cell = find(tour, "%%parallel slow_report")
+    (view,) = cell.outputs
+    assert "application/vnd.jupyter.widget-view+json" in view.data
+    assert view.data["text/plain"].startswith("[slow_report ")
