@@ -1,0 +1,89 @@
+"""A task's outputs: stream merging, displays, clearing, and views refreshed on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from ipytasks.output import TaskOutput
+
+
+class RecordingView:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def update(self, output: TaskOutput) -> None:
+        self.seen.append((output.version, len(output.outputs)))
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_consecutive_writes_to_one_stream_merge(loop: asyncio.AbstractEventLoop) -> None:
+    """Writes to the same stream extend one output; a switch of stream starts another."""
+    out = TaskOutput(loop)
+    out.write("stdout", "a")
+    out.write("stdout", "b\n")
+    out.write("stderr", "oops\n")
+    out.write("stdout", "c\n")
+    assert [(o["name"], o["text"]) for o in out.outputs] == [
+        ("stdout", "ab\n"), ("stderr", "oops\n"), ("stdout", "c\n")
+    ]
+    assert out.text == "ab\noops\nc\n"
+
+
+def test_merged_stream_is_a_new_dict(loop: asyncio.AbstractEventLoop) -> None:
+    """Merging replaces the output dict: widget traits compare old and new by value."""
+    out = TaskOutput(loop)
+    out.write("stdout", "a")
+    before = out.notebook_outputs()
+    out.write("stdout", "b")
+    assert before[0]["text"] == "a" and out.notebook_outputs()[0]["text"] == "ab"
+
+
+def test_display_update_and_clear(loop: asyncio.AbstractEventLoop) -> None:
+    """A display with an id is replaced by an update; clear(wait=True) clears on next output."""
+    out = TaskOutput(loop)
+    out.display({"text/plain": "v1"}, {}, display_id="p")
+    out.display({"text/plain": "other"})
+    out.display({"text/plain": "v2"}, {}, display_id="p", update=True)
+    assert [o["data"]["text/plain"] for o in out.notebook_outputs()] == ["v2", "other"]
+    assert all("_display_id" not in o for o in out.notebook_outputs())
+    out.clear(wait=True)
+    assert len(out.outputs) == 2
+    out.write("stdout", "fresh")
+    assert [o.get("text") for o in out.outputs] == ["fresh"]
+
+
+def test_views_refresh_once_per_burst_on_the_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Many writes from a thread arm one refresh, which runs on the loop, not in the thread."""
+    out = TaskOutput(loop)
+    view = RecordingView()
+    out.attach(view)
+    refreshed_on: list[threading.Thread] = []
+    original = view.update
+    view.update = lambda o: (refreshed_on.append(threading.current_thread()), original(o))  # type: ignore[method-assign]
+
+    def produce() -> None:
+        for i in range(100):
+            out.write("stdout", f"{i}\n")
+
+    worker = threading.Thread(target=produce)
+    worker.start()
+    worker.join()
+    loop.run_until_complete(asyncio.sleep(0.5))
+    assert len(view.seen) == 1 and view.seen[0][0] == 100
+    assert refreshed_on == [threading.current_thread()]
+
+
+def test_no_view_no_refresh(loop: asyncio.AbstractEventLoop) -> None:
+    """Without views (a quiet task) writing schedules nothing on the loop."""
+    out = TaskOutput(loop)
+    out.write("stdout", "x")
+    assert not out._flush_armed
