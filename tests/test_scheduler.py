@@ -381,3 +381,68 @@ async def test_fixed_cell_keeps_its_place_in_chain(scheduler: Scheduler, gated: 
     with anyio.fail_after(5):
         await scheduler.wait([parse2, save2])
     assert scheduler.shell.user_ns["total"] == 1
+
+
+async def test_retries_run_again_until_success(scheduler: Scheduler) -> None:
+    """--retries runs a failing body again; each attempt is counted and its failure kept."""
+    scheduler.shell.user_ns["tries"] = []
+    t = scheduler.submit(
+        "tries.append(1)\nif len(tries) < 3:\n    raise ConnectionError(f'try {len(tries)}')\nlen(tries)",
+        "flaky", TaskOptions(mode="async", retries=3, retry_delay=0.01),
+    )
+    with anyio.fail_after(5):
+        await scheduler.wait([t])
+    assert (t.state, t.result, t.attempts) == ("done", 3, 3)
+    assert [str(e) for e in t.failures] == ["try 1", "try 2"]
+    assert "attempt 1/4 failed: ConnectionError: try 1; retry 2/4 in" in t.output
+
+
+async def test_retries_exhausted_fail(scheduler: Scheduler) -> None:
+    """After its last retry a task fails with the last error."""
+    t = scheduler.submit("raise OSError('down')", "down", TaskOptions(mode="async", retries=2, retry_delay=0))
+    with anyio.fail_after(5), pytest.raises(TaskFailed):
+        await scheduler.wait([t])
+    assert (t.state, t.attempts, len(t.failures)) == ("failed", 3, 2)
+
+
+async def test_limit_holds_tasks_of_the_group(scheduler: Scheduler, gated: GatedMode) -> None:
+    """--limit 2: only two tasks of the group run; the others wait, saying why."""
+    records = [scheduler.submit(str(i), f"l{i}", opts(group="api", limit=2)) for i in range(4)]
+    await settle()
+    assert gated.started == ["l0", "l1"]
+    assert records[2].state == "pending" and "limit 2 in group api" in records[2].pending_reason
+    gated.gate("l0").set()
+    await settle()
+    assert gated.started == ["l0", "l1", "l2"]
+    for i in range(1, 4):
+        gated.gate(f"l{i}").set()
+    with anyio.fail_after(5):
+        await scheduler.wait(records)
+    assert [r.result for r in records] == [0, 1, 2, 3]
+
+
+async def test_priority_orders_held_tasks(scheduler: Scheduler, gated: GatedMode) -> None:
+    """Among tasks held by a limit, the higher --priority starts first."""
+    first = scheduler.submit("1", "first", opts(group="g", limit=1))
+    low = scheduler.submit("2", "low", opts(group="g"))
+    high = scheduler.submit("3", "high", opts(group="g", priority=5))
+    await settle()
+    gated.gate("first").set()
+    await settle()
+    assert gated.started == ["first", "high"]
+    gated.gate("high").set()
+    gated.gate("low").set()
+    with anyio.fail_after(5):
+        await scheduler.wait([first, low, high])
+
+
+async def test_limit_needs_a_group(scheduler: Scheduler) -> None:
+    """--limit without a group is a usage error (through the API's option check)."""
+    from ipytasks.api import make_options
+
+    with pytest.raises(UsageError, match="add -g GROUP"):
+        make_options(limit=2)
+    with pytest.raises(UsageError, match="--rate must be"):
+        make_options(rate="0/s", group="g")
+    with pytest.raises(UsageError, match="--retries must be 0 or more"):
+        make_options(retries=-1)

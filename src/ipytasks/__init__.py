@@ -13,6 +13,7 @@ from . import api as _api
 from .api import cancel as cancel
 from .api import result as result
 from .api import results as results
+from .api import retry as retry
 from .api import submit as submit
 from .api import tasks as tasks
 from .api import wait as wait
@@ -32,6 +33,7 @@ __all__ = (
     "load_ipython_extension",
     "result",
     "results",
+    "retry",
     "submit",
     "tasks",
     "unload_ipython_extension",

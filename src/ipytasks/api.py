@@ -9,12 +9,13 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from .limits import parse_rate
 from .modes import MODES
 from .output import OutputCapture
 from .scheduler import Scheduler
 from .tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
-__all__ = ("submit", "wait", "cancel", "result", "results", "tasks")
+__all__ = ("submit", "wait", "cancel", "retry", "result", "results", "tasks")
 
 #: Every task of the session, by name, in submission order.
 tasks = TaskRegistry()
@@ -23,6 +24,7 @@ NOT_LOADED = "ipytasks is not loaded: run %load_ext ipytasks first"
 BAD_NAME = "{what} must be a Python identifier, not {value!r}"
 BAD_CHOICE = "{option} must be one of {choices}, not {value!r}"
 BAD_TIMEOUT = "{option} must be a number of seconds greater than 0, not {value!r}"
+BAD_RATE = "--rate must be a number of starts above 0, per second or minute (5/s, 120/min), not {value!r}"
 NOT_ENDED = "task {name!r} is {state}: %wait {name} first"
 UNKNOWN_TASK = "no task named {name!r} (known: {known})"
 ON_ERROR_CHOICES = ("stop", "continue")
@@ -110,6 +112,11 @@ def make_options(
     timeout: float | None = None,
     wait: bool = False,
     quiet: bool = False,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    limit: int | None = None,
+    rate: float | str | None = None,
+    priority: int = 0,
 ) -> TaskOptions:
     """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming the bad one."""
     if mode not in MODES:
@@ -126,8 +133,29 @@ def make_options(
         if not ok:
             raise UsageError(BAD_TIMEOUT.format(option="--timeout", value=timeout))
         timeout = float(timeout)
+    retries = _whole(retries, "--retries", minimum=0)
+    if not _is_number(retry_delay) or float(retry_delay) < 0:
+        raise UsageError(f"--retry-delay must be a number of seconds, 0 or more, not {retry_delay!r}")
+    if limit is not None:
+        limit = _whole(limit, "--limit", minimum=1)
+    if rate is not None:
+        try:
+            rate = parse_rate(rate) if isinstance(rate, str) else float(rate)
+            if not rate > 0 or not math.isfinite(rate):
+                raise ValueError("must be above zero")
+        except (TypeError, ValueError):
+            raise UsageError(BAD_RATE.format(value=rate)) from None
+    priority = _whole(priority, "--priority")
+    if (limit is not None or rate is not None) and group is None:
+        option = "--limit" if limit is not None else "--rate"
+        raise UsageError(f"{option} applies to a group of tasks: add -g GROUP")
     return TaskOptions(
         mode=mode,
+        retries=retries,
+        retry_delay=float(retry_delay),
+        limit=limit,
+        rate=rate,
+        priority=priority,
         after=_names(after, "--after"),
         group=_check_name(group, "--group") if group is not None else None,
         chain=_check_name(chain, "--chain") if chain is not None else None,
@@ -136,6 +164,22 @@ def make_options(
         wait=bool(wait),
         quiet=bool(quiet),
     )
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _whole(value: Any, option: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).lstrip("-").isdigit():
+        raise UsageError(f"{option} must be a whole number, not {value!r}")
+    number = int(value)
+    if minimum is not None and number < minimum:
+        raise UsageError(f"{option} must be {minimum} or more, not {number}")
+    return number
 
 
 def submit(code: str, name: str | None = None, **options: Any) -> TaskRecord:
@@ -218,6 +262,32 @@ def cancel(*targets: str, all: bool = False) -> list[str]:  # noqa: A002 - mirro
     scheduler = _current().scheduler
     records = scheduler.resolve(() if all else targets, "cancel")
     return [r.name for r in scheduler.cancel(records)]
+
+
+def retry(name: str) -> TaskRecord:
+    """Run a failed, timed-out, cancelled or skipped task's cell again, with its options.
+
+    The new task replaces the old one under the same name (which stays in the history).
+    """
+    record = _record(name)
+    if record.state in (TaskState.PENDING, TaskState.RUNNING, TaskState.DONE):
+        hint = "%wait it first" if not record.state.ended else "submit its cell again to rerun it"
+        raise UsageError(f"task {name!r} is {record.state}: only a task that did not succeed can be retried ({hint})")
+    return _resubmit(record)
+
+
+def _resubmit(record: TaskRecord) -> TaskRecord:
+    session = _current()
+    scheduler = session.scheduler
+    number = record.cell.number if record.cell is not None else 0
+    shown: list[Any] = []
+    new = scheduler.submit(
+        record.source, record.name, record.options, number=number,
+        attach=lambda r: shown.append(session.attach_view(r)),
+    )
+    if shown and shown[0] is not None:
+        _show_widget(shown[0])
+    return new
 
 
 def _record(name: str) -> TaskRecord:

@@ -69,6 +69,27 @@ def task_args(f: Any) -> Any:
             help="Stop the body after S seconds; the task ends as timed_out.",
         ),
         magic_arguments.argument(
+            "--retries", metavar="N", type=int, default=0,
+            help="Run the body again up to N times after it fails or times out.",
+        ),
+        magic_arguments.argument(
+            "--retry-delay", dest="retry_delay", metavar="S", type=float, default=1.0,
+            help="Wait S seconds before the first retry (default 1), doubling each time, "
+            "with jitter.",
+        ),
+        magic_arguments.argument(
+            "--limit", metavar="N", type=int, default=None,
+            help="At most N tasks of this task's group run at once.",
+        ),
+        magic_arguments.argument(
+            "--rate", metavar="N/s", default=None,
+            help="At most N starts per second (or N/min) in this task's group.",
+        ),
+        magic_arguments.argument(
+            "--priority", metavar="N", type=int, default=0,
+            help="Among tasks held by a --limit or --rate, higher N starts first (default 0).",
+        ),
+        magic_arguments.argument(
             "--wait", action="store_true",
             help="Block this cell until the task ends (output shows live); "
             "other tasks keep running.",
@@ -134,6 +155,11 @@ class TaskMagics(Magics):
             timeout=args.timeout,
             wait=args.wait,
             quiet=args.quiet,
+            retries=args.retries,
+            retry_delay=args.retry_delay,
+            limit=args.limit,
+            rate=args.rate,
+            priority=args.priority,
         )
         return args.name, options
 
@@ -260,6 +286,24 @@ class TaskMagics(Magics):
         args = _parse(self.cancel, line)
         names = api.cancel(*args.targets, all=args.all)
         print("cancelled: " + (", ".join(names) if names else "nothing (all had ended)"))
+
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument("name", metavar="NAME", help="The task's name.")
+    @line_magic
+    def retry(self, line: str) -> None:
+        """Run a failed, timed-out, cancelled or skipped task's cell again, with its options.
+
+        The new run replaces the old task under the same name; the cell shows its
+        status line again.
+
+        Examples
+        --------
+        ::
+
+            In [8]: %retry fetch
+        """
+        args = _parse(self.retry, line)
+        api.retry(args.name)
 
     @magic_arguments.magic_arguments()
     @magic_arguments.argument("name", metavar="NAME", help="The task's name.")

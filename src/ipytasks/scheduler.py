@@ -13,6 +13,7 @@ import atexit
 import concurrent.futures
 import contextvars
 import itertools
+import random
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 
 from .cells import CompiledCell, compile_cell
+from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
 from .tasks import (
@@ -55,6 +57,8 @@ SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinish
 
 #: Upstream states that let a task run under --on-error stop.
 _SUCCESS = TaskState.DONE
+#: Outcomes of an attempt that --retries runs again.
+_RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT)
 #: How often running tasks' elapsed times tick in their status lines.
 TICK_INTERVAL = 0.5
 
@@ -155,6 +159,8 @@ class Scheduler:
         self._ticking: set[TaskRecord] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[TaskRecord], None]] = []
+        self._limiters: dict[str, Limiter] = {}
+        self._rates: dict[str, RateLimiter] = {}
         self._closed = False
         atexit.register(self._at_exit)
 
@@ -239,6 +245,7 @@ class Scheduler:
         record.sink.owner = record
         record._ended_event = asyncio.Event()
         self.tasks._add(record)
+        self._set_group_limits(options)
         if options.chain is not None and name not in self._chains.setdefault(options.chain, []):
             self._chains[options.chain].append(name)
         if attach is not None:
@@ -249,6 +256,24 @@ class Scheduler:
         )
         self._changed(record)
         return record
+
+    def _set_group_limits(self, options: TaskOptions) -> None:
+        """``--limit``/``--rate`` set the group's limit and rate (the latest given wins)."""
+        group = options.group
+        if group is None:
+            return
+        if options.limit is not None:
+            limiter = self._limiters.get(group)
+            if limiter is None:
+                self._limiters[group] = Limiter(options.limit)
+            else:
+                limiter.set_capacity(options.limit)
+        if options.rate is not None:
+            rater = self._rates.get(group)
+            if rater is None:
+                self._rates[group] = RateLimiter(options.rate)
+            else:
+                rater.set_rate(options.rate)
 
     def _chain_predecessor(self, chain: str, name: str) -> TaskRecord | None:
         """The task a sequential task of ``chain`` named ``name`` runs after.
@@ -300,15 +325,64 @@ class Scheduler:
                     why = ", ".join(f"{u.name!r} {u.state}" for u in bad)
                     self._end(record, TaskState.SKIPPED, error=TaskSkipped(f"upstream {why}"))
                     return
-            await self._run(record)
+            options = record.options
+            while True:
+                state, result, error = await self._gated_attempt(record)
+                if state in _RETRYABLE and record.attempts <= options.retries:
+                    await self._back_off(record, error)
+                    continue
+                self._end(record, state, result=result, error=error)
+                return
         except asyncio.CancelledError:
             self._end(record, TaskState.CANCELLED, error=TaskCancelled(f"task {record.name!r} was cancelled"))
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit included
             self._end(record, TaskState.FAILED, error=exc)
 
-    async def _run(self, record: TaskRecord) -> None:
+    async def _gated_attempt(self, record: TaskRecord) -> tuple[TaskState, Any, BaseException | None]:
+        """One attempt, once the group's limit and rate let it start."""
+        options = record.options
+        limiter = self._limiters.get(options.group) if options.group is not None else None
+        rater = self._rates.get(options.group) if options.group is not None else None
+        if limiter is not None:
+            if limiter.running >= limiter.capacity or limiter.waiting:
+                record.pending_reason = (
+                    f"limit {limiter.capacity} in group {options.group} "
+                    f"({limiter.running} running, {limiter.waiting + 1} waiting)"
+                )
+                self._changed(record)
+            await limiter.acquire(options.priority)
+        try:
+            if rater is not None:
+                record.pending_reason = f"rate {rater.rate:g}/s in group {options.group}"
+                await rater.acquire(options.priority)
+            record.pending_reason = None
+            return await self._attempt(record)
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _back_off(self, record: TaskRecord, error: BaseException | None) -> None:
+        options = record.options
+        done, total = record.attempts, options.retries + 1
+        delay = options.retry_delay * 2 ** (done - 1) * random.uniform(0.8, 1.2)
+        if error is not None:
+            record.failures.append(error)
+            record.sink.write(
+                "stderr",
+                f"attempt {done}/{total} failed: {type(error).__name__}: {error}; "
+                f"retry {done + 1}/{total} in {delay:.1f}s\n",
+            )
+        record.state = TaskState.PENDING
+        record.pending_reason = f"retry {done + 1}/{total} in {delay:.1f}s"
+        self._changed(record)
+        await asyncio.sleep(delay)
+        record.pending_reason = None
+
+    async def _attempt(self, record: TaskRecord) -> tuple[TaskState, Any, BaseException | None]:
+        """Run the body once through its mode; return how it ended (never raises but cancel)."""
         record.state = TaskState.RUNNING
-        record.started = time.time()
+        if record.started is None:
+            record.started = time.time()
         record.attempts += 1
         self._changed(record)
         mode = self._mode(record.mode)
@@ -319,19 +393,14 @@ class Scheduler:
                 result = await mode.run(record)
         except TimeoutError as exc:
             if deadline.expired():
-                self._end(
-                    record,
-                    TaskState.TIMED_OUT,
-                    error=TimeoutError(f"task {record.name!r} timed out after {timeout:g} s"),
-                )
-            else:
-                self._end(record, TaskState.FAILED, error=exc)
+                message = f"task {record.name!r} timed out after {timeout:g} s"
+                return TaskState.TIMED_OUT, None, TimeoutError(message)
+            return TaskState.FAILED, None, exc
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - a task's failure, whatever it raised
-            self._end(record, TaskState.FAILED, error=exc)
-        else:
-            self._end(record, TaskState.DONE, result=result)
+            return TaskState.FAILED, None, exc
+        return TaskState.DONE, result, None
 
     def install_mode(self, mode: Mode) -> None:
         """Make ``mode`` the instance used for tasks of mode ``mode.name``."""

@@ -99,6 +99,11 @@ class TaskOptions:
     timeout: float | None = None
     wait: bool = False
     quiet: bool = False
+    retries: int = 0
+    retry_delay: float = 1.0
+    limit: int | None = None
+    rate: float | None = None
+    priority: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -123,6 +128,10 @@ class TaskRecord:
     attempts: int = 0
     waits_for: tuple[str, ...] = ()
     reasons: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Why a pending task is not running yet, when it is not the tasks it waits for.
+    pending_reason: str | None = None
+    #: The errors of earlier attempts, when ``--retries`` ran it again.
+    failures: list[BaseException] = field(default_factory=list, repr=False)
     sink: TaskOutput | None = field(default=None, repr=False)
     upstream: tuple[TaskRecord, ...] = field(default=(), repr=False)
     # Set by the scheduler: an asyncio.Event set when the task ends.

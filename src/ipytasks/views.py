@@ -37,6 +37,8 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
     state = record.state
     name = record.name
     if state is TaskState.PENDING:
+        if record.pending_reason:
+            return f"{name} pending: {record.pending_reason}"
         if record.waits_for:
             waiting = ", ".join(
                 f"{n} ({record.reasons.get(n, 'after')})" for n in record.waits_for

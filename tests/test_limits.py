@@ -1,0 +1,102 @@
+"""Group limits and rates: capacity, priority order, cancellation, spacing of starts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ipytasks.limits import Limiter, RateLimiter, parse_rate
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_limiter_holds_the_third_until_a_release() -> None:
+    """With capacity 2, a third acquirer waits until one of the first two releases."""
+
+    async def main() -> None:
+        limiter = Limiter(2)
+        await limiter.acquire()
+        await limiter.acquire()
+        third = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0)
+        assert not third.done() and limiter.waiting == 1
+        limiter.release()
+        await asyncio.wait_for(third, 5)
+        assert limiter.running == 2
+
+    run(main())
+
+
+def test_limiter_serves_higher_priority_first() -> None:
+    """Waiters start by priority, then by arrival."""
+
+    async def main() -> None:
+        limiter = Limiter(1)
+        await limiter.acquire()
+        order: list[str] = []
+
+        async def waiter(name: str, priority: int) -> None:
+            await limiter.acquire(priority)
+            order.append(name)
+            limiter.release()
+
+        tasks = [asyncio.ensure_future(waiter(n, p)) for n, p in [("low", 0), ("high", 5), ("mid", 1), ("low2", 0)]]
+        await asyncio.sleep(0)
+        limiter.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert order == ["high", "mid", "low", "low2"]
+
+    run(main())
+
+
+def test_cancelled_waiter_gives_its_turn_away() -> None:
+    """A waiter cancelled before its turn never takes a slot."""
+
+    async def main() -> None:
+        limiter = Limiter(1)
+        await limiter.acquire()
+        gone = asyncio.ensure_future(limiter.acquire())
+        stays = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0)
+        gone.cancel()
+        limiter.release()
+        await asyncio.wait_for(stays, 5)
+        assert limiter.running == 1 and gone.cancelled()
+
+    run(main())
+
+
+def test_rate_spaces_starts() -> None:
+    """At 20 starts per second, five starts are at least 50 ms apart."""
+
+    async def main() -> list[float]:
+        rater = RateLimiter(20)
+        loop = asyncio.get_running_loop()
+        starts: list[float] = []
+
+        async def start() -> None:
+            await rater.acquire()
+            starts.append(loop.time())
+
+        await asyncio.wait_for(asyncio.gather(*(start() for _ in range(5))), 5)
+        return starts
+
+    starts = run(main())
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(gap >= 0.045 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize(("text", "rate"), [("5/s", 5.0), ("120/min", 2.0), ("3", 3.0), ("0.5/s", 0.5)])
+def test_parse_rate(text: str, rate: float) -> None:
+    """Rates are starts per second or per minute."""
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["0/s", "-1/s", "5/week", "fast"])
+def test_parse_rate_refuses(text: str) -> None:
+    """A rate of zero, below zero, or of an unknown unit is refused."""
+    with pytest.raises(ValueError):
+        parse_rate(text)
