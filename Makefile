@@ -1,0 +1,54 @@
+# ipytasks — developer entry points. Needs only Python 3.11+ and make.
+#
+#   make lab    JupyterLab on the tour notebook (builds .venv first)
+#   make tour   run notebooks/tour.ipynb headless and print the task table
+#   make test   build .venv and .venv-ik6 (ipykernel 6.29 / IPython 8), then run pytest
+#               (PYTEST_ARGS="tests/test_x.py -k foo" to narrow it)
+
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+VENV := .venv
+VENV_IK6 := .venv-ik6
+PY := $(VENV)/bin/python
+PY_IK6 := $(VENV_IK6)/bin/python
+STAMP := $(VENV)/.installed
+STAMP_IK6 := $(VENV_IK6)/.installed
+
+IK6_PINS := "ipykernel==6.29.*" "ipython>=8.12,<9"
+
+# JupyterLab refuses to run as root without being told
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: lab test tour env env-ik6 clean
+
+lab: $(STAMP)
+	@echo "Starting JupyterLab; the tour is notebooks/tour.ipynb (in the URL below, replace"
+	@echo "'/lab?token=' by '/lab/tree/notebooks/tour.ipynb?token=' if no browser opens it)."
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(ALLOW_ROOT) notebooks/tour.ipynb
+
+tour: $(STAMP)
+	$(PY) notebooks/run_tour.py notebooks/tour.ipynb
+
+test: $(STAMP) $(STAMP_IK6)
+	IPYTASKS_IK6_PYTHON="$(abspath $(PY_IK6))" $(PY) -m pytest $(PYTEST_ARGS)
+
+env: $(STAMP)
+env-ik6: $(STAMP_IK6)
+
+# The main environment: the project with its extras and the test group (--group needs pip>=25.1).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[lab]" --group test
+	touch $@
+
+# The second kernel environment: the oldest ipykernel/IPython the project supports.
+$(STAMP_IK6): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV_IK6)
+	$(PY_IK6) -m pip install --upgrade pip
+	$(PY_IK6) -m pip install -e . $(IK6_PINS)
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(VENV_IK6) test-output .pytest_cache .hypothesis

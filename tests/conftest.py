@@ -1,0 +1,102 @@
+"""Shared fixtures.
+
+- ``kernel_env``: "ik7" (the Python running pytest, ipykernel 7) and "ik6"
+  (``$IPYTASKS_IK6_PYTHON``, ipykernel 6.29 / IPython 8). Without the ik6 interpreter its
+  tests are skipped — except under ``CI=true``, where they fail.
+- ``kernel``: one kernel per (test module, env) with ``%load_ext ipytasks`` done; tests share it,
+  so use unique task names.
+- ``fresh_kernel``: a kernel of its own for one test, extension not loaded (interrupt, kill,
+  unload, restart...).
+- ``ip``: the ``InteractiveShell`` singleton for unit tests, namespace reset after each test.
+
+Tests using ``kernel`` or ``fresh_kernel`` get the ``kernel`` marker automatically
+(``pytest -m "not kernel"`` runs the fast unit tests only). ``kernel_driver`` is importable
+from test modules (``from kernel_driver import Kernel``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# jupyter_core warns about its coming platformdirs move unless this is set; opt in quietly.
+os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
+
+from kernel_driver import ENVS, Kernel, python_or_skip  # noqa: E402
+
+KERNEL_FIXTURES = {"kernel", "fresh_kernel"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    declared = " ".join(config.getini("markers"))
+    if "kernel:" not in declared:
+        config.addinivalue_line("markers", "kernel: drives a real ipykernel through jupyter_client")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
+
+
+def _start(env: str, tmp_path_factory: pytest.TempPathFactory) -> Kernel:
+    python = python_or_skip(env)
+    return Kernel(env, python=python, workdir=tmp_path_factory.mktemp(f"kernel-{env}"))
+
+
+def _stop(kernel: Kernel) -> None:
+    kernel.shutdown()
+    kernel.kill_leftovers()  # never leak a worker process into the rest of the run
+
+
+@pytest.fixture(scope="module", params=ENVS, ids=ENVS)
+def kernel_env(request: pytest.FixtureRequest) -> str:
+    """The kernel environment: "ik7" or "ik6"."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def kernel(kernel_env: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    """A kernel shared by the tests of one module (per env), with ipytasks loaded."""
+    k = _start(kernel_env, tmp_path_factory)
+    try:
+        k.execute("%load_ext ipytasks")
+        yield k
+    finally:
+        _stop(k)
+
+
+@pytest.fixture
+def fresh_kernel(kernel_env: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
+    """A kernel for this test alone, without ipytasks loaded."""
+    k = _start(kernel_env, tmp_path_factory)
+    try:
+        yield k
+    finally:
+        _stop(k)
+
+
+@pytest.fixture
+def ip() -> Iterator[object]:
+    """The ``InteractiveShell`` singleton (history in memory); ipytasks unloaded and the
+    namespace reset after the test."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    if InteractiveShell.initialized():
+        shell = InteractiveShell.instance()
+    else:
+        config = Config()
+        config.HistoryManager.hist_file = ":memory:"
+        shell = InteractiveShell.instance(config=config)
+    try:
+        yield shell
+    finally:
+        if "ipytasks" in shell.extension_manager.loaded:
+            shell.run_line_magic("unload_ext", "ipytasks")
+        shell.reset(new_session=False)
