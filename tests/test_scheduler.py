@@ -446,3 +446,54 @@ async def test_limit_needs_a_group(scheduler: Scheduler) -> None:
         make_options(rate="0/s", group="g")
     with pytest.raises(UsageError, match="--retries must be 0 or more"):
         make_options(retries=-1)
+
+
+async def test_map_fans_out_and_gathers_in_order(scheduler: Scheduler) -> None:
+    """--map runs one task per item, each in its own scope; the result lists them in order."""
+    scheduler.shell.user_ns.update(asyncio=asyncio, items=[3, 1, 2])
+    m = scheduler.submit(
+        "await asyncio.sleep(x / 100)\ny = x * 10\ny", "m", TaskOptions(map=("x", "items"))
+    )
+    with anyio.fail_after(5):
+        await scheduler.wait([m])
+    assert m.result == [30, 10, 20]
+    assert [c.name for c in m.children] == ["m[0]", "m[1]", "m[2]"]
+    assert scheduler.tasks["m[1]"].result == 10
+    assert "y" not in scheduler.shell.user_ns and "x" not in scheduler.shell.user_ns
+
+
+async def test_map_items_respect_the_limit(scheduler: Scheduler, gated: GatedMode) -> None:
+    """--map with --limit: at most N items run at once (the map's name is their group)."""
+    scheduler.shell.user_ns["n"] = 5
+    m = scheduler.submit("x", "m", opts(map=("x", "range(n)"), limit=2))
+    await settle()
+    assert gated.started == ["m[0]", "m[1]"]
+    for i in range(5):
+        gated.gate(f"m[{i}]").set()
+    with anyio.fail_after(5):
+        await scheduler.wait([m])
+    assert m.result == [0, 1, 2, 3, 4]
+
+
+async def test_map_failure_and_bad_expression(scheduler: Scheduler) -> None:
+    """A failing item fails the map, naming it; a bad EXPR is a usage error at submission."""
+    m = scheduler.submit("10 // x", "m", TaskOptions(mode="async", map=("x", "[1, 0, 2]")))
+    with anyio.fail_after(5), pytest.raises(TaskFailed, match=r"m\[1\] \(failed\)"):
+        await scheduler.wait([m])
+    assert m.state == "failed" and scheduler.tasks["m[2]"].result == 5
+    with pytest.raises(UsageError, match="is not iterable"):
+        scheduler.submit("1", "bad", TaskOptions(map=("x", "5")))
+    with pytest.raises(UsageError, match="not an expression"):
+        scheduler.submit("1", "bad", TaskOptions(map=("x", "[1,")))
+    assert "bad" not in scheduler.tasks
+
+
+async def test_cancelling_a_map_cancels_its_items(scheduler: Scheduler, gated: GatedMode) -> None:
+    """%cancel on the map stops every unfinished item."""
+    m = scheduler.submit("x", "m", opts(map=("x", "range(3)")))
+    await settle()
+    scheduler.cancel([m])
+    with anyio.fail_after(5):
+        await scheduler.wait([m])
+    assert m.state == "cancelled"
+    assert [c.state for c in m.children] == ["cancelled"] * 3

@@ -117,6 +117,7 @@ def make_options(
     limit: int | None = None,
     rate: float | str | None = None,
     priority: int = 0,
+    map: str | tuple[str, str] | None = None,  # noqa: A002 - the option's name
 ) -> TaskOptions:
     """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming the bad one."""
     if mode not in MODES:
@@ -146,7 +147,9 @@ def make_options(
         except (TypeError, ValueError):
             raise UsageError(BAD_RATE.format(value=rate)) from None
     priority = _whole(priority, "--priority")
-    if (limit is not None or rate is not None) and group is None:
+    if map is not None:
+        map = _map_spec(map)
+    if (limit is not None or rate is not None) and group is None and map is None:
         option = "--limit" if limit is not None else "--rate"
         raise UsageError(f"{option} applies to a group of tasks: add -g GROUP")
     return TaskOptions(
@@ -156,6 +159,7 @@ def make_options(
         limit=limit,
         rate=rate,
         priority=priority,
+        map=map,
         after=_names(after, "--after"),
         group=_check_name(group, "--group") if group is not None else None,
         chain=_check_name(chain, "--chain") if chain is not None else None,
@@ -164,6 +168,18 @@ def make_options(
         wait=bool(wait),
         quiet=bool(quiet),
     )
+
+
+def _map_spec(value: str | tuple[str, str]) -> tuple[str, str]:
+    if isinstance(value, str):
+        var, sep, expr = value.strip().partition(" in ")
+    else:
+        (var, expr), sep = value, " in "
+    var, expr = var.strip(), expr.strip()
+    if not sep or not expr:
+        raise UsageError(f"--map needs VAR in EXPR (e.g. --map url in urls), not {value!r}")
+    _check_name(var, "--map VAR")
+    return var, expr
 
 
 def _is_number(value: Any) -> bool:

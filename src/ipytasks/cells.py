@@ -12,10 +12,10 @@ from __future__ import annotations
 import ast
 import inspect
 from dataclasses import dataclass
-from types import CodeType
+from types import CodeType, FunctionType
 from typing import Any
 
-__all__ = ("CompiledCell", "compile_cell")
+__all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
 _TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
@@ -96,3 +96,72 @@ def compile_cell(shell: Any, source: str, number: int = 0) -> CompiledCell:
         is_async=is_async,
         quiet_result=source.rstrip().endswith(";"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MapItemCell:
+    """One item of a ``--map`` cell: the cell's body as a function of the map variable.
+
+    Each item runs in a scope of its own, so items that run at once do not overwrite
+    each other's names; what an item binds stays there (``global`` reaches the
+    notebook), and its value is the cell's last expression.
+    """
+
+    cell: CompiledCell
+    function: Any
+    item: Any
+
+    @property
+    def is_async(self) -> bool:
+        return self.cell.is_async
+
+    @property
+    def filename(self) -> str:
+        return self.cell.filename
+
+    @property
+    def number(self) -> int:
+        return self.cell.number
+
+    @property
+    def source(self) -> str:
+        return self.cell.source
+
+    quiet_result = True
+
+    async def run_async(self, namespace: dict[str, Any]) -> Any:
+        value = self.function(self.item)
+        return await value if self.cell.is_async else value
+
+    def run_sync(self, namespace: dict[str, Any]) -> Any:
+        return self.function(self.item)
+
+
+_ITEM_FUNCTION = "__ipytasks_map_item__"
+
+
+def compile_map_function(cell: CompiledCell, var: str, namespace: dict[str, Any]) -> Any:
+    """The cell's body as ``def item(VAR): …; return <last expression>``, over ``namespace``."""
+    body = [node for node in cell.tree.body]
+    if body and isinstance(body[-1], ast.Expr):
+        last = body.pop()
+        body.append(ast.copy_location(ast.Return(value=last.value), last))
+    if not body:
+        body = [ast.Pass()]
+    kind = ast.AsyncFunctionDef if cell.is_async else ast.FunctionDef
+    func = kind(
+        name=_ITEM_FUNCTION,
+        args=ast.arguments(
+            posonlyargs=[], args=[ast.arg(arg=var)], kwonlyargs=[], kw_defaults=[], defaults=[]
+        ),
+        body=body,
+        decorator_list=[],
+        lineno=1,
+        col_offset=0,
+    )
+    module = ast.fix_missing_locations(ast.Module(body=[func], type_ignores=[]))
+    code = compile(module, cell.filename, "exec", dont_inherit=True)
+    function_code = next(
+        c for c in code.co_consts if isinstance(c, CodeType) and c.co_name == _ITEM_FUNCTION
+    )
+    return FunctionType(function_code, namespace, f"{var}-item")

@@ -86,6 +86,13 @@ def task_args(f: Any) -> Any:
             help="At most N starts per second (or N/min) in this task's group.",
         ),
         magic_arguments.argument(
+            "--map", metavar="VAR in EXPR", default=None,
+            help="Fan out: one task per item of EXPR with VAR bound to it, named NAME[0], "
+            "NAME[1]...; each item runs in a scope of its own and the task's result is the "
+            "list of the items' results, in order. EXPR is evaluated once the tasks it "
+            "depends on have ended.",
+        ),
+        magic_arguments.argument(
             "--priority", metavar="N", type=int, default=0,
             help="Among tasks held by a --limit or --rate, higher N starts first (default 0).",
         ),
@@ -109,6 +116,21 @@ def _chain_arg(f: Any) -> Any:
         "--chain", metavar="C", default="main",
         help="The chain to append to (default 'main'); a chain runs its tasks in order.",
     )(f)
+
+
+# --map VAR in EXPR: EXPR runs to the next option (or the end), so it may hold spaces.
+_MAP_OPTION = re.compile(r"(?:^|\s)--map(?:\s+(?P<spec>.*?))?(?=\s+-{1,2}[a-zA-Z]|\s*$)")
+
+
+def _split_map(magic: str, line: str) -> tuple[str, str | None]:
+    """Take ``--map VAR in EXPR`` out of a magic line: (rest of the line, "VAR in EXPR")."""
+    match = _MAP_OPTION.search(line)
+    if match is None:
+        return line, None
+    spec = (match["spec"] or "").strip()
+    if not re.match(r"^\S+\s+in\s+\S", spec):
+        raise UsageError(f"%%{magic}: --map needs VAR in EXPR (e.g. --map url in urls), not {spec!r}")
+    return line[: match.start()] + " " + line[match.end():], spec
 
 
 def _syntax_message(magic: str, exc: SyntaxError) -> str:
@@ -175,8 +197,10 @@ class TaskMagics(Magics):
     def submit_cell(self, magic: str, line: str, cell: str) -> api.TaskRecord:
         """Parse a ``%%parallel``/``%%sequential`` line and submit ``cell``."""
         method = getattr(self, magic)
+        line, mapping = _split_map(magic, line)
         args = _parse(method, line)
         name, options = self._task_options(args, args.chain if magic == "sequential" else None)
+        options["map"] = mapping
         api._current()
         try:
             return api._submit(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import concurrent.futures
 import contextvars
 import itertools
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
-from .cells import CompiledCell, compile_cell
+from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
@@ -53,6 +54,7 @@ OWN_LOOP_NOTICE = (
     "cannot be awaited in async tasks.\n"
 )
 UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
+MAP_MODES = "--map runs its items on the event loop or in threads, not in mode {mode!r} (yet)"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
 
 #: Upstream states that let a task run under --on-error stop.
@@ -202,8 +204,16 @@ class Scheduler:
             mode = "async" if cell.is_async else "thread"
         elif mode == "thread" and cell.is_async:
             raise UsageError(ASYNC_IN_THREAD.format(name=name))
-        probe = TaskRecord(name=name, source=source, options=options, cell=cell, mode=mode)
-        self._mode(mode).prepare(probe)
+        if options.map is not None:
+            if mode in ("process", "dask"):
+                raise UsageError(MAP_MODES.format(mode=mode))
+            _check_map_expression(options.map)
+            if options.group is None:
+                # The items form a group under the map's name: --limit, %wait and --after see it.
+                options = dataclasses.replace(options, group=name)
+        else:
+            probe = TaskRecord(name=name, source=source, options=options, cell=cell, mode=mode)
+            self._mode(mode).prepare(probe)
         return self._host.call(self._register, source, name, options, cell, mode, attach)
 
     def _register(
@@ -241,6 +251,16 @@ class Scheduler:
             reasons={r.name: why for r, why in upstream.items()},
             upstream=tuple(upstream),
         )
+        if options.map is not None and all(u.state.ended for u in upstream):
+            # Nothing it waits for is unfinished: evaluate EXPR now, so a bad one is a
+            # usage error in the submitting cell rather than a failed task.
+            try:
+                record._map_items = self._map_items(options.map[1])
+            except Exception as exc:  # noqa: BLE001 - whatever EXPR raises, said plainly
+                text = str(exc)
+                if not text.startswith("--map"):
+                    text = f"--map: {type(exc).__name__}: {text}"
+                raise UsageError(text) from None
         record.sink = TaskOutput(self.loop, self._echo)
         record.sink.owner = record
         record._ended_event = asyncio.Event()
@@ -326,6 +346,9 @@ class Scheduler:
                     self._end(record, TaskState.SKIPPED, error=TaskSkipped(f"upstream {why}"))
                     return
             options = record.options
+            if options.map is not None:
+                await self._drive_map(record)
+                return
             while True:
                 state, result, error = await self._gated_attempt(record)
                 if state in _RETRYABLE and record.attempts <= options.retries:
@@ -337,6 +360,65 @@ class Scheduler:
             self._end(record, TaskState.CANCELLED, error=TaskCancelled(f"task {record.name!r} was cancelled"))
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit included
             self._end(record, TaskState.FAILED, error=exc)
+
+    async def _drive_map(self, record: TaskRecord) -> None:
+        """Evaluate the map's EXPR, run one item task per value, gather their results."""
+        var, expr = record.options.map
+        record.state = TaskState.RUNNING
+        record.started = time.time()
+        record.attempts = 1
+        items = record._map_items
+        if items is None:
+            items = self._map_items(expr)
+        function = compile_map_function(record.cell, var, self.shell.user_ns)
+        child_options = dataclasses.replace(
+            record.options, map=None, chain=None, after=(), quiet=True, wait=False, mode=record.mode
+        )
+        for index, item in enumerate(items):
+            child = TaskRecord(
+                name=f"{record.name}[{index}]",
+                source=record.source,
+                options=child_options,
+                cell=MapItemCell(record.cell, function, item),
+                mode=record.mode,
+                parent=record,
+            )
+            child.sink = TaskOutput(self.loop, _prefixed(record.sink, f"[{index}] "))
+            child.sink.owner = child
+            child._ended_event = asyncio.Event()
+            record.children.append(child)
+            self.tasks._add(child)
+            child._runner = self.loop.create_task(
+                self._drive(child), name=f"ipytasks:{child.name}", context=contextvars.copy_context()
+            )
+        self._changed(record)
+        try:
+            for child in record.children:
+                await child._ended_event.wait()
+        except asyncio.CancelledError:
+            for child in record.children:
+                if child._runner is not None and not child.state.ended:
+                    child._runner.cancel()
+            raise
+        failures = [
+            c for c in record.children
+            if c.state in (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.SKIPPED)
+        ]
+        if failures:
+            self._end(record, TaskState.FAILED, error=TaskFailed(failures))
+        elif any(c.state is TaskState.CANCELLED for c in record.children):
+            self._end(record, TaskState.CANCELLED, error=TaskCancelled("items were cancelled"))
+        else:
+            self._end(record, TaskState.DONE, result=[c.result for c in record.children])
+
+    def _map_items(self, expr: str) -> list[Any]:
+        """The items of a map: EXPR evaluated in the notebook's namespace, as a list."""
+        values = eval(compile(expr, "<--map>", "eval"), self.shell.user_ns)  # noqa: S307
+        try:
+            return list(values)
+        except TypeError:
+            error = TypeError(f"--map: {expr!r} is not iterable (it is a {type(values).__name__})")
+        raise error
 
     async def _gated_attempt(self, record: TaskRecord) -> tuple[TaskState, Any, BaseException | None]:
         """One attempt, once the group's limit and rate let it start."""
@@ -439,6 +521,8 @@ class Scheduler:
             self._show_result(record, result)
         self._changed(record)
         record._ended_event.set()
+        if record.parent is not None and not record.parent.state.ended:
+            self._changed(record.parent)  # "k of n done"
 
     def _show_result(self, record: TaskRecord, result: Any) -> None:
         try:
@@ -595,6 +679,34 @@ class Scheduler:
                 print(SHUTDOWN_NOTICE.format(n=len(unfinished), s=s, names=names), file=stream)
         for mode in self._modes.values():
             mode.close()
+
+
+def _check_map_expression(spec: tuple[str, str]) -> None:
+    var, expr = spec
+    if not var.isidentifier():
+        raise UsageError(f"--map: {var!r} is not a name to bind each item to (--map VAR in EXPR)")
+    try:
+        compile(expr, "<--map>", "eval")
+    except SyntaxError as exc:
+        raise UsageError(f"--map: {expr!r} is not an expression: {exc.msg}") from None
+
+
+def _prefixed(sink: TaskOutput | None, prefix: str) -> Callable[[str, str], None]:
+    """Forward an item's stream text to the map's output, each line marked with its index."""
+    at_line_start = {"stdout": True, "stderr": True}
+
+    def forward(name: str, text: str) -> None:
+        if sink is None:
+            return
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if at_line_start.get(name, True):
+                out.append(prefix)
+            out.append(piece)
+            at_line_start[name] = piece.endswith("\n")
+        sink.write(name, "".join(out))
+
+    return forward
 
 
 def _trim_traceback(error: BaseException, cell: CompiledCell | None) -> None:

@@ -101,6 +101,8 @@ class TaskOptions:
     quiet: bool = False
     retries: int = 0
     retry_delay: float = 1.0
+    #: ``--map VAR in EXPR`` as ``(VAR, EXPR)``.
+    map: tuple[str, str] | None = None
     limit: int | None = None
     rate: float | None = None
     priority: int = 0
@@ -132,8 +134,13 @@ class TaskRecord:
     pending_reason: str | None = None
     #: The errors of earlier attempts, when ``--retries`` ran it again.
     failures: list[BaseException] = field(default_factory=list, repr=False)
+    #: For a ``--map`` task: its item tasks, and how many of them have ended.
+    children: list[TaskRecord] = field(default_factory=list, repr=False)
+    parent: TaskRecord | None = field(default=None, repr=False)
     sink: TaskOutput | None = field(default=None, repr=False)
     upstream: tuple[TaskRecord, ...] = field(default=(), repr=False)
+    # A --map task's items, when they could be evaluated at submission.
+    _map_items: list[Any] | None = field(default=None, repr=False)
     # Set by the scheduler: an asyncio.Event set when the task ends.
     _ended_event: Any = field(default=None, repr=False)
     _runner: Any = field(default=None, repr=False)

@@ -47,10 +47,15 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
         return f"{name} pending"
     if state is TaskState.RUNNING:
         elapsed = (now or time.time()) - (record.started or time.time())
+        if record.options.map is not None:
+            ended = sum(1 for c in record.children if c.state.ended)
+            return f"{name} running {elapsed:.1f}s: {ended} of {len(record.children)} done"
         return f"{name} running {elapsed:.1f}s ({record.mode})"
     took = record.duration
     took_text = f"{took:.2f}s" if took is not None else ""
     if state is TaskState.DONE:
+        if record.options.map is not None:
+            return f"{name} done in {took_text}: {len(record.children)} items"
         return f"{name} done in {took_text}"
     if state is TaskState.SKIPPED:
         return f"{name} skipped: {record.error}"
