@@ -116,7 +116,7 @@ async def test_chain_runs_in_submission_order(scheduler: Scheduler, gated: Gated
     other = scheduler.submit("z = 0", "other", opts(chain="side"))
     await settle()
     assert gated.started == ["a", "other"]
-    assert b.state == "pending" and b.waits_for == ("a",) and b.reasons == {"a": "chain main"}
+    assert b.state == "pending" and b.waits_for == ("a",) and b.reasons == {"a": "chain main; reads order"}
     gated.gate("a").set()
     await settle()
     assert gated.started == ["a", "other", "b"]

@@ -18,6 +18,7 @@ from .api import submit as submit
 from .api import tasks as tasks
 from .api import wait as wait
 from .tasks import TaskCancelled as TaskCancelled
+from .tasks import TaskConflictWarning as TaskConflictWarning
 from .tasks import TaskFailed as TaskFailed
 from .tasks import TaskRecord as TaskRecord
 from .tasks import TaskSkipped as TaskSkipped
@@ -39,6 +40,7 @@ __all__ = (
     "unload_ipython_extension",
     "wait",
     "TaskCancelled",
+    "TaskConflictWarning",
     "TaskFailed",
     "TaskRecord",
     "TaskSkipped",

@@ -118,6 +118,8 @@ def make_options(
     rate: float | str | None = None,
     priority: int = 0,
     map: str | tuple[str, str] | None = None,  # noqa: A002 - the option's name
+    infer: bool = True,
+    strict: bool = False,
 ) -> TaskOptions:
     """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming the bad one."""
     if mode not in MODES:
@@ -160,6 +162,8 @@ def make_options(
         rate=rate,
         priority=priority,
         map=map,
+        infer=bool(infer),
+        strict=bool(strict),
         after=_names(after, "--after"),
         group=_check_name(group, "--group") if group is not None else None,
         chain=_check_name(chain, "--chain") if chain is not None else None,

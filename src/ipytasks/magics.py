@@ -97,6 +97,15 @@ def task_args(f: Any) -> Any:
             help="Among tasks held by a --limit or --rate, higher N starts first (default 0).",
         ),
         magic_arguments.argument(
+            "--no-infer", dest="infer", action="store_false",
+            help="Do not wait for unfinished tasks whose names this cell reads, rebinds or "
+            "changes (by default it does, so every name gets the value an in-order run gives).",
+        ),
+        magic_arguments.argument(
+            "--strict", action="store_true",
+            help="Make a conflict on a shared name (possible with --no-infer) an error, not a warning.",
+        ),
+        magic_arguments.argument(
             "--wait", action="store_true",
             help="Block this cell until the task ends (output shows live); "
             "other tasks keep running.",
@@ -182,6 +191,8 @@ class TaskMagics(Magics):
             limit=args.limit,
             rate=args.rate,
             priority=args.priority,
+            infer=args.infer,
+            strict=args.strict,
         )
         return args.name, options
 

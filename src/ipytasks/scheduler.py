@@ -18,17 +18,20 @@ import random
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
+from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
 from .tasks import (
     TaskCancelled,
+    TaskConflictWarning,
     TaskFailed,
     TaskOptions,
     TaskRecord,
@@ -77,7 +80,15 @@ class _LoopHost:
             def run() -> None:
                 asyncio.set_event_loop(loop)
                 loop.call_soon(ready.set)
-                loop.run_forever()
+                try:
+                    loop.run_forever()
+                finally:
+                    leftover = asyncio.all_tasks(loop)
+                    for task in leftover:
+                        task.cancel()
+                    loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.close()
 
             self.own_thread = threading.Thread(target=run, name="ipytasks-loop", daemon=True)
             self.own_thread.start()
@@ -161,6 +172,7 @@ class Scheduler:
         self._ticking: set[TaskRecord] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[TaskRecord], None]] = []
+        self._deps = DependencyIndex()
         self._limiters: dict[str, Limiter] = {}
         self._rates: dict[str, RateLimiter] = {}
         self._closed = False
@@ -208,13 +220,15 @@ class Scheduler:
             if mode in ("process", "dask"):
                 raise UsageError(MAP_MODES.format(mode=mode))
             _check_map_expression(options.map)
+        names = task_names(cell, options)
+        if options.map is not None:
             if options.group is None:
                 # The items form a group under the map's name: --limit, %wait and --after see it.
                 options = dataclasses.replace(options, group=name)
         else:
             probe = TaskRecord(name=name, source=source, options=options, cell=cell, mode=mode)
             self._mode(mode).prepare(probe)
-        return self._host.call(self._register, source, name, options, cell, mode, attach)
+        return self._host.call(self._register, source, name, options, cell, mode, names, attach)
 
     def _register(
         self,
@@ -223,6 +237,7 @@ class Scheduler:
         options: TaskOptions,
         cell: CompiledCell,
         mode: str,
+        names: TaskNames,
         attach: Callable[[TaskRecord], None] | None,
     ) -> TaskRecord:
         if self._closed:
@@ -240,6 +255,13 @@ class Scheduler:
             previous = self._chain_predecessor(options.chain, name)
             if previous is not None:
                 upstream.setdefault(previous, f"chain {options.chain}")
+        shared = self._deps.shared(names)
+        if options.infer:
+            for other, why in shared.items():
+                reason = ", ".join(why)
+                upstream[other] = f"{upstream[other]}; {reason}" if other in upstream else reason
+        else:
+            self._report_conflicts(name, options, {r: w for r, w in shared.items() if r not in upstream})
 
         record = TaskRecord(
             name=name,
@@ -265,6 +287,7 @@ class Scheduler:
         record.sink.owner = record
         record._ended_event = asyncio.Event()
         self.tasks._add(record)
+        self._deps.add(record, names)
         self._set_group_limits(options)
         if options.chain is not None and name not in self._chains.setdefault(options.chain, []):
             self._chains[options.chain].append(name)
@@ -276,6 +299,23 @@ class Scheduler:
         )
         self._changed(record)
         return record
+
+    def _report_conflicts(
+        self, name: str, options: TaskOptions, conflicts: dict[TaskRecord, list[str]]
+    ) -> None:
+        """A task that does not wait (``--no-infer``) but shares names: warn, or refuse (``--strict``)."""
+        if not conflicts:
+            return
+        lines = [
+            f"task {name!r} {', '.join(why)} while task {other.name!r} is {other.state}; "
+            f"the order they end in decides the value"
+            for other, why in conflicts.items()
+        ]
+        others = ",".join(other.name for other in conflicts)
+        message = "; ".join(lines) + f" (drop --no-infer, or add --after {others})"
+        if options.strict:
+            raise UsageError(f"conflict (--strict): {message}")
+        warnings.warn(TaskConflictWarning(message), stacklevel=1)
 
     def _set_group_limits(self, options: TaskOptions) -> None:
         """``--limit``/``--rate`` set the group's limit and rate (the latest given wins)."""
@@ -508,6 +548,7 @@ class Scheduler:
     ) -> None:
         if record.state.ended:
             return
+        self._deps.remove(record)
         record.state = state
         record.ended = time.time()
         record.result = result

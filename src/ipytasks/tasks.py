@@ -27,6 +27,7 @@ __all__ = (
     "TaskFailed",
     "TaskCancelled",
     "TaskSkipped",
+    "TaskConflictWarning",
 )
 
 
@@ -65,6 +66,10 @@ class TaskCancelled(TaskError):
 
 class TaskSkipped(TaskError):
     """The task never ran: a task it waits for did not succeed (``--on-error stop``)."""
+
+
+class TaskConflictWarning(UserWarning):
+    """Two tasks that may run at the same time share a name, so their order decides its value."""
 
 
 class TaskFailed(TaskError):
@@ -106,6 +111,10 @@ class TaskOptions:
     limit: int | None = None
     rate: float | None = None
     priority: int = 0
+    #: Wait for unfinished tasks whose names this one shares (``--no-infer`` turns it off).
+    infer: bool = True
+    #: A conflict on a shared name is an error, not a warning (``--strict``).
+    strict: bool = False
 
 
 @dataclass(eq=False, slots=True)

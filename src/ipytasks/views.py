@@ -40,9 +40,7 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
         if record.pending_reason:
             return f"{name} pending: {record.pending_reason}"
         if record.waits_for:
-            waiting = ", ".join(
-                f"{n} ({record.reasons.get(n, 'after')})" for n in record.waits_for
-            )
+            waiting = "; ".join(f"{n}: {record.reasons.get(n, 'after')}" for n in record.waits_for)
             return f"{name} pending: waits for {waiting}"
         return f"{name} pending"
     if state is TaskState.RUNNING:

@@ -1,0 +1,222 @@
+"""Inferred dependencies and conflicts: what a new task waits for, and why.
+
+The last test is a property: random straight-line programs, split into cells that
+all run as parallel tasks (in threads, with random pauses), end with the same
+names as running the cells one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import warnings
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from ipytasks.modes import Mode
+from ipytasks.scheduler import Scheduler
+from ipytasks.tasks import TaskConflictWarning, TaskOptions, TaskRegistry
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class GatedMode(Mode):
+    name = "gated"
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.started: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}
+
+    async def run(self, task: Any) -> Any:
+        self.started.append(task.name)
+        await self.gates.setdefault(task.name, asyncio.Event()).wait()
+        return await task.cell.run_async(self.shell.user_ns)
+
+
+@pytest.fixture
+def shell() -> Any:
+    ip = InteractiveShell.instance()
+    ip.user_ns.clear()
+    ip.init_user_ns()
+    return ip
+
+
+@pytest.fixture
+async def sched(shell: Any) -> Any:
+    scheduler = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
+    gated = GatedMode(shell)
+    scheduler.install_mode(gated)
+    scheduler.gated = gated
+    yield scheduler
+    scheduler.close()
+
+
+def gated(**kwargs: Any) -> TaskOptions:
+    return TaskOptions(mode="gated", **kwargs)
+
+
+def release(sched: Scheduler, *names: str) -> None:
+    for name in names:
+        sched.gated.gates.setdefault(name, asyncio.Event()).set()
+
+
+async def test_reader_waits_for_the_binder(sched: Scheduler) -> None:
+    """A cell that reads a name an unfinished task binds waits for it, saying why."""
+    load = sched.submit("df = [1, 2]", "load", gated())
+    clean = sched.submit("rows = len(df)", "clean", gated())
+    await anyio.wait_all_tasks_blocked()
+    assert sched.gated.started == ["load"]
+    assert clean.waits_for == ("load",) and clean.reasons == {"load": "reads df"}
+    release(sched, "load", "clean")
+    with anyio.fail_after(5):
+        await sched.wait([load, clean])
+    assert sched.shell.user_ns["rows"] == 2
+
+
+async def test_own_binding_is_no_dependency(sched: Scheduler) -> None:
+    """A name the cell binds before reading it is its own."""
+    sched.submit("x = 1", "a", gated())
+    b = sched.submit("x = 2\ny = x + 1", "b", gated(infer=True))
+    assert b.reasons == {"a": "rebinds x"}  # ordered for the final value of x, not for reading it
+    c = sched.submit("z = 5\nw = z", "c", gated())
+    assert c.waits_for == ()
+
+
+async def test_pure_stores_run_together_reader_waits_for_all(sched: Scheduler) -> None:
+    """Cells that only store into a dict run at once; a cell reading it waits for them all."""
+    sched.shell.user_ns["results"] = {}
+    a = sched.submit("results['a'] = 1", "a", gated())
+    b = sched.submit("results['b'] = 2", "b", gated())
+    report = sched.submit("total = sum(results.values())", "report", gated())
+    await anyio.wait_all_tasks_blocked()
+    assert sched.gated.started == ["a", "b"]
+    assert set(report.waits_for) == {"a", "b"} and report.reasons["a"] == "reads results"
+    release(sched, "a", "b", "report")
+    with anyio.fail_after(5):
+        await sched.wait([a, b, report])
+    assert sched.shell.user_ns["total"] == 3
+
+
+async def test_in_place_change_orders_against_readers(sched: Scheduler) -> None:
+    """Changing df in place waits for a task that reads df; reading waits for the change."""
+    sched.shell.user_ns["df"] = {}
+    reader = sched.submit("n = len(df)", "reader", gated())
+    writer = sched.submit("df['x'] = 1", "writer", gated())
+    later = sched.submit("m = len(df)", "later", gated())
+    assert writer.reasons == {"reader": "changes df"}
+    assert later.reasons == {"writer": "reads df"}
+    release(sched, "reader", "writer", "later")
+    with anyio.fail_after(5):
+        await sched.wait([reader, writer, later])
+    assert (sched.shell.user_ns["n"], sched.shell.user_ns["m"]) == (0, 1)
+
+
+async def test_same_import_is_no_reason_to_wait(sched: Scheduler) -> None:
+    """Two cells importing the same module run together."""
+    sched.submit("import json", "a", gated())
+    b = sched.submit("import json\nj = 1", "b", gated())
+    assert b.waits_for == ()
+
+
+async def test_unknown_names_wait_for_everything(sched: Scheduler) -> None:
+    """A cell using exec() waits for every unfinished task, and later cells wait for it."""
+    sched.submit("a = 1", "a", gated())
+    ex = sched.submit("exec('b = 2')", "ex", gated())
+    later = sched.submit("c = 3", "later", gated())
+    assert ex.waits_for == ("a",) and "exec()" in ex.reasons["a"]
+    assert later.waits_for == ("ex",) and "cannot be known" in later.reasons["ex"]
+
+
+async def test_no_infer_warns_and_strict_refuses(sched: Scheduler) -> None:
+    """--no-infer runs at once and warns of the shared name; --strict makes it an error."""
+    sched.submit("x = 1", "a", gated())
+    with pytest.warns(TaskConflictWarning, match=r"task 'b' rebinds x while task 'a' is (pending|running)"):
+        b = sched.submit("x = 2", "b", gated(infer=False))
+    assert b.waits_for == ()
+    with pytest.raises(UsageError, match=r"conflict \(--strict\).*--after a,b\)"):
+        sched.submit("y = x", "c", gated(infer=False, strict=True))
+    assert "c" not in sched.tasks
+
+
+async def test_no_conflict_without_shared_names(sched: Scheduler) -> None:
+    """--no-infer on a cell that shares nothing says nothing."""
+    sched.submit("x = 1", "a", gated())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sched.submit("y = 2", "b", gated(infer=False))
+
+
+async def test_map_waits_for_what_its_expression_reads(sched: Scheduler) -> None:
+    """--map EXPR is evaluated once the task binding its names has ended."""
+    make = sched.submit("urls = ['a', 'b']", "make", gated())
+    fetch = sched.submit("u.upper()", "fetch", TaskOptions(mode="async", map=("u", "urls")))
+    assert fetch.reasons == {"make": "reads urls"}
+    release(sched, "make")
+    with anyio.fail_after(5):
+        await sched.wait([make, fetch])
+    assert fetch.result == ["A", "B"]
+
+
+async def test_inferred_cycle_is_impossible(sched: Scheduler) -> None:
+    """Edges only point at tasks that exist already, so a new task cannot close a cycle."""
+    a = sched.submit("x = 1", "a", gated())
+    b = sched.submit("y = x", "b", gated(after=("a",)))
+    assert b.reasons == {"a": "after; reads x"}
+
+
+# -- the property -------------------------------------------------------------------------
+
+NAMES = ["a", "b", "c"]
+_expr = st.one_of(
+    st.integers(-3, 9).map(str),
+    st.sampled_from(NAMES),
+    st.tuples(st.sampled_from(NAMES), st.sampled_from(["+", "-", "*"]), st.sampled_from(NAMES + ["1", "2"])).map(" ".join),
+)
+# Stores into d use a key of the cell's own (KEY is replaced per cell): two cells storing
+# into one container run together by design, so only distinct keys have one in-order value.
+_statement = st.one_of(
+    st.tuples(st.sampled_from(NAMES), _expr).map(lambda t: f"{t[0]} = {t[1]}"),
+    st.tuples(st.sampled_from(NAMES), st.sampled_from(["+=", "-="]), _expr).map(" ".join),
+    _expr.map(lambda e: f"d[KEY] = {e}"),
+    st.tuples(st.sampled_from(NAMES), _expr).map(lambda t: f"{t[0]} = len(d) + {t[1]}"),
+)
+_cell = st.lists(_statement, min_size=1, max_size=3).map(lambda lines: "_pause()\n" + "\n".join(lines))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cells=st.lists(_cell, min_size=2, max_size=7))
+def test_parallel_cells_give_the_in_order_values(shell: Any, cells: list[str]) -> None:
+    """Every cell %%parallel (threads, random pauses) ends with the in-order namespace."""
+    cells = [code.replace("KEY", repr(f"k{i}")) for i, code in enumerate(cells)]
+    start = "a = 1\nb = 2\nc = 3\nd = {}"
+    expected: dict[str, Any] = {"_pause": lambda: None}
+    for code in [start, *cells]:
+        exec(code, expected)  # noqa: S102
+
+    shell.user_ns.clear()
+    shell.user_ns["_pause"] = lambda: time.sleep(random.random() / 500)
+    scheduler = Scheduler(shell, TaskRegistry())  # a loop of its own, in a thread
+    try:
+        records = [scheduler.submit(start, "start", TaskOptions(mode="thread"))]
+        records += [
+            scheduler.submit(code, f"cell{i}", TaskOptions(mode="thread"))
+            for i, code in enumerate(cells)
+        ]
+        scheduler.run_blocking(scheduler.wait(records, timeout=20))
+    finally:
+        scheduler.close()
+    got = {k: shell.user_ns[k] for k in ["a", "b", "c", "d"]}
+    assert got == {k: expected[k] for k in ["a", "b", "c", "d"]}
