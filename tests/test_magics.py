@@ -121,7 +121,7 @@ def test_sequential_chain_runs_in_order(kernel: Kernel) -> None:
     second = kernel.execute("%%sequential c2b --chain c2\norder2.append('b')")
     other = kernel.execute("%%sequential c2x --chain c2other\norder2.append('x')")
     kernel.wait_until(lambda: "done" in status_text(kernel, other), what="other chain runs")
-    assert "waits for c2a (chain c2)" in status_text(kernel, second)
+    assert "waits for c2a: chain c2" in status_text(kernel, second)
     assert value(kernel, "order2") == "['x']"
     kernel.execute("gate2.set()")
     kernel.wait_until(lambda: "done" in status_text(kernel, second), what="chain finished")

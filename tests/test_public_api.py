@@ -33,3 +33,10 @@ def test_magic_help_names_every_option() -> None:
                    "--wait", "--quiet", "Examples"):
         assert option in doc, option
     assert "--chain" in TaskMagics.sequential.__doc__
+
+
+def test_dashboard_stays_a_function_after_the_overview_loads() -> None:
+    """Importing the overview package does not shadow ipytasks.dashboard()."""
+    import ipytasks.overview  # noqa: F401
+
+    assert callable(ipytasks.dashboard) and callable(ipytasks.timeline)

@@ -63,6 +63,7 @@ def test_failing_chain_is_reported_then_fixed(tour: list[dict]) -> None:
 def test_task_table_lists_every_task(tour: list[dict]) -> None:
     """The last cell waits for everything and prints the table with each task's final state."""
     table = cell_text(tour[-1])
+    assert re.search(r"\d+ tasks: .*s of work in .*s: [\d.]+×", table)
     states = dict(re.findall(r"^(\w+)\s.*?\b(done|failed|cancelled|timed_out|skipped|running|pending)\b", table, re.M))
     assert states["users"] == states["users_p"] == states["save"] == "done"
     assert states["forever"] == "cancelled"
@@ -76,3 +77,28 @@ def test_cells_show_status_widgets(tour: list[dict]) -> None:
     (view,) = cell.outputs
     assert "application/vnd.jupyter.widget-view+json" in view.data
     assert view.data["text/plain"].startswith("[slow_report ")
+
+
+def test_pipeline_gets_in_order_values_and_says_why(tour: list[dict]) -> None:
+    """The all-%%parallel pipeline waits on its data and computes what an in-order run would."""
+    text = cell_text(find(tour, "for name in (\"clean\""))
+    assert "clean        waits for {'load': 'reads raw'}" in text
+    assert "'feature_sum': 'reads sums'" in text and "'feature_max': 'reads peaks'" in text
+    assert "{'north': (6, 3), 'south': (24, 9)}" in text
+
+
+def test_map_with_limit_and_retries(tour: list[dict]) -> None:
+    """20 mapped calls, 5 at a time, take about 4 rounds; the flaky call succeeds on try 3."""
+    text = cell_text(find(tour, 'ipytasks.result("calls")'))
+    assert text.startswith("[0, 1, 4, 9, 16, 25] 20 calls, 5 at a time:")
+    seconds = float(re.search(r"5 at a time: ([\d.]+) s", text).group(1))
+    assert 0.35 <= seconds < 1.5
+    assert "answered after 3 attempts" in cell_text(find(tour, 'ipytasks.result("flaky")'))
+
+
+def test_dashboard_and_timeline_are_shown(tour: list[dict]) -> None:
+    """The dashboard opens near the top; the timeline is saved and shown as SVG at the end."""
+    dashboard = find(tour, "%tasks")
+    assert "application/vnd.jupyter.widget-view+json" in dashboard.outputs[0].data
+    timeline = find(tour, "SVG(filename=ipytasks.timeline(")
+    assert any("image/svg+xml" in o.get("data", {}) for o in timeline.outputs)

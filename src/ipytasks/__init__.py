@@ -11,11 +11,13 @@ from typing import Any as _Any
 
 from . import api as _api
 from .api import cancel as cancel
+from .api import dashboard as dashboard
 from .api import result as result
 from .api import results as results
 from .api import retry as retry
 from .api import submit as submit
 from .api import tasks as tasks
+from .api import timeline as timeline
 from .api import wait as wait
 from .tasks import TaskCancelled as TaskCancelled
 from .tasks import TaskConflictWarning as TaskConflictWarning
@@ -31,12 +33,14 @@ except _PackageNotFoundError:  # running from a source tree that was never insta
 
 __all__ = (
     "cancel",
+    "dashboard",
     "load_ipython_extension",
     "result",
     "results",
     "retry",
     "submit",
     "tasks",
+    "timeline",
     "unload_ipython_extension",
     "wait",
     "TaskCancelled",

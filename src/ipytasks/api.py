@@ -15,7 +15,9 @@ from .output import OutputCapture
 from .scheduler import Scheduler
 from .tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
-__all__ = ("submit", "wait", "cancel", "retry", "result", "results", "tasks")
+__all__ = (
+    "submit", "wait", "cancel", "retry", "result", "results", "tasks", "dashboard", "timeline"
+)
 
 #: Every task of the session, by name, in submission order.
 tasks = TaskRegistry()
@@ -308,6 +310,36 @@ def _resubmit(record: TaskRecord) -> TaskRecord:
     if shown and shown[0] is not None:
         _show_widget(shown[0])
     return new
+
+
+def dashboard() -> Any:
+    """The live dashboard of every task (§7): a widget in a notebook, a text table elsewhere.
+
+    In a notebook, display the returned widget (or end a cell with it); it follows
+    the tasks until it is closed. Outside a kernel, the table is printed instead and
+    ``None`` is returned.
+    """
+    session = _current()
+    from .overview import open_dashboard, text_table
+
+    if not session.in_kernel:
+        print(text_table(tasks))
+        return None
+    return open_dashboard(session.scheduler, tasks)
+
+
+def timeline(path: str) -> Any:
+    """Write the timeline of every task to ``path`` (``.svg``, or ``.png`` with matplotlib).
+
+    :returns: the path written, as a ``pathlib.Path``.
+    :raises UsageError: another suffix, or ``.png`` without matplotlib installed.
+    """
+    from .overview import write_timeline
+
+    try:
+        return write_timeline(tasks, path)
+    except (ImportError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _record(name: str) -> TaskRecord:

@@ -356,19 +356,36 @@ class TaskMagics(Magics):
         args = _parse(self.result, line)
         return api.result(args.name)
 
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument(
+        "--text", action="store_true", help="Print the table as text, even in a notebook."
+    )
     @line_magic
-    def tasks(self, line: str) -> None:
-        """Print a table of every task: state, mode, timings, attempts, what it waits for.
+    def tasks(self, line: str) -> Any:
+        """Show the live dashboard of every task; in a terminal (or with --text), a table.
+
+        The dashboard has a row per task (state, chain/group, mode, start, duration,
+        attempts, what it waits for and why), a timeline of all tasks on one time
+        axis, a summary with the speedup, and cancel / retry / output actions for
+        the task picked. It keeps following the tasks until it is closed.
 
         Examples
         --------
         ::
 
-            In [7]: %tasks
+            In [7]: %tasks --text
+            task   chain/group  mode   state  started  duration  tries  waits for
+            -----  -----------  -----  -----  -------  --------  -----  ---------
+            fetch               async  done   +0.00s   1.00s     1
+            1 task: 1 done; 1.0 s of work in 1.0 s: 1.0×
         """
-        from .views import table
+        args = _parse(self.tasks, line)
+        if args.text or getattr(self.shell, "kernel", None) is None:
+            from .overview import text_table
 
-        print(table(api.tasks.values()))
+            print(text_table(api.tasks))
+            return None
+        return api.dashboard()
 
 
 # A %wait line, after IPython turned it into a call of the magic.

@@ -140,6 +140,10 @@ class TaskOutput:
     def attach(self, view: View) -> None:
         self.views.append(view)
 
+    def detach(self, view: View) -> None:
+        if view in self.views:
+            self.views.remove(view)
+
     def _arm_flush(self) -> None:
         if not self.views:
             return

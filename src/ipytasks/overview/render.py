@@ -1,0 +1,226 @@
+"""The dashboard's content as text: summary, task table, static HTML snapshot.
+
+Pure functions of task records and a time ``now``: the live widget shows what
+they return, a headless run ``display(HTML(snapshot_html(ipytasks.tasks)))``s it,
+and a terminal prints :func:`text_table`.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..tasks import TaskState
+from ..views import STATE_STYLE, describe, table
+from ._common import lane_of, offset, records_of, run_start, seconds
+from .timeline import render_svg, timeline_geometry
+
+if TYPE_CHECKING:
+    from ..tasks import TaskRecord
+
+__all__ = (
+    "COLUMNS",
+    "Summary",
+    "snapshot_html",
+    "summarize",
+    "summary_html",
+    "table_html",
+    "text_table",
+)
+
+COLUMNS = ("state", "task", "chain/group", "mode", "started", "duration", "tries", "waits for")
+
+_CELL = "padding:1px 8px;text-align:left;white-space:nowrap"
+_SELECTED_BG = "#ddf4ff"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts per state, the run's wall time and the time its tasks spent running.
+
+    ``wall`` runs from the first start to the last end (to now while a task runs);
+    ``work`` is the sum of every task's running time. Both are ``None``/0 until a
+    task has started.
+    """
+
+    counts: dict[TaskState, int]
+    total: int
+    wall: float | None
+    work: float
+
+    @property
+    def speedup(self) -> float | None:
+        if not self.wall or self.wall <= 0:
+            return None
+        return self.work / self.wall
+
+    def text(self) -> str:
+        """``6.0 s of work in 2.0 s: 3.0×`` (or that nothing ran yet)."""
+        if self.wall is None:
+            return "nothing has run yet"
+        speedup = self.speedup
+        ratio = f": {speedup:.1f}×" if speedup is not None else ""
+        return f"{seconds(self.work)} of work in {seconds(self.wall)}{ratio}"
+
+    def line(self) -> str:
+        """``4 tasks: 1 running, 3 done; 6.0 s of work in 2.0 s: 3.0×``."""
+        counts = ", ".join(f"{n} {state.value}" for state, n in self.counts.items())
+        s = "s" if self.total != 1 else ""
+        return f"{self.total} task{s}: {counts}; {self.text()}"
+
+
+def summarize(records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
+              now: float | None = None) -> Summary:
+    """The :class:`Summary` of ``records`` (records or a registry) at ``now``."""
+    records = records_of(records)
+    now = time.time() if now is None else now
+    counts = dict.fromkeys(TaskState, 0)
+    first: float | None = None
+    last: float | None = None
+    work = 0.0
+    for r in records:
+        counts[r.state] += 1
+        if r.started is None:
+            continue
+        end = r.ended if r.ended is not None else now
+        work += max(end - r.started, 0.0)
+        first = r.started if first is None else min(first, r.started)
+        last = end if last is None else max(last, end)
+    wall = None if first is None or last is None else max(last - first, 0.0)
+    return Summary(
+        counts={s: n for s, n in counts.items() if n},
+        total=len(records),
+        wall=wall,
+        work=work,
+    )
+
+
+def summary_html(summary: Summary) -> str:
+    """One line of HTML: counts per state (icon and colour), then :meth:`Summary.text`.
+
+    ``12 tasks  ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3.0×``
+    """
+    if not summary.total:
+        return '<div style="font-family:sans-serif"><b>ipytasks</b>: no tasks yet</div>'
+    parts = []
+    for state, n in summary.counts.items():
+        icon, colour = STATE_STYLE[state]
+        label = state.value.replace("_", " ")
+        parts.append(f'<span style="color:{colour}">{icon} {n} {label}</span>')
+    s = "s" if summary.total != 1 else ""
+    return (
+        f'<div style="font-family:sans-serif"><b>{summary.total} task{s}</b> &nbsp;'
+        + " · ".join(parts)
+        + f" &nbsp;— {html.escape(summary.text())}</div>"
+    )
+
+
+def _waits(record: TaskRecord) -> str:
+    return ", ".join(f"{n}: {record.reasons.get(n, 'after')}" for n in record.waits_for)
+
+
+def _row(record: TaskRecord, t0: float, now: float, selected: bool) -> str:
+    icon, colour = STATE_STYLE[record.state]
+    esc = html.escape
+    if record.started is not None:
+        clock = time.strftime("%H:%M:%S", time.localtime(record.started))
+        started = f'<td style="{_CELL}" title="{clock}">{offset(record.started - t0)}</td>'
+        end = record.ended if record.ended is not None else now
+        duration = seconds(end - record.started)
+    else:
+        started = f'<td style="{_CELL}"></td>'
+        duration = ""
+    waits = _waits(record)
+    waits_style = _CELL if record.state is TaskState.PENDING else _CELL + ";color:#6e7781"
+    background = f' style="background:{_SELECTED_BG}"' if selected else ""
+    return (
+        f"<tr{background}>"
+        f'<td style="{_CELL};color:{colour}" title="{esc(describe(record, now))}">'
+        f"{icon} {esc(str(record.state))}</td>"
+        f'<td style="{_CELL}"><b>{esc(record.name)}</b></td>'
+        f'<td style="{_CELL}">{esc(lane_of(record))}</td>'
+        f'<td style="{_CELL}">{esc(record.mode)}</td>'
+        f"{started}"
+        f'<td style="{_CELL};text-align:right">{duration}</td>'
+        f'<td style="{_CELL};text-align:right">{record.attempts}</td>'
+        f'<td style="{waits_style}">{esc(waits)}</td>'
+        "</tr>"
+    )
+
+
+def table_html(
+    records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
+    *,
+    now: float | None = None,
+    t0: float | None = None,
+    selected: str | None = None,
+) -> str:
+    """An HTML table with one row per record (all of them: page before calling).
+
+    :param t0: the time ``started`` counts from (default: the first submission of ``records``).
+    :param selected: the name of a task to highlight.
+    """
+    records = records_of(records)
+    now = time.time() if now is None else now
+    if t0 is None:
+        t0 = run_start(records) or now
+    head = "".join(f'<th style="{_CELL};border-bottom:1px solid #d0d7de">{c}</th>' for c in COLUMNS)
+    rows = "".join(_row(r, t0, now, r.name == selected) for r in records)
+    return (
+        '<table style="border-collapse:collapse;font-family:sans-serif;font-size:12px">'
+        f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _errors_html(records: list[TaskRecord]) -> str:
+    failed = [r for r in records if r.state is TaskState.FAILED and r.error is not None]
+    if not failed:
+        return ""
+    items = []
+    for r in failed:
+        icon, colour = STATE_STYLE[r.state]
+        first = f"{type(r.error).__name__}: {r.error}"
+        items.append(
+            f'<details><summary style="color:{colour}">{icon} <b>{html.escape(r.name)}</b>: '
+            f"{html.escape(first)}</summary>"
+            f'<pre style="font-size:11px">{html.escape(r.error_text())}</pre></details>'
+        )
+    return "".join(items)
+
+
+def snapshot_html(records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
+                  now: float | None = None) -> str:
+    """The dashboard's content, frozen: summary, timeline, full table, and failed tasks' errors.
+
+    Self-contained HTML with inline styles, for ``display(HTML(...))`` after ``%wait``
+    in a headless run, or for a report.
+    """
+    records = records_of(records)
+    now = time.time() if now is None else now
+    geometry = timeline_geometry(records, now)
+    parts = [
+        '<div class="ipytasks-snapshot">',
+        summary_html(summarize(records, now)),
+    ]
+    if records:
+        parts.append(render_svg(geometry, legend=True))
+        parts.append(table_html(records, now=now, t0=geometry.t0))
+        parts.append(_errors_html(records))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def text_table(records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
+               now: float | None = None) -> str:
+    """The plain-text task table (``%tasks`` in a terminal), with the summary line under it.
+
+    The table is :func:`ipytasks.views.table`'s; ``now`` only moves the summary's clock.
+    """
+    records = records_of(records)
+    text = table(records)
+    if records:
+        text += "\n\n" + summarize(records, now).line()
+    return text

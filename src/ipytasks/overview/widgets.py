@@ -1,0 +1,471 @@
+"""The live dashboard widget (DESIGN §7): summary, timeline, task table and actions.
+
+Layout, top to bottom::
+
+    summary     12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
+    timeline     one SVG: a bar per task on one time axis, idle stretches shaded
+    [show ▾] ◀ 1–20 of 1000 ▶
+    table        one HTML table: the tasks of the current page
+    [task ▾] [Cancel] [Retry] [Output]
+    message      what the last action did
+    output       the selected task's output (an ``Output`` widget fed from its TaskOutput)
+
+Why one HTML table and not a row of widgets per task: each widget is a model the
+front end must create and each changed widget is a message of its own, so 1,000
+tasks would mean thousands of models (several buttons each) and, while they run,
+one message per changed row. Here a refresh sends at most one message per part
+that changed (summary, timeline, table, the page's task list), whatever the number
+of tasks, and only the page being looked at is rendered. Actions apply to the task
+picked in the ``task`` dropdown, which lists the tasks of the page.
+
+Updates: the scheduler tells the dashboard about every change (on the loop);
+the dashboard only asks its :class:`~ipytasks.overview.throttle.Throttle` for a
+refresh. A refresh runs at most every ``mininterval`` seconds, re-renders from the
+records, and assigns only values that differ from what the widgets hold (traitlets
+sends nothing for an equal value). While a task runs, one timer ticks the durations
+every ``tick_interval``; when none runs there is no timer and no work.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from ..output import _report_internal_error
+from ..tasks import UNSUCCESSFUL, TaskState
+from ._common import run_start
+from .render import summarize, summary_html, table_html, text_table
+from .throttle import CallLater, Throttle
+from .timeline import TimelineCache, render_svg, timeline_geometry
+
+if TYPE_CHECKING:
+    from ..output import TaskOutput
+    from ..tasks import TaskRecord
+
+__all__ = (
+    "FILTERS",
+    "MININTERVAL",
+    "PAGE_SIZE",
+    "TICK_INTERVAL",
+    "TIMELINE_INTERVAL",
+    "Dashboard",
+    "open_dashboard",
+)
+
+#: Least seconds between two refreshes of a dashboard.
+MININTERVAL = 0.5
+#: Seconds between two refreshes while tasks run and nothing else changes.
+TICK_INTERVAL = 1.0
+#: Least seconds between two redraws of the timeline (its SVG is the largest message).
+TIMELINE_INTERVAL = 1.0
+#: Tasks per page of the table.
+PAGE_SIZE = 20
+#: The most tasks the plain-text form of a dashboard lists one per line.
+REPR_ROWS = 50
+
+#: What the ``show`` dropdown offers: the states each choice keeps (``None``: all).
+FILTERS: dict[str, frozenset[TaskState] | None] = {
+    "all": None,
+    "active": frozenset({TaskState.PENDING, TaskState.RUNNING}),
+    "unsuccessful": frozenset(UNSUCCESSFUL),
+    **{str(state): frozenset({state}) for state in TaskState},
+}
+
+NO_SELECTION = "pick a task first (the <b>task</b> list holds the tasks of this page)"
+_MISSING: Any = object()
+
+
+def open_dashboard(
+    scheduler: Any,
+    registry: Mapping[str, TaskRecord] | None = None,
+    **options: Any,
+) -> Dashboard:
+    """Build a live dashboard of ``registry``'s tasks (default: the scheduler's) and return it.
+
+    Display it (it is an ``ipywidgets.VBox``); ``close()`` it to stop its updates.
+    Keyword options are :class:`Dashboard`'s.
+    """
+    return Dashboard(scheduler, registry, **options)
+
+
+class _OutputView:
+    """Attached to the selected task's ``TaskOutput``: new output asks for a refresh."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        self.dashboard = dashboard
+
+    def update(self, output: TaskOutput) -> None:
+        self.dashboard._changed()
+
+
+class Dashboard(widgets.VBox):
+    """A live view of every task: see the module docstring for the parts.
+
+    :param scheduler: the :class:`~ipytasks.scheduler.Scheduler` whose changes to follow
+        (``subscribe``/``unsubscribe``, ``cancel``, ``loop``).
+    :param registry: the records to show, name → latest record (default ``scheduler.tasks``).
+    :param page_size: rows per page of the table.
+    :param mininterval: least seconds between two refreshes.
+    :param tick_interval: seconds between refreshes while tasks run and nothing changes.
+    :param timeline_interval: least seconds between two redraws of the timeline.
+    :param retry: ``retry(name)`` for the Retry button; default ``ipytasks.api.retry``
+        when it exists. Without one the button is hidden.
+    :param clock: monotonic seconds for throttling (``time.monotonic``).
+    :param wall: epoch seconds for durations (``time.time``), the clock task records use.
+    :param call_later: ``call_later(delay, callback)`` for the refresh timer (default: the
+        scheduler's loop, in an empty context).
+    """
+
+    def __init__(
+        self,
+        scheduler: Any,
+        registry: Mapping[str, TaskRecord] | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
+        mininterval: float = MININTERVAL,
+        tick_interval: float = TICK_INTERVAL,
+        timeline_interval: float = TIMELINE_INTERVAL,
+        retry: Callable[[str], Any] | None = _MISSING,
+        clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
+        call_later: CallLater | None = None,
+    ) -> None:
+        Layout = widgets.Layout
+        self.summary = widgets.HTML()
+        self.timeline = widgets.HTML(layout=Layout(overflow="auto", max_height="400px"))
+        self.table = widgets.HTML(layout=Layout(overflow="auto"))
+        self.filter = widgets.Dropdown(options=list(FILTERS), value="all", description="show",
+                                       layout=Layout(width="190px"))
+        self.prev_page = widgets.Button(description="◀", tooltip="previous page",
+                                        layout=Layout(width="36px"))
+        self.next_page = widgets.Button(description="▶", tooltip="next page",
+                                        layout=Layout(width="36px"))
+        self.page_label = widgets.Label()
+        self.task = widgets.Dropdown(options=(), description="task", layout=Layout(width="260px"))
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                            tooltip="cancel the selected task")
+        self.retry_button = widgets.Button(description="Retry", icon="redo", disabled=True,
+                                           tooltip="run the selected task's cell again")
+        self.output_button = widgets.ToggleButton(description="Output", icon="align-left",
+                                                  tooltip="show the selected task's output")
+        self.message = widgets.HTML()
+        self.output = widgets.Output(layout=Layout(
+            display="none", max_height="320px", overflow="auto", border="1px solid #d0d7de"))
+        controls = widgets.HBox([self.filter, self.prev_page, self.page_label, self.next_page])
+        actions = widgets.HBox([self.task, self.cancel_button, self.retry_button,
+                                self.output_button])
+        super().__init__(children=(self.summary, self.timeline, controls, self.table, actions,
+                                   self.message, self.output))
+
+        self._scheduler = scheduler
+        self._registry: Mapping[str, TaskRecord] = (
+            registry if registry is not None else scheduler.tasks
+        )
+        self.page_size = page_size
+        self.tick_interval = tick_interval
+        self.timeline_interval = timeline_interval
+        self._clock = clock or time.monotonic
+        self._timeline_at = -math.inf
+        self._timeline_cache = TimelineCache()
+        self._wall = wall or time.time
+        self._loop = scheduler.loop
+        if retry is _MISSING:
+            retry = getattr(importlib.import_module("ipytasks.api"), "retry", None)
+        self._retry = retry
+        if retry is None:
+            self.retry_button.layout.display = "none"
+        if call_later is None:
+            loop = self._loop
+
+            def call_later(delay: float, callback: Callable[[], None]) -> Any:
+                # An empty context: widget messages then carry the kernel's latest
+                # request as parent, never the cell of the task that changed.
+                return loop.call_later(delay, callback, context=contextvars.Context())
+
+        self._throttle = Throttle(
+            self._refresh,
+            mininterval=mininterval,
+            call_later=call_later,
+            clock=self._clock,
+            on_error=lambda exc: _report_internal_error("refreshing the dashboard", exc),
+        )
+        self._page = 0
+        self._selected: str | None = None
+        self._view = _OutputView(self)
+        self._watched: TaskOutput | None = None
+        self._shown_version = -1
+        self._rendering = False
+        self._closed = False
+
+        self.filter.observe(lambda c: self._post(self._set_filter, c["new"]), "value")
+        self.prev_page.on_click(lambda _: self._post(self._turn, -1))
+        self.next_page.on_click(lambda _: self._post(self._turn, 1))
+        self.task.observe(self._on_pick, "value")
+        self.cancel_button.on_click(lambda _: self._post(self._cancel_selected))
+        self.retry_button.on_click(lambda _: self._post(self._retry_selected))
+        self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
+
+        self._render()
+        scheduler.subscribe(self._on_change)
+        self._on_loop(self._tick_if_running)
+
+    # -- following the scheduler ------------------------------------------------------
+
+    def _on_change(self, record: TaskRecord) -> None:
+        """The scheduler's listener (on the loop): a task was submitted or changed state."""
+        if not self._closed:
+            self._throttle.request()
+
+    def _changed(self) -> None:
+        if not self._closed:
+            self._throttle.request()
+
+    def _refresh(self) -> None:
+        if self._closed:
+            return
+        if self._render():
+            self._throttle.request(self.tick_interval)
+
+    def _tick_if_running(self) -> None:
+        if not self._closed and any(
+            r.state is TaskState.RUNNING for r in self._registry.values()
+        ):
+            self._throttle.request(self.tick_interval)
+
+    # -- rendering ----------------------------------------------------------------------
+
+    def _render(self) -> bool:
+        """Bring every part up to date; parts whose content is unchanged send nothing.
+
+        Returns whether a task is running (then durations need ticking).
+        """
+        records = list(self._registry.values())
+        now = self._wall()
+        keep = FILTERS[self.filter.value]
+        shown = records if keep is None else [r for r in records if r.state in keep]
+        pages = max(1, math.ceil(len(shown) / self.page_size))
+        self._page = page = min(self._page, pages - 1)
+        visible = shown[page * self.page_size:(page + 1) * self.page_size]
+
+        summary = summarize(records, now)
+        _assign(self.summary, value=summary_html(summary))
+        self._render_timeline(records, now)
+        _assign(self.table, value=table_html(visible, now=now, t0=run_start(records),
+                                             selected=self._selected))
+        if shown:
+            first = page * self.page_size + 1
+            label = f"{first}–{first + len(visible) - 1} of {len(shown)}"
+        else:
+            label = "no tasks" if keep is None else f"no {self.filter.value} tasks"
+        _assign(self.page_label, value=label)
+        _assign(self.prev_page, disabled=page == 0)
+        _assign(self.next_page, disabled=page >= pages - 1)
+
+        names = tuple(r.name for r in visible)
+        selected = self._selected
+        if selected is not None and selected not in names and selected in self._registry:
+            names += (selected,)
+        self._set_task_options(names, selected if selected in names else None)
+
+        record = self._registry.get(selected) if selected is not None else None
+        _assign(self.cancel_button, disabled=record is None or record.state.ended)
+        _assign(self.retry_button,
+                disabled=self._retry is None or record is None or record.state not in UNSUCCESSFUL)
+        self._render_output(record)
+        return TaskState.RUNNING in summary.counts
+
+    def _render_timeline(self, records: list[TaskRecord], now: float) -> None:
+        """Redraw the timeline, at most every ``timeline_interval`` (then a refresh is due)."""
+        mono = self._clock()
+        due = self._timeline_at + self.timeline_interval
+        if mono < due:
+            self._throttle.request(due - mono)
+            return
+        self._timeline_at = mono
+        cache = self._timeline_cache
+        geometry = timeline_geometry(records, now, cache=cache)
+        _assign(self.timeline, value=render_svg(geometry, cache=cache) if records else "")
+
+    def _set_task_options(self, names: tuple[str, ...], value: str | None) -> None:
+        if tuple(self.task.options) == names and self.task.value == value:
+            return
+        self._rendering = True
+        try:
+            with self.task.hold_sync():
+                self.task.index = None  # so new options do not select their first item
+                self.task.options = names
+                if value is not None:
+                    self.task.value = value
+        finally:
+            self._rendering = False
+
+    def _render_output(self, record: TaskRecord | None) -> None:
+        sink = record.sink if record is not None and self.output_button.value else None
+        if sink is not self._watched:
+            self._unwatch()
+            if sink is not None:
+                sink.attach(self._view)
+                self._watched = sink
+        if sink is None:
+            return
+        if sink.version != self._shown_version:
+            self._shown_version = sink.version
+            self.output.outputs = sink.notebook_outputs()
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            self._watched.detach(self._view)
+            self._watched = None
+            self._shown_version = -1
+            if self.output.outputs:
+                self.output.outputs = ()
+
+    # -- user actions (front-end events may come on another thread) ---------------------
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop, whatever thread the event arrived on."""
+        if self._closed:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._guarded, fn, *args, context=contextvars.Context())
+        except RuntimeError:  # the loop is closed: ipytasks was unloaded
+            pass
+
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._closed:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a failed action must not reach the loop
+            _report_internal_error("handling a dashboard action", exc)
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        on_loop = getattr(self._scheduler, "on_loop_thread", None)
+        if on_loop is not None and on_loop():
+            fn()
+        else:
+            self._post(fn)
+
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        if not self._rendering:
+            self._post(self._select, change["new"])
+
+    def _select(self, name: str | None) -> None:
+        """Make ``name`` the task that the action buttons and the output area apply to."""
+        if name == self._selected:
+            return
+        self._selected = name
+        _assign(self.message, value="")
+        self._throttle.flush_now()
+
+    def _set_filter(self, value: str) -> None:
+        self._page = 0
+        self._throttle.flush_now()
+
+    def _turn(self, pages: int) -> None:
+        self._page = max(0, self._page + pages)
+        self._throttle.flush_now()
+
+    def _selected_record(self) -> TaskRecord | None:
+        record = self._registry.get(self._selected) if self._selected is not None else None
+        if record is None:
+            _assign(self.message, value=NO_SELECTION)
+        return record
+
+    def _cancel_selected(self) -> None:
+        record = self._selected_record()
+        if record is None:
+            return
+        if self._scheduler.cancel([record]):
+            _assign(self.message, value=f"cancelling <b>{record.name}</b>")
+        else:
+            _assign(self.message, value=f"<b>{record.name}</b> has already ended ({record.state})")
+        self._throttle.flush_now()
+
+    def _retry_selected(self) -> None:
+        record = self._selected_record()
+        if record is None or self._retry is None:
+            return
+        try:
+            self._retry(record.name)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, like a usage error
+            import html
+
+            _assign(self.message, value=f'<span style="color:#cf222e">retry {record.name}: '
+                                        f"{html.escape(str(exc))}</span>")
+        else:
+            _assign(self.message, value=f"retrying <b>{record.name}</b>")
+        self._throttle.flush_now()
+
+    def _show_output(self, show: bool) -> None:
+        self.output.layout.display = None if show else "none"
+        if show and self._selected is None:
+            _assign(self.message, value=NO_SELECTION)
+        self._throttle.flush_now()
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def all_widgets(self) -> Iterator[widgets.Widget]:
+        """This dashboard and every widget it is made of (layouts and styles included)."""
+        seen: set[int] = set()
+        stack: list[Any] = [self]
+        while stack:
+            widget = stack.pop()
+            if not isinstance(widget, widgets.Widget) or id(widget) in seen:
+                continue
+            seen.add(id(widget))
+            yield widget
+            stack.extend(getattr(widget, "children", ()))
+            for attr in ("layout", "style"):
+                stack.append(getattr(widget, attr, None))
+
+    def close(self) -> None:
+        """Stop following the scheduler and close every widget of the dashboard."""
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            self._scheduler.unsubscribe(self._on_change)
+            on_loop = getattr(self._scheduler, "on_loop_thread", None)
+            if on_loop is not None and on_loop():
+                self._throttle.close()
+            else:
+                try:
+                    self._loop.call_soon_threadsafe(self._throttle.close)
+                except RuntimeError:  # the loop is closed: so is its timer
+                    pass
+            if self._watched is not None:
+                self._watched.detach(self._view)
+            self._watched = None
+            for widget in list(self.all_widgets()):
+                if widget is not self:
+                    widget.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        # What front ends without widgets (and ``print``) show: the text table, or
+        # only its summary line when it would be long.
+        registry = getattr(self, "_registry", None)
+        if registry is None:
+            return super().__repr__()
+        if len(registry) <= REPR_ROWS:
+            return text_table(registry)
+        return summarize(registry).line()
+
+
+def _assign(widget: widgets.Widget, **values: Any) -> None:
+    """Set the traits that differ, in one message."""
+    changed = {k: v for k, v in values.items() if getattr(widget, k) != v}
+    if not changed:
+        return
+    if len(changed) == 1:
+        (name, value), = changed.items()
+        setattr(widget, name, value)
+        return
+    with widget.hold_sync():
+        for name, value in changed.items():
+            setattr(widget, name, value)

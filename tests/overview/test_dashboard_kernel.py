@@ -1,0 +1,114 @@
+"""The dashboard in a real kernel: it follows tasks, obeys clicks, and keeps its traffic low.
+
+``%tasks`` is not wired to the dashboard yet, so the cell opens it through its entry
+point. Front-end events (picking a task, clicking Cancel) are sent as the comm
+messages a browser would send.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kernel_driver import Kernel
+
+OPEN = (
+    "from ipytasks.overview import open_dashboard\n"
+    "from ipytasks import api\n"
+    "{var} = open_dashboard(api._current().scheduler, api.tasks)\n"
+    "display({var})"
+)
+
+
+def _dashboard_widgets(kernel: Kernel, since: set[str]) -> dict[str, str]:
+    """comm ids of the parts of the dashboard opened after ``since``, by part."""
+    states = kernel.widget_states()
+    parts: dict[str, str] = {}
+    for cid, widget in states.items():
+        if cid in since:
+            continue
+        state = widget["state"]
+        value = state.get("value", "")
+        kind = widget["model_name"]
+        if kind == "HTMLModel" and isinstance(value, str) and "<th" in value:
+            parts["table"] = cid
+        elif kind == "HTMLModel" and "summary" not in parts and "task" in value and "<b>" in value:
+            parts["summary"] = cid
+        elif kind == "DropdownModel" and state.get("description") == "task":
+            parts["task"] = cid
+        elif kind == "ButtonModel" and state.get("description") == "Cancel":
+            parts["cancel"] = cid
+    return parts
+
+
+def _value(kernel: Kernel, cid: str) -> Any:
+    return kernel.widget_states()[cid]["state"].get("value", "")
+
+
+def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> None:
+    """The table shows done/failed/running tasks; picking one and clicking Cancel cancels it."""
+    before = set(kernel.widget_states())
+    kernel.execute(OPEN.format(var="_dash1"))
+    parts = _dashboard_widgets(kernel, before)
+    assert {"table", "summary", "task", "cancel"} <= set(parts), parts
+    kernel.execute("%%parallel dash_ok\nimport asyncio\nawait asyncio.sleep(0.1)\nprint('hi')")
+    kernel.execute("%%parallel dash_bad\nraise ValueError('nope')")
+    kernel.execute("%%parallel dash_slow\nimport asyncio\nawait asyncio.sleep(60)")
+    kernel.wait_until(
+        lambda: all(
+            s in _value(kernel, parts["table"])
+            for s in ("<b>dash_ok</b>", "✔ done", "✖ failed", "▶ running")
+        ),
+        what="the dashboard's table to show done, failed and running tasks",
+    )
+    summary = _value(kernel, parts["summary"])
+    assert "✔ 1 done" in summary and "✖ 1 failed" in summary and "▶ 1 running" in summary
+
+    labels = kernel.widget_states()[parts["task"]]["state"]["_options_labels"]
+    kernel.send_comm_msg(parts["task"], {"method": "update", "buffer_paths": [],
+                                       "state": {"index": labels.index("dash_slow")}})
+    kernel.send_comm_msg(parts["cancel"], {"method": "custom", "content": {"event": "click"}})
+    kernel.wait_until(
+        lambda: "⊘ cancelled" in _value(kernel, parts["table"]),
+        what="the cancelled task to show as cancelled",
+    )
+    out = kernel.execute("print(api.tasks['dash_slow'].state)").stdout
+    assert out.strip() == "cancelled"
+    kernel.execute("_dash1.close()")
+    still = kernel.execute("print(_dash1._on_change in api._current().scheduler._listeners)")
+    assert still.stdout.strip() == "False"
+
+
+def test_many_quick_tasks_send_few_messages(kernel: Kernel) -> None:
+    """300 tasks in a burst: the dashboard sends a few messages per second, and shows the end."""
+    before = set(kernel.widget_states())
+    kernel.execute(OPEN.format(var="_dash2"))
+    parts = _dashboard_widgets(kernel, before)
+    ids = set(kernel.widget_states()) - before
+    start_count = len(kernel.messages())
+    started = time.monotonic()
+    kernel.execute(
+        "import ipytasks\n"
+        "for i in range(300):\n"
+        "    ipytasks.submit('import asyncio\\nawait asyncio.sleep(0.3)', f'dash_many{i}',"
+        " quiet=True)"
+    )
+    total = int(kernel.execute("print(len(api.tasks))").stdout)
+    assert total >= 300
+
+    def all_ended() -> bool:
+        summary = _value(kernel, parts["summary"])
+        return f"<b>{total} tasks</b>" in summary and "running" not in summary and (
+            "pending" not in summary
+        )
+
+    kernel.wait_until(all_ended, what=f"the summary to count {total} tasks, all ended")
+    elapsed = max(time.monotonic() - started, 1.0)
+    updates = [
+        m for m in kernel.messages()[start_count:]
+        if m["msg_type"] == "comm_msg" and m["content"].get("comm_id") in ids
+    ]
+    # A few parts per refresh, two refreshes a second at most, plus the last one.
+    print(f"{len(updates)} dashboard messages in {elapsed:.2f} s")
+    assert len(updates) <= 10 * elapsed + 6, (len(updates), elapsed)
+    kernel.execute("_dash2.close()")

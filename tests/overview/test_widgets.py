@@ -1,0 +1,510 @@
+"""The live dashboard widget: content, throttled updates, actions, lifetime.
+
+Most tests use hand-made task records, a stand-in scheduler and virtual time
+(``VirtualClock``): the dashboard refreshes only when the test advances the clock.
+The last ones run real tasks through a real ``Scheduler``. Widget state is read
+with ``get_state()`` and messages to the front end are counted at ``Widget._send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from ipytasks.overview import open_dashboard, summarize, text_table
+from ipytasks.overview.testing import VirtualClock, WidgetMessages
+from ipytasks.overview.widgets import Dashboard
+from ipytasks.output import TaskOutput
+from ipytasks.scheduler import Scheduler
+from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+
+T0 = 1_700_000_000.0
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def record(name: str, state: TaskState = TaskState.PENDING, submitted: float = 0.0,
+           started: float | None = None, ended: float | None = None,
+           **options: Any) -> TaskRecord:
+    return TaskRecord(
+        name=name, source="pass", options=TaskOptions(**options), mode="thread", state=state,
+        submitted=T0 + submitted,
+        started=None if started is None else T0 + started,
+        ended=None if ended is None else T0 + ended,
+        attempts=1 if started is not None else 0,
+    )
+
+
+class FakeScheduler:
+    """What the dashboard uses of a Scheduler; the test plays the scheduler's part."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.tasks = TaskRegistry()
+        self.loop = loop
+        self.listeners: list[Callable[[TaskRecord], None]] = []
+        self.cancelled: list[tuple[str, int]] = []
+        self.loop_thread = threading.get_ident()
+
+    def subscribe(self, listener: Callable[[TaskRecord], None]) -> None:
+        self.listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[TaskRecord], None]) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self.loop_thread
+
+    def cancel(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        open_ = [r for r in records if not r.state.ended]
+        self.cancelled += [(r.name, threading.get_ident()) for r in open_]
+        return open_
+
+    # the scheduler's side
+    def add(self, rec: TaskRecord) -> TaskRecord:
+        self.tasks._add(rec)
+        self.changed(rec)
+        return rec
+
+    def changed(self, rec: TaskRecord) -> None:
+        for listener in list(self.listeners):
+            listener(rec)
+
+
+class Board:
+    """A fake scheduler, a virtual clock, and the dashboards opened on them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.clock = VirtualClock(start=T0)
+        self.sched = FakeScheduler(loop)
+        self.opened: list[Dashboard] = []
+
+    def open(self, **options: Any) -> Dashboard:
+        options.setdefault("retry", None)
+        dash = open_dashboard(self.sched, self.sched.tasks, clock=self.clock.time,
+                              wall=self.clock.time, call_later=self.clock.call_later, **options)
+        self.opened.append(dash)
+        return dash
+
+    def at(self, seconds: float) -> None:
+        """Move virtual time to T0 + seconds, running the refreshes due on the way."""
+        self.clock.advance(T0 + seconds - self.clock.now)
+
+
+@pytest.fixture
+async def board() -> AsyncIterator[Board]:
+    b = Board(asyncio.get_running_loop())
+    yield b
+    for dash in b.opened:
+        dash.close()
+
+
+async def settle() -> None:
+    """Let callbacks posted to the loop (button clicks, picks) run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def html(widget: Any) -> str:
+    return widget.get_state()["value"]
+
+
+# -- content ----------------------------------------------------------------------------
+
+
+def test_summary_counts_wall_work_and_speedup() -> None:
+    """Three 2 s tasks run side by side: 6.0 s of work in 2.0 s, a 3.0× speedup."""
+    records = [record(n, TaskState.DONE, 0, 0, 2) for n in "abc"]
+    records.append(record("d", TaskState.FAILED, 0, 1, 1.5))
+    records.append(record("e", TaskState.SKIPPED, 0, None, 2))
+    s = summarize(records, now=T0 + 10)
+    assert s.counts == {TaskState.DONE: 3, TaskState.FAILED: 1, TaskState.SKIPPED: 1}
+    assert s.wall == 2.0 and s.work == 6.5
+    assert summarize(records[:3], now=T0 + 10).text() == "6.0 s of work in 2.0 s: 3.0×"
+
+
+def test_summary_runs_to_now_while_a_task_runs() -> None:
+    """A running task counts up to now, in the wall time and in the work."""
+    s = summarize([record("a", TaskState.RUNNING, 0, 1)], now=T0 + 4)
+    assert s.wall == 3.0 and s.work == 3.0
+    assert summarize([record("a")], now=T0).text() == "nothing has run yet"
+
+
+async def test_rows_show_every_column(board: Board) -> None:
+    """A row per task: state with icon, name, chain/group, mode, start, duration, tries, waits."""
+    sched = board.sched
+    sched.add(record("load", TaskState.DONE, 0, 0, 2, group="io"))
+    sched.add(record("fit", TaskState.RUNNING, 0, 2.5, chain="main"))
+    plot = record("plot", TaskState.PENDING, 0.1, chain="main")
+    plot.waits_for, plot.reasons = ("fit", "load"), {"fit": "chain main", "load": "after"}
+    sched.add(plot)
+    board.at(3.0)
+    dash = board.open()
+    table = html(dash.table)
+    assert table.count("<tr") == 4
+    assert "✔ done" in table and "▶ running" in table and "⏳ pending" in table
+    assert "#1a7f37" in table  # done's colour, beside its icon
+    assert "<b>load</b>" in table and ">io<" in table and ">main<" in table and ">thread<" in table
+    assert "+2.50 s" in table  # fit started 2.5 s after the first submission
+    assert "0.50 s" in table  # and has run for 0.5 s
+    assert "fit: chain main, load: after" in table
+    assert "3 tasks" in html(dash.summary)
+    assert "<svg" in html(dash.timeline) and "fit: running" in html(dash.timeline)
+    assert dash.page_label.get_state()["value"] == "1–3 of 3"
+
+
+async def test_duration_ticks_while_running_and_stops_after(board: Board) -> None:
+    """While a task runs one timer refreshes its duration; once it ends no timer is left."""
+    sched = board.sched
+    fit = sched.add(record("fit", TaskState.RUNNING, 0, 0))
+    dash = board.open()
+    assert "0.00 s" in html(dash.table)
+    board.at(1.0)
+    assert "1.0 s" in html(dash.table)
+    board.at(2.0)
+    assert "2.0 s" in html(dash.table)
+    assert len(board.clock.pending) == 1  # exactly one timer: the next tick
+    fit.state, fit.ended = TaskState.DONE, T0 + 2.2
+    sched.changed(fit)
+    board.at(3.0)
+    assert "✔ done" in html(dash.table) and "2.2 s" in html(dash.table)
+    assert board.clock.pending == []
+
+
+async def test_no_work_at_all_when_nothing_changes(board: Board) -> None:
+    """With no task running and no change: no timer, no refresh, no message, for a minute."""
+    board.sched.add(record("a", TaskState.DONE, 0, 0, 1))
+    dash = board.open()
+    board.at(1.0)
+    flushes = dash._throttle.flushes
+    with WidgetMessages() as sent:
+        board.at(61.0)
+    assert board.clock.pending == [] and dash._throttle.flushes == flushes and len(sent) == 0
+
+
+async def test_burst_of_1000_changes_sends_a_bounded_number_of_messages(board: Board) -> None:
+    """1,000 tasks submitted, started and ended within 3 s: few messages per simulated second.
+
+    Each refresh sends at most one message per part that changed (summary, timeline,
+    table, page, task list), and refreshes come at most every 0.5 s.
+    """
+    sched = board.sched
+    dash = board.open()
+    with WidgetMessages(only=dash.all_widgets, clock=board.clock.time) as sent:
+        records = [sched.add(record(f"t{i}", TaskState.PENDING, 0)) for i in range(1000)]
+        for i, rec in enumerate(records):  # each starts and ends, a 3 ms step apart
+            board.at(i * 0.003)
+            rec.state, rec.started, rec.attempts = TaskState.RUNNING, board.clock.now, 1
+            sched.changed(rec)
+            board.at(i * 0.003 + 0.002)
+            rec.state, rec.ended = TaskState.DONE, board.clock.now
+            sched.changed(rec)
+        board.at(10.0)
+    assert dash._throttle.flushes <= 2 * 3 + 2
+    assert sent.max_in_window(1.0) <= 12
+    assert len(sent) <= 30
+    assert "1000 tasks" in html(dash.summary) and "✔ 1000 done" in html(dash.summary)
+    assert board.clock.pending == []
+
+
+async def test_only_changed_parts_are_sent(board: Board) -> None:
+    """A change to a task on another page re-sends the summary and timeline, not the table."""
+    sched = board.sched
+    records = [sched.add(record(f"t{i}", TaskState.DONE, 0, i, i + 0.5)) for i in range(30)]
+    dash = board.open(page_size=10)
+    board.at(100)
+    last = records[-1]  # on page 3
+    last.state = TaskState.FAILED
+    with WidgetMessages(only=dash.all_widgets) as sent:
+        sched.changed(last)
+        board.at(101)
+    changed = {dash.summary.model_id, dash.timeline.model_id}
+    assert {model for model, _, _ in sent.sent} == changed
+    assert all(keys == ("value",) for _, keys, _ in sent.sent)
+
+
+# -- paging, filtering, picking --------------------------------------------------------
+
+
+async def test_pages_and_filter(board: Board) -> None:
+    """45 tasks in pages of 20; the filter keeps the chosen states and goes back to page 1."""
+    sched = board.sched
+    for i in range(45):
+        state = TaskState.FAILED if i % 10 == 0 else TaskState.DONE
+        sched.add(record(f"t{i}", state, 0, 0, 1))
+    dash = board.open()
+    assert dash.page_label.value == "1–20 of 45" and dash.prev_page.disabled
+    dash.next_page.click()
+    dash.next_page.click()
+    await settle()
+    assert dash.page_label.value == "41–45 of 45" and dash.next_page.disabled
+    assert html(dash.table).count("<tr") == 1 + 5
+    assert dash.task.options == ("t40", "t41", "t42", "t43", "t44")
+    dash.filter.value = "unsuccessful"
+    await settle()
+    assert dash.page_label.value == "1–5 of 5"
+    assert dash.task.options == ("t0", "t10", "t20", "t30", "t40")
+    dash.filter.value = "running"
+    await settle()
+    assert dash.page_label.value == "no running tasks" and dash.task.options == ()
+
+
+async def test_pick_then_cancel_calls_the_scheduler_on_the_loop(board: Board) -> None:
+    """Cancel applies to the picked task, and runs on the loop even when clicked from a thread."""
+    sched = board.sched
+    sched.add(record("a", TaskState.DONE, 0, 0, 1))
+    sched.add(record("b", TaskState.RUNNING, 0, 0))
+    dash = board.open()
+    assert dash.cancel_button.disabled  # nothing picked yet
+    dash.task.value = "b"  # as the front end would set it
+    await settle()
+    assert not dash.cancel_button.disabled
+    assert "background:#ddf4ff" in html(dash.table)  # the picked row is highlighted
+    clicker = threading.Thread(target=dash.cancel_button.click)  # a subshell thread
+    clicker.start()
+    clicker.join(10)
+    await settle()
+    assert sched.cancelled == [("b", sched.loop_thread)]
+    assert "cancelling <b>b</b>" in dash.message.value
+    dash.task.value = "a"
+    await settle()
+    assert dash.cancel_button.disabled  # a has ended
+
+
+async def test_picked_task_stays_listed_when_the_page_changes(board: Board) -> None:
+    """The picked task stays in the task list (and picked) after turning the page."""
+    for i in range(25):
+        board.sched.add(record(f"t{i}", TaskState.DONE, 0, 0, 1))
+    dash = board.open()
+    dash.task.value = "t3"
+    await settle()
+    dash.next_page.click()
+    await settle()
+    assert dash.task.options == (*(f"t{i}" for i in range(20, 25)), "t3")
+    assert dash.task.value == "t3"
+
+
+async def test_retry_hidden_without_api_retry(board: Board) -> None:
+    """Without a retry function the Retry button is hidden."""
+    board.sched.add(record("a", TaskState.FAILED, 0, 0, 1))
+    dash = board.open(retry=None)
+    assert dash.retry_button.layout.display == "none"
+
+
+async def test_retry_button_calls_retry_for_unsuccessful_tasks(board: Board) -> None:
+    """Retry is enabled only for a task that did not succeed, and calls retry(name)."""
+    calls: list[str] = []
+
+    def retry(name: str) -> None:
+        calls.append(name)
+        if name == "c":
+            raise RuntimeError("task 'c' is <busy>")
+
+    sched = board.sched
+    sched.add(record("a", TaskState.DONE, 0, 0, 1))
+    sched.add(record("b", TaskState.FAILED, 0, 0, 1))
+    sched.add(record("c", TaskState.TIMED_OUT, 0, 0, 1))
+    dash = board.open(retry=retry)
+    assert dash.retry_button.layout.display != "none"
+    dash.task.value = "a"
+    await settle()
+    assert dash.retry_button.disabled
+    dash.task.value = "b"
+    await settle()
+    assert not dash.retry_button.disabled
+    dash.retry_button.click()
+    await settle()
+    assert calls == ["b"] and "retrying <b>b</b>" in dash.message.value
+    dash.task.value = "c"
+    await settle()
+    dash.retry_button.click()
+    await settle()
+    assert "is &lt;busy&gt;" in dash.message.value  # the error is shown, escaped
+
+
+async def test_output_of_the_picked_task_is_shown_and_follows_it(board: Board) -> None:
+    """Output shows the picked task's outputs, updates as it prints, and detaches on close."""
+    loop = asyncio.get_running_loop()
+    rec = record("talk", TaskState.RUNNING, 0, 0)
+    rec.sink = TaskOutput(loop)
+    rec.sink.write("stdout", "hello\n")
+    board.sched.add(rec)
+    dash = board.open()
+    dash.task.value = "talk"
+    dash.output_button.value = True
+    await settle()
+    assert dash.output.layout.display is None
+    assert list(dash.output.get_state()["outputs"]) == [
+        {"output_type": "stream", "name": "stdout", "text": "hello\n"}
+    ]
+    assert len(rec.sink.views) == 1
+    rec.sink.write("stdout", "world\n")
+    rec.sink.flush()  # what the sink's own timer does
+    board.at(5)
+    assert dash.output.outputs[0]["text"] == "hello\nworld\n"
+    dash.output_button.value = False
+    await settle()
+    assert rec.sink.views == [] and dash.output.layout.display == "none"
+    dash.output_button.value = True
+    await settle()
+    dash.close()
+    assert rec.sink.views == []
+
+
+# -- several dashboards, closing -------------------------------------------------------
+
+
+async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board) -> None:
+    """Both show every change; a closed one is unsubscribed, has no timer and sends nothing."""
+    sched = board.sched
+    a, b = board.open(), board.open()
+    rec = sched.add(record("x", TaskState.RUNNING, 0, 0))
+    board.at(1)
+    assert html(a.table) == html(b.table) and "▶ running" in html(a.table)
+    a.close()
+    assert a.comm is None and all(w.comm is None for w in [a.summary, a.table, a.task])
+    assert len(sched.listeners) == 1
+    rec.state, rec.ended = TaskState.DONE, T0 + 1.5
+    with WidgetMessages() as sent:
+        sched.changed(rec)
+        board.at(3)
+    assert {m for m, _, _ in sent.sent} <= {w.model_id for w in b.all_widgets()}
+    assert "✔ done" in html(b.table)
+    assert not a._throttle.armed
+    assert board.clock.pending == []
+    a.close()  # closing twice is harmless
+
+
+async def test_closed_dashboard_leaves_no_widget_behind(board: Board) -> None:
+    """close() closes every model the dashboard made (layouts and styles too)."""
+    from ipywidgets.widgets.widget import _instances
+
+    before = set(_instances)
+    dash = board.open()
+    made = set(_instances) - before
+    assert len(made) > 10
+    dash.close()
+    assert not (made & set(_instances))
+
+
+async def test_repr_is_the_text_table(board: Board) -> None:
+    """Front ends without widgets show the text table with its summary line."""
+    board.sched.add(record("load", TaskState.DONE, 0, 0, 2))
+    dash = board.open()
+    text = repr(dash)
+    assert text.startswith("task") and "load" in text and "1 task: 1 done" in text
+    assert text == text_table(board.sched.tasks)
+
+
+async def test_repr_of_a_long_dashboard_is_its_summary_line(board: Board) -> None:
+    """With many tasks the plain-text form is one summary line, not hundreds of rows."""
+    for i in range(60):
+        board.sched.add(record(f"t{i}", TaskState.DONE, 0, 0, 2))
+    dash = board.open()
+    assert repr(dash) == "60 tasks: 60 done; 2 min 00 s of work in 2.0 s: 60.0×"
+
+
+def test_text_table_is_the_views_table_with_a_summary_line() -> None:
+    """text_table takes a registry or records: views.table's rows, then the summary line."""
+    from ipytasks.views import table
+
+    registry = TaskRegistry()
+    for r in (record("a", TaskState.DONE, 0, 0, 2), record("b", TaskState.RUNNING, 0, 1)):
+        registry._add(r)
+    text = text_table(registry, now=T0 + 3)
+    assert text.startswith(table(registry.values()).split("\n")[0])
+    assert text.endswith("\n\n2 tasks: 1 running, 1 done; 4.0 s of work in 3.0 s: 1.3×")
+    assert text_table([]) == "no tasks yet"
+
+
+def test_importing_the_package_does_not_import_ipywidgets() -> None:
+    """ipywidgets is imported when a live dashboard is opened, not on import (fast %load_ext)."""
+    import subprocess
+    import sys
+
+    code = "import sys, ipytasks.overview; print('ipywidgets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# -- with a real scheduler ---------------------------------------------------------------
+
+
+@pytest.fixture
+def shell() -> Any:
+    ip = InteractiveShell.instance()
+    ip.user_ns["asyncio"] = asyncio
+    return ip
+
+
+async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
+    """Real tasks (done, failed, pending, cancelled from the dashboard) show their final states."""
+    sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
+    clock = VirtualClock(start=0.0)
+    dash = open_dashboard(sched, sched.tasks, clock=clock.time, call_later=clock.call_later,
+                          retry=None)
+    try:
+        ok = sched.submit("await asyncio.sleep(0.01)\n1 + 1", "ok", TaskOptions())
+        bad = sched.submit("await asyncio.sleep(0)\nraise ValueError('nope')", "bad",
+                           TaskOptions())
+        slow = sched.submit("await asyncio.sleep(30)", "slow", TaskOptions(group="g"))
+        after = sched.submit("1", "after", TaskOptions(after=("slow",), on_error="continue"))
+        await asyncio.wait_for(asyncio.gather(ok._ended_event.wait(), bad._ended_event.wait()), 10)
+        clock.advance(1)
+        table = html(dash.table)
+        assert "✔ done" in table and "✖ failed" in table and "▶ running" in table
+        assert "slow: after" in table  # 'after' waits for slow
+        dash.task.value = "slow"
+        await settle()
+        dash.cancel_button.click()
+        await asyncio.wait_for(asyncio.gather(slow._ended_event.wait(),
+                                              after._ended_event.wait()), 10)
+        clock.advance(2)
+        assert slow.state is TaskState.CANCELLED and after.state is TaskState.DONE
+        table = html(dash.table)
+        assert "⊘ cancelled" in table and table.count("✔ done") == 2
+        assert "4 tasks" in html(dash.summary)
+        assert clock.pending == []  # nothing runs: no tick timer left
+    finally:
+        dash.close()
+        sched.close()
+    assert dash._on_change not in sched._listeners
+
+
+async def test_default_timer_runs_on_the_scheduler_loop_in_an_empty_context(shell: Any) -> None:
+    """Without injected timers, refreshes run on the scheduler's loop outside any task's context."""
+    from ipytasks.output import current_output
+
+    sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
+    dash = open_dashboard(sched, sched.tasks, mininterval=0.01, retry=None)
+    seen: list[Any] = []
+    render = dash._render
+
+    def spy() -> None:
+        seen.append(current_output.get())
+        render()
+
+    dash._render = spy  # type: ignore[method-assign]
+    try:
+        rec = sched.submit("await asyncio.sleep(0)", "t", TaskOptions())
+        await sched.wait([rec])
+        for _ in range(100):
+            if seen and "✔ done" in html(dash.table):
+                break
+            await asyncio.sleep(0.01)
+        assert "✔ done" in html(dash.table)
+        assert seen and all(value is None for value in seen)
+    finally:
+        dash.close()
+        sched.close()
