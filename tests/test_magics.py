@@ -13,6 +13,13 @@ import pytest
 from kernel_driver import Execution, Kernel
 
 
+@pytest.fixture(scope="module")
+def kernel(kernel: Kernel) -> Kernel:
+    """The module's shared kernel, with what every test here uses imported once."""
+    kernel.execute("import asyncio, sys, threading, ipytasks\nfrom IPython.display import display, HTML")
+    return kernel
+
+
 def task_view(kernel: Kernel, execution: Execution) -> dict[str, str | None]:
     """The model ids of the status line and output area a submitting cell shows."""
     views = [
@@ -301,3 +308,41 @@ def test_shutdown_names_cancelled_tasks(fresh_kernel: Kernel) -> None:
     k.execute("%%parallel left13\nawait asyncio.Event().wait()")
     k.shutdown()
     assert "cancelled 1 unfinished task: left13" in k.log_tail()
+
+
+def test_quiet_shows_nothing_but_keeps_output(kernel: Kernel) -> None:
+    """--quiet puts no status line in the cell; the output is still kept on the task."""
+    cell = kernel.execute("%%parallel q14 --quiet\nprint('kept quietly')")
+    assert cell.displays == [] and cell.stdout == ""
+    kernel.execute("%wait q14")
+    assert streams_containing(kernel, "kept quietly") == []
+    assert value(kernel, "ipytasks.tasks['q14'].output") == repr("kept quietly\n")
+
+
+def test_await_wait_in_an_async_cell(kernel: Kernel) -> None:
+    """`await ipytasks.wait(...)` works in an ordinary async cell and returns when done."""
+    kernel.execute("%%parallel aw15\nawait asyncio.sleep(0.2)\n'awaited'")
+    cell = kernel.execute("await ipytasks.wait('aw15')\nprint(ipytasks.result('aw15'))")
+    assert cell.stdout == "awaited\n"
+
+
+def test_self_reference_is_a_cycle(kernel: Kernel) -> None:
+    """A task cannot wait for itself: refused at once, naming the cycle."""
+    ename, evalue = error_of(kernel.execute("%%parallel cyc16 --after cyc16\n1", allow_errors=True))
+    assert ename == "UsageError" and "cycle" in evalue and "cyc16" in evalue
+
+
+def test_interrupt_of_a_blocking_cell_spares_the_tasks(fresh_kernel: Kernel) -> None:
+    """The Stop button during a blocking foreground cell interrupts that cell only: a thread
+    task and an async task both go on and finish."""
+    k = fresh_kernel
+    k.execute("%load_ext ipytasks\nimport asyncio, threading, time, ipytasks\ngo = threading.Event()")
+    k.execute("%%parallel th17 --thread\ngo.wait(30)\n'thread done'")
+    k.execute("%%parallel as17\nwhile not go.is_set():\n    await asyncio.sleep(0.02)\n'async done'")
+    blocking = k.submit("print('blocking', flush=True)\ntime.sleep(30)")
+    k.wait_until(lambda: "blocking" in blocking.stdout, what="the blocking cell to run")
+    k.interrupt()
+    blocking.wait(20, allow_errors=True)
+    assert error_of(blocking)[0] == "KeyboardInterrupt"
+    k.execute("go.set()\n%wait th17 as17")
+    assert value(k, "(ipytasks.result('th17'), ipytasks.result('as17'))") == "('thread done', 'async done')"
