@@ -127,6 +127,29 @@ def _set_buffers(state: dict[str, Any], paths: list[list[Any]], buffers: list[An
         obj[path[-1]] = bytes(buf)
 
 
+def _workers_of(kernel_pid: int) -> list[int]:
+    """Live ipytasks worker processes started by the kernel ``kernel_pid``.
+
+    A worker's command line is ``python -P -u -c BOOT …/_worker.py CMD_FD REPLY_FD KERNEL_PID …``.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+            state = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue
+        if state[state.rfind(")") + 2 :][:1] in ("Z", "X"):
+            continue
+        for i, arg in enumerate(args):
+            if arg.endswith(b"_worker.py") and len(args) > i + 3 and args[i + 3] == str(kernel_pid).encode():
+                found.append(int(entry))
+                break
+    return found
+
+
 def _process_group_members(pgid: int) -> list[int]:
     """Live processes (not zombies) of process group ``pgid`` (Linux /proc)."""
     found = []
@@ -472,8 +495,11 @@ class Kernel:
         return bool(self._km.is_alive())
 
     def processes_left(self) -> list[int]:
-        """PIDs still alive in the kernel's process group (the kernel, its workers...)."""
-        return _process_group_members(self.pgid) if hasattr(self, "pgid") else []
+        """PIDs still alive of the kernel: its process group, and its process-mode workers
+        (which run in process groups of their own)."""
+        if not hasattr(self, "pgid"):
+            return []
+        return sorted(set(_process_group_members(self.pgid)) | set(_workers_of(self.pid)))
 
     def kill_leftovers(self) -> list[int]:
         """SIGKILL whatever is left of the kernel's process group; returns the PIDs killed."""

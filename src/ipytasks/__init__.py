@@ -19,6 +19,9 @@ from .api import submit as submit
 from .api import tasks as tasks
 from .api import timeline as timeline
 from .api import wait as wait
+from .namespace.shipping import RemoteError as RemoteError
+from .namespace.shipping import ShippingError as ShippingError
+from .tasks import BrokenWorker as BrokenWorker
 from .tasks import TaskCancelled as TaskCancelled
 from .tasks import TaskConflictWarning as TaskConflictWarning
 from .tasks import TaskFailed as TaskFailed
@@ -43,6 +46,9 @@ __all__ = (
     "timeline",
     "unload_ipython_extension",
     "wait",
+    "BrokenWorker",
+    "RemoteError",
+    "ShippingError",
     "TaskCancelled",
     "TaskConflictWarning",
     "TaskFailed",

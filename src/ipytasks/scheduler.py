@@ -31,6 +31,7 @@ from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
 from .tasks import (
     TaskCancelled,
+    TaskError,
     TaskConflictWarning,
     TaskFailed,
     TaskOptions,
@@ -217,7 +218,7 @@ class Scheduler:
         elif mode == "thread" and cell.is_async:
             raise UsageError(ASYNC_IN_THREAD.format(name=name))
         if options.map is not None:
-            if mode in ("process", "dask"):
+            if mode == "dask":
                 raise UsageError(MAP_MODES.format(mode=mode))
             _check_map_expression(options.map)
         names = task_names(cell, options)
@@ -759,3 +760,5 @@ def _trim_traceback(error: BaseException, cell: CompiledCell | None) -> None:
         tb = tb.tb_next
     if tb is not None:
         error.__traceback__ = tb
+    elif isinstance(error, TaskError):
+        error.__traceback__ = None  # ipytasks' own error: its frames say nothing to the user

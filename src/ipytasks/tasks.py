@@ -28,6 +28,7 @@ __all__ = (
     "TaskCancelled",
     "TaskSkipped",
     "TaskConflictWarning",
+    "BrokenWorker",
 )
 
 
@@ -66,6 +67,10 @@ class TaskCancelled(TaskError):
 
 class TaskSkipped(TaskError):
     """The task never ran: a task it waits for did not succeed (``--on-error stop``)."""
+
+
+class BrokenWorker(TaskError):
+    """The worker process running the task died: a crash, ``os._exit``, a kill, no memory."""
 
 
 class TaskConflictWarning(UserWarning):

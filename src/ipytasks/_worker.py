@@ -1,0 +1,659 @@
+"""What runs inside a worker process of process mode (DESIGN §5.3), and the wire format.
+
+This file is the whole worker. The kernel starts it by path, as
+``python -P -u -c <bootstrap> .../_worker.py CMD_FD REPLY_FD PARENT_PID MARKER``,
+so that it imports nothing from the kernel side: not IPython, not ipykernel, not
+the rest of ipytasks (``import ipytasks._worker`` would run the package's
+``__init__``, which loads IPython). It uses the standard library, and cloudpickle
+when a value needs it. The kernel imports this module too, for the wire format
+and the picklers, so both ends encode values the same way.
+
+Wire format
+-----------
+One message, either way, over a pipe::
+
+    header   <Q meta length> <Q values length> <I number of buffers>
+    table    per buffer: <Q length> <B read-only flag>
+    meta     a plain pickle of builtins (dicts, lists, str, int, bytes)
+    values   named values, each one pickle, one after the other, from ONE pickler
+             (so objects shared between names stay shared and each is sent once)
+    buffers  the raw bytes of each out-of-band buffer (pickle protocol 5)
+
+Buffers of 64 KiB and more (NumPy arrays, ``bytes``, ``bytearray``) leave the
+pickle: they are written straight from the object's memory and read straight into
+the memory of the object that is rebuilt, so a 200 MB array is never copied into
+a pickle on either side. Large ``bytes`` are read into a fresh ``bytes`` object
+(CPython), so even they are not copied after the read.
+
+The worker
+----------
+* ignores SIGINT (the kernel's interrupt goes to its whole process group; the
+  worker also runs in a process group of its own), and dies with the kernel: a
+  thread watches the command pipe for hang-up, and on Linux ``PR_SET_PDEATHSIG``
+  asks the OS to kill it when the kernel dies;
+* runs one job at a time, each in a fresh namespace holding only the shipped
+  inputs; nothing is kept between jobs but imported modules;
+* after each job flushes its streams and writes a marker to fd 1 and fd 2, so the
+  kernel knows it has seen all the output of the job before it ends the task.
+"""
+
+from __future__ import annotations
+
+import builtins
+import faulthandler
+import io
+import marshal
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+import types
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the worker 15 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = (
+    "INLINE_LIMIT",
+    "Unshippable",
+    "ValuePacker",
+    "load_values",
+    "read_message",
+    "run_job",
+    "write_message",
+)
+
+#: Buffers smaller than this travel inside the pickle; larger ones out of band.
+INLINE_LIMIT = 64 * 1024
+
+_HEAD = struct.Struct("<QQI")
+_ENTRY = struct.Struct("<QB")
+_CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect
+_MAX_CHAIN = 8  # how many chained exceptions (cause/context) are described
+
+CANNOT_SEND_BACK = "cannot send {what} ({type}) back from the worker process: {error}"
+CANNOT_RECEIVE = "cannot receive {name!r} ({type}) in the worker process: {error}"
+RESULT = "the cell's result (its last expression)"
+
+
+class Unshippable(Exception):
+    """A value cannot be pickled or unpickled; the message names it."""
+
+
+def type_name(value: Any) -> str:
+    """``module.Qualname`` of the value's type, without ``builtins.``."""
+    cls = type(value)
+    module = getattr(cls, "__module__", None)
+    name = getattr(cls, "__qualname__", cls.__name__)
+    return name if module in (None, "builtins") else f"{module}.{name}"
+
+
+# -- reading and writing messages ---------------------------------------------------
+
+
+def _write_views(fd: int, views: list[memoryview]) -> None:
+    views = [v for v in views if v.nbytes]
+    while views:
+        written = os.writev(fd, views[:64])
+        while written:
+            head = views[0]
+            if written >= head.nbytes:
+                written -= head.nbytes
+                views.pop(0)
+            else:
+                views[0] = head[written:]
+                written = 0
+
+
+def write_message(fd: int, meta: bytes, values: bytes, buffers: list[pickle.PickleBuffer]) -> None:
+    """Write one message; blocks until the pipe has taken all of it."""
+    raws = [b.raw() for b in buffers]
+    try:
+        table = b"".join(_ENTRY.pack(m.nbytes, m.readonly) for m in raws)
+        head = _HEAD.pack(len(meta), len(values), len(raws)) + table
+        _write_views(fd, [memoryview(head), memoryview(meta), memoryview(values)])
+        for m in raws:
+            _write_views(fd, [m])
+    finally:
+        for m in raws:
+            m.release()
+
+
+def _read_into(fd: int, view: memoryview) -> None:
+    pos, size = 0, view.nbytes
+    while pos < size:
+        n = os.readv(fd, [view[pos:]])
+        if n == 0:
+            raise EOFError("the pipe was closed")
+        pos += n
+
+
+def _read_exactly(fd: int, size: int) -> bytearray:
+    buf = bytearray(size)
+    if size:
+        with memoryview(buf) as view:
+            _read_into(fd, view)
+    return buf
+
+
+_fresh_bytes_api: Any = None
+
+
+def _fresh_bytes(size: int) -> tuple[bytes, memoryview] | None:
+    """A new ``bytes`` of ``size`` (not yet seen by anyone) and a writable view of it.
+
+    CPython only: this is what ``os.read`` does internally. Returns ``None`` elsewhere.
+    """
+    global _fresh_bytes_api
+    if sys.implementation.name != "cpython" or size < 2:
+        return None
+    if _fresh_bytes_api is None:
+        import ctypes
+
+        make = ctypes.pythonapi.PyBytes_FromStringAndSize
+        make.restype = ctypes.py_object
+        make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+        _fresh_bytes_api = (ctypes, make, bytes.__basicsize__ - 1)
+    ctypes, make, offset = _fresh_bytes_api
+    data = make(None, size)
+    view = memoryview((ctypes.c_char * size).from_address(id(data) + offset)).cast("B")
+    return data, view
+
+
+def _read_buffer(fd: int, size: int, readonly: bool) -> bytes | bytearray:
+    if readonly and size >= INLINE_LIMIT:
+        fresh = _fresh_bytes(size)
+        if fresh is not None:
+            data, view = fresh
+            with view:
+                _read_into(fd, view)
+            return data
+    return _read_exactly(fd, size)
+
+
+def read_message(fd: int) -> tuple[bytes | bytearray, bytes | bytearray, list[Any]]:
+    """Read one message: ``(meta, values, buffers)``.
+
+    :raises EOFError: the other end closed the pipe (before or during the message).
+    """
+    meta_len, values_len, count = _HEAD.unpack(_read_exactly(fd, _HEAD.size))
+    table = _read_exactly(fd, _ENTRY.size * count)
+    entries = [_ENTRY.unpack_from(table, i * _ENTRY.size) for i in range(count)]
+    meta = _read_exactly(fd, meta_len)
+    values = _read_exactly(fd, values_len)
+    buffers = [_read_buffer(fd, size, bool(readonly)) for size, readonly in entries]
+    return meta, values, buffers
+
+
+# -- pickling values ----------------------------------------------------------------
+
+
+def _out_of_band(obj: Any) -> Any:
+    """The reduction that sends a large ``bytes``/``bytearray`` out of band, or NotImplemented."""
+    cls = type(obj)
+    if cls is bytes and len(obj) >= INLINE_LIMIT:
+        # bytes(b) of a bytes object is that object: no copy when the buffer read
+        # on the other side is itself a bytes (see _read_buffer).
+        return bytes, (pickle.PickleBuffer(obj),)
+    if cls is bytearray and len(obj) >= INLINE_LIMIT:
+        # A writable buffer comes back as the bytearray it was read into.
+        import operator
+
+        return operator.getitem, ([pickle.PickleBuffer(obj)], 0)
+    if isinstance(obj, types.ModuleType):
+        name = getattr(obj, "__name__", None)
+        if name and name != "__main__" and sys.modules.get(name) is obj:
+            by_value = sys.modules.get("cloudpickle.cloudpickle")
+            check = getattr(by_value, "_is_registered_pickle_by_value", None)
+            if check is None or not check(obj):
+                import importlib
+
+                return importlib.import_module, (name,)
+    return NotImplemented
+
+
+class _PlainPickler(pickle.Pickler):
+    """The standard pickler, with large buffers out of band and modules by name."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        return _out_of_band(obj)
+
+
+_cloud_pickler_class: Any = None
+
+
+def _cloud_pickler() -> type:
+    """cloudpickle's pickler with the same extras (imported on first use)."""
+    global _cloud_pickler_class
+    if _cloud_pickler_class is None:
+        import cloudpickle
+
+        class CloudPickler(cloudpickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                reduced = _out_of_band(obj)
+                if reduced is NotImplemented:
+                    return super().reducer_override(obj)
+                return reduced
+
+        _cloud_pickler_class = CloudPickler
+    return _cloud_pickler_class
+
+
+class ValuePacker:
+    """Pickles values one after the other into one stream, sharing one memo.
+
+    :param cloud: use cloudpickle (functions, lambdas and classes by value); else the
+        standard pickler, which refuses anything defined in ``__main__``.
+    """
+
+    def __init__(self, cloud: bool = True) -> None:
+        self.file = io.BytesIO()
+        self.buffers: list[pickle.PickleBuffer] = []
+        cls = _cloud_pickler() if cloud else _PlainPickler
+        self._pickler = cls(self.file, protocol=5, buffer_callback=self._take)
+
+    def _take(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            with buffer.raw() as m:
+                size = m.nbytes
+        except BufferError:  # not contiguous: let pickle write it in band
+            return True
+        if size < INLINE_LIMIT:
+            return True
+        self.buffers.append(buffer)
+        return False
+
+    def add(self, value: Any) -> None:
+        self._pickler.dump(value)
+
+    def getvalue(self) -> bytes:
+        return self.file.getvalue()
+
+
+def load_values(values: bytes | bytearray, buffers: list[Any], count: int) -> Any:
+    """Yield ``count`` values from a stream written by :class:`ValuePacker`."""
+    unpickler = pickle.Unpickler(io.BytesIO(values), buffers=buffers)
+    for _ in range(count):
+        yield unpickler.load()
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text
+
+
+# -- running a job ------------------------------------------------------------------
+
+
+def _apply_environment(job: dict[str, Any]) -> None:
+    """Make imports, relative paths and os.environ match the kernel's."""
+    path = job.get("sys_path")
+    if path is not None and sys.path != path:
+        sys.path[:] = path
+    cwd = job.get("cwd")
+    if cwd is not None:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+    environ = job.get("environ")  # bytes to bytes; None: unchanged since the last job
+    if environ is not None:
+        environ = dict(environ)
+        if environ.get(b"MPLBACKEND", b"").startswith(b"module://"):  # needs a kernel
+            environ[b"MPLBACKEND"] = b"Agg"
+        if environ != dict(os.environb):
+            os.environb.clear()
+            os.environb.update(environ)
+
+
+def _compile_cell(job: dict[str, Any]) -> tuple[Any, Any]:
+    """The cell's code: statements, last expression (like ipytasks.cells splits it).
+
+    The kernel's own code objects when this is the same Python (marshal), else the
+    transformed source compiled here with the cell's file name.
+    """
+    if job.get("hexversion") == sys.hexversion and "code" in job:
+        body, last = job["code"]
+        return (
+            marshal.loads(body) if body is not None else None,
+            marshal.loads(last) if last is not None else None,
+        )
+    import ast
+
+    filename = job["filename"]
+    flags = job.get("flags", 0) | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = compile(
+        job["transformed"], filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True
+    )
+    nodes = list(tree.body)
+    last_node = nodes.pop() if nodes and isinstance(nodes[-1], ast.Expr) else None
+    body = None
+    if nodes:
+        body = compile(
+            ast.Module(body=nodes, type_ignores=[]), filename, "exec", flags, dont_inherit=True
+        )
+    last = None
+    if last_node is not None:
+        last = compile(
+            ast.Expression(body=last_node.value), filename, "eval", flags, dont_inherit=True
+        )
+    return body, last
+
+
+def _run_cell(body: Any, last: Any, namespace: dict[str, Any]) -> Any:
+    codes = [code for code in (body, last) if code is not None]
+    if not any(code.co_flags & _CO_COROUTINE for code in codes):
+        value = None
+        for code in codes:
+            value = eval(code, namespace)
+        return value if last is not None else None
+
+    import asyncio
+
+    async def run() -> Any:
+        value = None
+        for code in codes:
+            value = eval(code, namespace)
+            if code.co_flags & _CO_COROUTINE:
+                value = await value
+        return value if last is not None else None
+
+    return asyncio.run(run())
+
+
+def _trim(tb: Any, filename: str) -> Any:
+    """Drop the worker's own frames: start at the first frame of the cell, if any."""
+    first = tb
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    return tb if tb is not None else first
+
+
+def _describe_error(
+    exc: BaseException, filename: str, seen: set[int] | None = None
+) -> dict[str, Any]:
+    """What the kernel needs to raise ``exc`` again: the exception, its frames, its chain."""
+    import traceback
+
+    seen = set() if seen is None else seen
+    seen.add(id(exc))
+    tb = _trim(exc.__traceback__, filename)
+    frames = [(f.filename, f.lineno or 0, f.name) for f in traceback.extract_tb(tb)]
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the error
+        text = f"{type_name(exc)} (its message could not be formatted)\n"
+    try:
+        message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    except Exception:  # noqa: BLE001
+        message = type_name(exc)
+    pickled = None
+    for cloud in (False, True):
+        try:
+            packer = ValuePacker(cloud=cloud)
+            packer.add(exc)
+            if not packer.buffers:
+                pickled = packer.getvalue()
+                break
+        except BaseException:  # noqa: BLE001 - then the kernel shows it as a RemoteError
+            pass
+    described: dict[str, Any] = {
+        "type": type_name(exc),
+        "message": message,
+        "text": text,
+        "frames": frames,
+        "pickled": pickled,
+        "suppress_context": exc.__suppress_context__,
+        "cause": None,
+        "context": None,
+    }
+    if len(seen) < _MAX_CHAIN:
+        for key in ("cause", "context"):
+            linked = getattr(exc, f"__{key}__")
+            if linked is not None and id(linked) not in seen:
+                described[key] = _describe_error(linked, filename, seen)
+    return described
+
+
+def _is_closed_file(value: Any) -> bool:
+    try:
+        return isinstance(value, io.IOBase) and bool(value.closed)
+    except Exception:  # noqa: BLE001 - a broken property: not a closed file then
+        return False
+
+
+def _pack_outputs(
+    names: list[str], namespace: dict[str, Any], has_result: bool, result: Any, cloud: bool
+) -> ValuePacker:
+    packer = ValuePacker(cloud=cloud)
+    for name in names:
+        value = namespace[name]
+        try:
+            packer.add(value)
+        except BaseException as exc:  # noqa: BLE001 - named and sent back as the error
+            raise Unshippable(
+                CANNOT_SEND_BACK.format(
+                    what=repr(name), type=type_name(value), error=_error_text(exc)
+                )
+            ) from None
+    if has_result:
+        try:
+            packer.add(result)
+        except BaseException as exc:  # noqa: BLE001
+            raise Unshippable(
+                CANNOT_SEND_BACK.format(what=RESULT, type=type_name(result), error=_error_text(exc))
+            ) from None
+    return packer
+
+
+def run_job(
+    job: dict[str, Any], values: bytes | bytearray, buffers: list[Any]
+) -> tuple[dict[str, Any], bytes, list[Any]]:
+    """Run one cell; return the reply ``(meta, values, buffers)``.
+
+    Reply meta: ``{"ok": True, "names": [...], "deleted": [...], "result": bool}``
+    with the values in that order (then the result), or ``{"ok": False, "error":
+    description}`` for an exception of the cell, or ``{"ok": False, "shipping":
+    message}`` for a value that cannot travel.
+    """
+    import linecache
+
+    _apply_environment(job)
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    names = job["names"]
+    loader = load_values(values, buffers, len(names))
+    for name in names:
+        try:
+            namespace[name] = next(loader)
+        except BaseException as exc:  # noqa: BLE001
+            message = CANNOT_RECEIVE.format(
+                name=name, type=job["types"].get(name, "?"), error=_error_text(exc)
+            )
+            return {"ok": False, "shipping": message}, b"", []
+    del loader, values, buffers
+    for name in job.get("placeholders", ()):
+        namespace[name] = None
+
+    filename = job["filename"]
+    source = job.get("source") or job["transformed"]
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        try:
+            body, last = _compile_cell(job)
+            result = _run_cell(body, last, namespace)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt included
+            described = _describe_error(exc, filename)
+            del exc
+            return {"ok": False, "error": described}, b"", []
+
+        out_names = sorted(n for n in job["binds"] if n in namespace)
+        # `with open(...) as f` leaves a closed file in f: useless, and unpicklable.
+        left = [n for n in out_names if _is_closed_file(namespace[n])]
+        out_names = [n for n in out_names if n not in left]
+        deleted = sorted(n for n in job["deletes"] if n not in namespace)
+        has_result = last is not None
+        try:
+            try:
+                # The standard pickler is much faster on plain data and needs no
+                # cloudpickle; it refuses anything defined in the cell (its __main__
+                # is not this one), and then cloudpickle does it all again.
+                packer = _pack_outputs(out_names, namespace, has_result, result, cloud=False)
+            except Unshippable:
+                packer = _pack_outputs(out_names, namespace, has_result, result, cloud=True)
+        except Unshippable as exc:
+            return {"ok": False, "shipping": str(exc)}, b"", []
+        meta = {
+            "ok": True,
+            "names": out_names,
+            "types": {n: type_name(namespace[n]) for n in out_names},
+            "deleted": deleted,
+            "left": left,
+            "result": has_result,
+            "result_type": type_name(result),
+        }
+        return meta, packer.getvalue(), packer.buffers
+    finally:
+        linecache.cache.pop(filename, None)
+        # Functions defined in the cell hold the namespace: break the cycle now,
+        # so large inputs are freed before the next job, not at the next GC.
+        namespace.clear()
+
+
+# -- the process --------------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - the pipe watch below still works
+            pass
+    if os.getppid() != parent_pid:  # the kernel died before prctl took effect
+        os._exit(0)
+
+
+def _watch_pipe(fd: int) -> None:
+    """Exit as soon as the kernel's end of the command pipe is closed (kernel gone)."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, 0)  # hang-up and errors are always reported
+    while True:
+        for _, event in poller.poll():
+            if event & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os._exit(0)
+
+
+def _warm_cloudpickle() -> None:
+    try:
+        import cloudpickle  # noqa: F401 - imported ahead of the first job that needs it
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _end_of_output(
+    stdout: Any, stderr: Any, marker: bytes, pipes: dict[int, tuple[int, tuple[int, int] | None]]
+) -> list[bool]:
+    """Flush the streams and mark the end of a job's output on fd 1 and fd 2.
+
+    A cell that closed or redirected fd 1 or fd 2 (``os.dup2``) gets them back on
+    the kernel's pipes first (``pipes``: fd -> (a duplicate, its identity)).
+    Returns which of the two got their marker.
+    """
+    for stream in (sys.stdout, sys.stderr, stdout, stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a stream the cell broke
+            pass
+    sys.stdout, sys.stderr = stdout, stderr
+    marked = []
+    for fd in (1, 2):
+        copy, identity = pipes[fd]
+        try:
+            if _identity(fd) != identity:
+                os.dup2(copy, fd)
+            marked.append(os.write(fd, marker) == len(marker))
+        except OSError:
+            marked.append(False)
+    return marked
+
+
+def main(argv: list[str]) -> None:
+    cmd_fd, reply_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
+    marker = bytes.fromhex(argv[3])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    for fd in (cmd_fd, reply_fd):
+        os.set_inheritable(fd, False)  # the cell's own subprocesses must not hold them
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+        except Exception:  # noqa: BLE001
+            pass
+    stdout, stderr = sys.stdout, sys.stderr
+    pipes = {fd: (os.dup(fd), _identity(fd)) for fd in (1, 2)}
+    faulthandler.enable(file=stderr)  # a segfault prints the Python traceback first
+    threading.Thread(target=_watch_pipe, args=(cmd_fd,), name="ipytasks-watch", daemon=True).start()
+    import select
+
+    poller = select.poll()
+    poller.register(cmd_fd, select.POLLIN)
+    warming = False
+    while True:
+        if not warming and not poller.poll(0):
+            # Idle: import cloudpickle now, in the background, for the jobs that
+            # need it. Not while a job waits: that one would share the GIL with it.
+            warming = True
+            threading.Thread(target=_warm_cloudpickle, name="ipytasks-warm", daemon=True).start()
+        try:
+            meta, values, buffers = read_message(cmd_fd)
+        except EOFError:
+            break
+        job = pickle.loads(meta)
+        try:
+            reply = run_job(job, values, buffers)
+        except BaseException as exc:  # noqa: BLE001 - a bug here, not in the cell
+            reply = (
+                {
+                    "ok": False,
+                    "shipping": f"internal error in the worker process: {_error_text(exc)}",
+                },
+                b"",
+                [],
+            )
+        del meta, values, buffers, job
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the cell changed it
+        reply_meta, reply_values, reply_buffers = reply
+        del reply
+        reply_meta["marked"] = _end_of_output(stdout, stderr, marker, pipes)
+        try:
+            write_message(
+                reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
+            )
+        except OSError:
+            break
+        del reply_meta, reply_values, reply_buffers
+    for stream in (stdout, stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    # Not sys.exit: threads the cells started must not keep the process alive.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
