@@ -21,9 +21,13 @@ def _run_tour_module():
 
 
 @pytest.fixture(scope="module")
-def tour() -> list[dict]:
-    nb = _run_tour_module().run_tour(ROOT / "notebooks" / "tour.ipynb", python=sys.executable)
-    return [c for c in nb.cells if c.cell_type == "code"]
+def tour_nb() -> dict:
+    return _run_tour_module().run_tour(ROOT / "notebooks" / "tour.ipynb", python=sys.executable)
+
+
+@pytest.fixture(scope="module")
+def tour(tour_nb: dict) -> list[dict]:
+    return [c for c in tour_nb.cells if c.cell_type == "code"]
 
 
 def cell_text(cell: dict) -> str:
@@ -102,3 +106,23 @@ def test_dashboard_and_timeline_are_shown(tour: list[dict]) -> None:
     assert "application/vnd.jupyter.widget-view+json" in dashboard.outputs[0].data
     timeline = find(tour, "SVG(filename=ipytasks.timeline(")
     assert any("image/svg+xml" in o.get("data", {}) for o in timeline.outputs)
+
+
+def test_process_cells_overlap_on_two_cores(tour: list[dict]) -> None:
+    """Two CPU-bound --process cells come back with their results and overlap."""
+    text = cell_text(find(tour, "%wait crunch_low crunch_high"))
+    match = re.search(r"^(\d+) (\d+) \| [\d.]+ s of work in [\d.]+ s: ([\d.]+)×", text)
+    assert match, text
+    assert (int(match[1]), int(match[2])) == (10453, 11301)
+    assert float(match[3]) > 1.2  # generous: two cores, shared with the rest of the machine
+
+
+def test_worker_output_is_saved_in_its_task_area(tour_nb: dict) -> None:
+    """A process worker's print reached its own task's output area, as saved headless."""
+    state = tour_nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    texts = [
+        "".join(o.get("text", "") for o in model["state"].get("outputs", []))
+        for model in state.values()
+        if model["model_name"] == "OutputModel"
+    ]
+    assert "worker says: counted 10453\n" in texts
