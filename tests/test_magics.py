@@ -346,3 +346,45 @@ def test_interrupt_of_a_blocking_cell_spares_the_tasks(fresh_kernel: Kernel) -> 
     assert error_of(blocking)[0] == "KeyboardInterrupt"
     k.execute("go.set()\n%wait th17 as17")
     assert value(k, "(ipytasks.result('th17'), ipytasks.result('as17'))") == "('thread done', 'async done')"
+
+
+def test_retry_magic_reruns_a_failed_task(kernel: Kernel) -> None:
+    """%retry NAME runs a failed task's cell again with its options, replacing it."""
+    kernel.execute("ready18 = False")
+    kernel.execute("%%parallel r18 -g g18\nif not ready18:\n    raise RuntimeError('not yet')\n'ok now'")
+    kernel.wait_until(lambda: value(kernel, "ipytasks.tasks['r18'].state") == "'failed'")
+    kernel.execute("ready18 = True")
+    again = kernel.execute("%retry r18")
+    assert again.displays, "the retried task shows its status line again"
+    kernel.execute("%wait r18")
+    assert value(kernel, "(ipytasks.result('r18'), ipytasks.tasks['r18'].group)") == "('ok now', 'g18')"
+    ename, evalue = error_of(kernel.execute("%retry r18", allow_errors=True))
+    assert ename == "UsageError" and "only a task that did not succeed can be retried" in evalue
+
+
+def test_retries_and_map_through_the_magic(kernel: Kernel) -> None:
+    """--retries records attempts in the task's output; --map shows one line for all items."""
+    kernel.execute("tries19 = []")
+    kernel.execute(
+        "%%parallel f19 --retries 2 --retry-delay 0.01\ntries19.append(1)\n"
+        "if len(tries19) < 2:\n    raise OSError('flaky')\nlen(tries19)"
+    )
+    mapped = kernel.execute("%%parallel m19 --map n in range(4) --limit 2\nawait asyncio.sleep(0.05)\nprint('item', n)\nn * n")
+    kernel.execute("%wait f19 m19")
+    assert value(kernel, "(ipytasks.result('f19'), ipytasks.tasks['f19'].attempts)") == "(2, 2)"
+    assert "attempt 1/3 failed: OSError: flaky; retry 2/3 in" in value(kernel, "ipytasks.tasks['f19'].output")
+    assert value(kernel, "ipytasks.result('m19')") == "[0, 1, 4, 9]"
+    kernel.wait_until(lambda: "done" in status_text(kernel, mapped), what="map status line done")
+    assert status_text(kernel, mapped).startswith("✔ m19 done in ") and "4 items" in status_text(kernel, mapped)
+    assert sorted(area_text(kernel, mapped).splitlines()) == [f"[{i}] item {i}" for i in range(4)]
+
+
+def test_inferred_wait_is_shown_in_the_status_line(kernel: Kernel) -> None:
+    """A cell reading what a running task binds waits for it, and its status line says why."""
+    kernel.execute("gate20 = asyncio.Event()")
+    kernel.execute("%%parallel load20\nawait gate20.wait()\ndf20 = [1, 2, 3]")
+    report = kernel.execute("%%parallel report20\nsum(df20)")
+    assert "pending: waits for load20: reads df20" in status_text(kernel, report)
+    kernel.execute("gate20.set()")
+    kernel.wait_until(lambda: "done" in status_text(kernel, report), what="report done")
+    assert area_outputs(kernel, report)[-1]["data"]["text/plain"] == "6"
