@@ -320,13 +320,22 @@ def _compile_cell(job: dict[str, Any]) -> tuple[Any, Any]:
             marshal.loads(body) if body is not None else None,
             marshal.loads(last) if last is not None else None,
         )
+    flags = job.get("flags", 0)
+    _tree, body, last = split_compile(job["transformed"], job["filename"], flags)
+    return body, last
+
+
+def split_compile(source: str, filename: str, flags: int) -> tuple[Any, Any, Any]:
+    """Split a cell as IPython does and compile both parts, top-level ``await`` allowed.
+
+    Returns ``(tree, body, last)``: the cell's AST, the code of its statements and the
+    code of its last expression (each ``None`` when absent). The kernel side compiles
+    its cells with this too, so a cell means the same in the kernel and in a worker.
+    """
     import ast
 
-    filename = job["filename"]
-    flags = job.get("flags", 0) | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-    tree = compile(
-        job["transformed"], filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True
-    )
+    flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
     nodes = list(tree.body)
     last_node = nodes.pop() if nodes and isinstance(nodes[-1], ast.Expr) else None
     body = None
@@ -339,7 +348,7 @@ def _compile_cell(job: dict[str, Any]) -> tuple[Any, Any]:
         last = compile(
             ast.Expression(body=last_node.value), filename, "eval", flags, dont_inherit=True
         )
-    return body, last
+    return tree, body, last
 
 
 def _run_cell(body: Any, last: Any, namespace: dict[str, Any]) -> Any:

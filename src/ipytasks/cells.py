@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from types import CodeType, FunctionType
 from typing import Any
 
-__all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
+from ._worker import split_compile
 
-_TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+__all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +64,7 @@ def compile_cell(shell: Any, source: str, number: int = 0) -> CompiledCell:
     # IPython's caching compiler registers the source with linecache, so tracebacks
     # show the cell's lines (and "Cell In[n]" for the submitting cell).
     filename = shell.compile.cache(transformed, number, raw_code=source)
-    flags = shell.compile.flags | _TOP_LEVEL_AWAIT
-    tree = compile(transformed, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
-
-    body_nodes = list(tree.body)
-    last_node = None
-    if body_nodes and isinstance(body_nodes[-1], ast.Expr):
-        last_node = body_nodes.pop()
-
-    body = None
-    if body_nodes:
-        body = compile(
-            ast.Module(body=body_nodes, type_ignores=[]), filename, "exec", flags, dont_inherit=True
-        )
-    last = None
-    if last_node is not None:
-        last = compile(
-            ast.Expression(body=last_node.value), filename, "eval", flags, dont_inherit=True
-        )
+    tree, body, last = split_compile(transformed, filename, shell.compile.flags)
     is_async = any(
         code is not None and bool(code.co_flags & inspect.CO_COROUTINE) for code in (body, last)
     )
