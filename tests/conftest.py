@@ -8,6 +8,9 @@
 - ``fresh_kernel``: a kernel of its own for one test, extension not loaded (interrupt, kill,
   unload, restart...).
 - ``ip``: the ``InteractiveShell`` singleton for unit tests, namespace reset after each test.
+- ``shell``, ``scheduler``, ``gated``: a fresh-namespace shell, a ``Scheduler`` on the test's
+  own event loop, and a :class:`GatedMode` installed in it, whose bodies start only when the
+  test opens their gate (``gated.gate(name).set()``), recording the order they started in.
 
 Tests using ``kernel`` or ``fresh_kernel`` get the ``kernel`` marker automatically
 (``pytest -m "not kernel"`` runs the fast unit tests only). ``kernel_driver`` is importable
@@ -100,3 +103,71 @@ def ip() -> Iterator[object]:
         if "ipytasks" in shell.extension_manager.loaded:
             shell.run_line_magic("unload_ext", "ipytasks")
         shell.reset(new_session=False)
+
+
+# -- the scheduler on the test's loop, with a mode whose progress the test controls --------
+
+
+class GatedMode:
+    """A run mode whose bodies wait for the test to open their gate; records start order."""
+
+    name = "gated"
+
+    def __init__(self, shell: object) -> None:
+        import asyncio
+
+        self.shell = shell
+        self.started: list[str] = []
+        self._gates: dict[str, asyncio.Event] = {}
+
+    def gate(self, name: str):  # -> asyncio.Event
+        import asyncio
+
+        return self._gates.setdefault(name, asyncio.Event())
+
+    def prepare(self, task: object) -> None:
+        pass
+
+    async def run(self, task) -> object:
+        self.started.append(task.name)
+        await self.gate(task.name).wait()
+        return await task.cell.run_async(self.shell.user_ns)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def shell() -> object:
+    """The InteractiveShell singleton with a fresh user namespace."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.user_ns.clear()
+    ip.init_user_ns()
+    return ip
+
+
+@pytest.fixture
+async def scheduler(shell: object) -> Iterator[object]:
+    """A Scheduler running on the test's own event loop; closed after the test."""
+    import asyncio
+
+    from ipytasks.scheduler import Scheduler
+    from ipytasks.tasks import TaskRegistry
+
+    sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
+    yield sched
+    sched.close()
+
+
+@pytest.fixture
+def gated(scheduler: object) -> GatedMode:
+    mode = GatedMode(scheduler.shell)
+    scheduler.install_mode(mode)
+    return mode

@@ -18,9 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
-from ipytasks.modes import Mode
+from conftest import GatedMode
 from ipytasks.scheduler import Scheduler
 from ipytasks.tasks import TaskConflictWarning, TaskOptions, TaskRegistry
 
@@ -28,40 +27,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class GatedMode(Mode):
-    name = "gated"
-
-    def __init__(self, shell: Any) -> None:
-        super().__init__(shell)
-        self.started: list[str] = []
-        self.gates: dict[str, asyncio.Event] = {}
-
-    async def run(self, task: Any) -> Any:
-        self.started.append(task.name)
-        await self.gates.setdefault(task.name, asyncio.Event()).wait()
-        return await task.cell.run_async(self.shell.user_ns)
-
-
-@pytest.fixture
-def shell() -> Any:
-    ip = InteractiveShell.instance()
-    ip.user_ns.clear()
-    ip.init_user_ns()
-    return ip
-
-
-@pytest.fixture
-async def sched(shell: Any) -> Any:
-    scheduler = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
-    gated = GatedMode(shell)
-    scheduler.install_mode(gated)
+def sched(scheduler: Scheduler, gated: GatedMode) -> Scheduler:
     scheduler.gated = gated
-    yield scheduler
-    scheduler.close()
+    return scheduler
 
 
 def gated(**kwargs: Any) -> TaskOptions:
@@ -70,7 +38,7 @@ def gated(**kwargs: Any) -> TaskOptions:
 
 def release(sched: Scheduler, *names: str) -> None:
     for name in names:
-        sched.gated.gates.setdefault(name, asyncio.Event()).set()
+        sched.gated.gate(name).set()
 
 
 async def test_reader_waits_for_the_binder(sched: Scheduler) -> None:

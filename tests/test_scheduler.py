@@ -15,46 +15,13 @@ from typing import Any
 import anyio
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
-from ipytasks.modes import Mode
+from conftest import GatedMode
 from ipytasks.output import OutputCapture
 from ipytasks.scheduler import Scheduler
 from ipytasks.tasks import TaskFailed, TaskOptions, TaskRegistry, TaskState
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class GatedMode(Mode):
-    """Runs a body only once the test opens the task's gate; records the order."""
-
-    name = "gated"
-
-    def __init__(self, shell: Any) -> None:
-        super().__init__(shell)
-        self.started: list[str] = []
-        self._gates: dict[str, asyncio.Event] = {}
-
-    def gate(self, name: str) -> asyncio.Event:
-        return self._gates.setdefault(name, asyncio.Event())
-
-    async def run(self, task: Any) -> Any:
-        self.started.append(task.name)
-        await self.gate(task.name).wait()
-        return await task.cell.run_async(self.shell.user_ns)
-
-
-@pytest.fixture
-def shell() -> Any:
-    ip = InteractiveShell.instance()
-    ip.user_ns.clear()
-    ip.init_user_ns()
-    return ip
 
 
 @contextlib.contextmanager
@@ -70,20 +37,6 @@ def routed(ip: Any) -> Any:
         yield
     finally:
         capture.uninstall()
-
-
-@pytest.fixture
-async def scheduler(shell: Any) -> Any:
-    sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
-    yield sched
-    sched.close()
-
-
-@pytest.fixture
-def gated(scheduler: Scheduler) -> GatedMode:
-    mode = GatedMode(scheduler.shell)
-    scheduler.install_mode(mode)
-    return mode
 
 
 def opts(**kwargs: Any) -> TaskOptions:
