@@ -2,7 +2,8 @@
 #
 #   make lab    JupyterLab on the tour notebook (builds .venv first)
 #   make tour   run notebooks/tour.ipynb headless and print the task table
-#   make test   build .venv and .venv-ik6 (ipykernel 6.29 / IPython 8), then run pytest
+#   make test   build .venv and .venv-ik6 (ipykernel 6.29 / IPython 8), install Debian's
+#               chromium for the browser test when missing, then run pytest
 #               (PYTEST_ARGS="tests/test_x.py -k foo" to narrow it)
 
 PYTHON ?= python3
@@ -20,7 +21,13 @@ IK6_PINS := "ipykernel==6.29.*" "ipython>=8.12,<9"
 # JupyterLab refuses to run as root without being told
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test tour env env-ik6 clean
+# The browser test (tests/browser) drives Debian's Chromium through Playwright; Playwright's
+# own browser download is not used.
+CHROMIUM := /usr/bin/chromium
+# Not root: sudo, without asking for a password (-n), when there is one.
+SUDO := $(if $(filter 0,$(shell id -u)),,$(if $(shell command -v sudo 2>/dev/null),sudo -n,))
+
+.PHONY: lab test tour env env-ik6 chromium clean
 
 lab: $(STAMP)
 	@echo "Starting JupyterLab; the tour is notebooks/tour.ipynb (in the URL below, replace"
@@ -30,17 +37,30 @@ lab: $(STAMP)
 tour: $(STAMP)
 	$(PY) notebooks/run_tour.py notebooks/tour.ipynb
 
-test: $(STAMP) $(STAMP_IK6)
+test: $(STAMP) $(STAMP_IK6) chromium
 	IPYTASKS_IK6_PYTHON="$(abspath $(PY_IK6))" $(PY) -m pytest $(PYTEST_ARGS)
 
 env: $(STAMP)
 env-ik6: $(STAMP_IK6)
 
-# The main environment: the project with its extras and the test group (--group needs pip>=25.1).
-$(STAMP): pyproject.toml
+# Debian's chromium, when missing and apt-get is there (as root, or through sudo). Never fails:
+# without it the browser test skips, saying why (and fails under CI=true).
+chromium:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make: no apt-get here: cannot install chromium; the browser test will skip"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] && [ -z "$(SUDO)" ]; then \
+		echo "make: not root and no sudo: cannot install chromium; the browser test will skip"; exit 0; fi; \
+	echo "make: installing Debian's chromium for the browser test"; \
+	$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| echo "make: installing chromium failed; the browser test will skip"
+
+# The main environment: the project with its extras and the test and browser groups
+# (--group needs pip>=25.1).
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[lab]" --group test
+	$(PY) -m pip install -e ".[lab]" --group test --group browser
 	touch $@
 
 # The second kernel environment: the oldest ipykernel/IPython the project supports.

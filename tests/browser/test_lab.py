@@ -1,0 +1,474 @@
+"""The tour in a real browser: JupyterLab on loopback, driven in headless Chromium by Playwright.
+
+What it checks, all read from the page's ``.jp-OutputArea`` elements (the notebook's own text
+includes the cells' sources, so a check on the whole page would pass by itself):
+
+- a task's status line shows ``running`` and later the same line shows ``done``, live;
+- the dashboard (the tour's ``%tasks``) shows the speedup ("… of work in … ×") and its SVG
+  timeline;
+- after the tour, a cell of our own (added to the open notebook, the file is not saved) submits
+  a long task; picking it in the dashboard's ``task`` list and clicking Cancel turns it
+  ``cancelled`` in the dashboard's table and in that cell's status line.
+
+Screenshots go to ``test-output/browser/`` (``dashboard.png``, ``final.png``, and
+``failure.png`` when something goes wrong), with the server's log ``jupyterlab.log``. The
+server runs with Jupyter's and IPython's folders in a temporary directory (no user settings,
+kernels or startup files; notebook windowing off, so every cell is in the DOM). With
+``IPYTASKS_UPDATE_SCREENSHOT=1`` the dashboard's picture also replaces
+``docs/screenshot-dashboard.png``, the one the README shows.
+
+Needs Playwright (the ``browser`` dependency group) and Debian's ``/usr/bin/chromium``
+(``make test`` installs both); without them the test is skipped, but fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kernel_driver import ci_mode
+
+ROOT = Path(__file__).resolve().parents[2]
+TOUR = ROOT / "notebooks" / "tour.ipynb"
+OUTPUT_DIR = ROOT / "test-output" / "browser"
+README_SCREENSHOT = ROOT / "docs" / "screenshot-dashboard.png"
+UPDATE_SCREENSHOT = "IPYTASKS_UPDATE_SCREENSHOT"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: Milliseconds for one wait in the page (the whole tour takes ~10 s).
+WAIT_MS = 60_000
+SERVER_START_S = 60.0
+LONG_TASK = "browser_long"
+LONG_CELL = f"%%parallel {LONG_TASK}\nawait asyncio.sleep(60)"
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+
+def _unavailable(reason: str) -> None:
+    if ci_mode():
+        pytest.fail(f"{reason} (CI=true: the browser test must not be skipped)")
+    pytest.skip(reason)
+
+
+# -- the JupyterLab server ------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (from /proc; kernels run in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+def _request(url: str, *, token: str, method: str = "GET", timeout: float = 5.0) -> int:
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=timeout) as response:
+        return response.status
+
+
+def _hermetic_env(home: Path) -> dict[str, str]:
+    """The server's environment: Jupyter's and IPython's folders in ``home``, our lab settings."""
+    env = dict(os.environ)
+    for var, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"),
+                     ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"),
+                     ("JUPYTERLAB_WORKSPACES_DIR", "lab-workspaces")]:
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / sub)
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    settings = home / "lab-settings" / "@jupyterlab"
+    # Every cell in the DOM (no windowing), and no news toast over the notebook.
+    for plugin, values in [("notebook-extension/tracker", {"windowingMode": "none"}),
+                           ("apputils-extension/notification",
+                            {"fetchNews": "false", "checkForUpdates": False})]:
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    return env
+
+
+def _stop(lab: Lab) -> None:
+    """Shut the server down with its kernels; kill whatever is left of it."""
+    leftovers = {pid: _cmdline(pid) for pid in _descendants(lab.process.pid)}
+    if lab.process.poll() is None:
+        try:
+            _request(f"{lab.url}api/shutdown", token=lab.token, method="POST")
+        except (OSError, urllib.error.URLError):
+            lab.process.terminate()
+        try:
+            lab.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            lab.process.kill()
+            lab.process.wait(timeout=10)
+    for pid, cmdline in leftovers.items():
+        if cmdline is not None and _cmdline(pid) == cmdline:  # still that process
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class Tools:
+    sync_playwright: Any
+    expect: Any
+
+
+@pytest.fixture
+def tools() -> Tools:
+    """Playwright and Chromium, or a skip saying what is missing (a failure under CI=true)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(f"{CHROMIUM} is missing (make test installs Debian's chromium with apt-get)")
+    try:
+        import jupyterlab  # noqa: F401
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError as exc:
+        _unavailable(f"{exc.name} is not installed (make test installs the 'browser' group)")
+    (OUTPUT_DIR / "failure.png").unlink(missing_ok=True)  # from an earlier run
+    return Tools(sync_playwright, expect)
+
+
+@pytest.fixture
+def lab(tools: Tools, tmp_path: Path) -> Iterator[Lab]:
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(TOUR, root / "tour.ipynb")
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    log = OUTPUT_DIR / "jupyterlab.log"
+    port = _free_port()
+    token = secrets.token_hex(16)
+    command = [
+        sys.executable, "-m", "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+    ]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, cwd=root,
+                                   env=_hermetic_env(tmp_path / "home"), start_new_session=True)
+    server = Lab(f"http://127.0.0.1:{port}/", token, root, process, log)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"JupyterLab exited ({process.returncode}):\n{server.log_tail()}")
+            try:
+                if _request(f"{server.url}api/status", token=token, timeout=2) == 200:
+                    break
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer in {SERVER_START_S:.0f} s:\n"
+                            f"{server.log_tail()}")
+            time.sleep(0.2)  # polling a socket that is not up yet
+        yield server
+    finally:
+        _stop(server)
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+#: Keeps, for each task status line (``<span title=STATE>icon</span> <b>NAME</b> …``) that
+#: appears in an output area, the states it showed in turn: window.__ipytasksLines.
+WATCH_STATUS_LINES = r"""() => {
+  const lines = [];
+  const byElement = new WeakMap();
+  const note = (el) => {
+    if (!el.closest('.jp-OutputArea')) return;
+    const state = el.querySelector(':scope > span[title]');
+    const name = el.querySelector(':scope > b');
+    if (!state || !name) return;
+    let line = byElement.get(el);
+    if (!line) {
+      line = {name: name.textContent, states: []};
+      byElement.set(el, line);
+      lines.push(line);
+    }
+    const s = state.getAttribute('title');
+    if (line.states[line.states.length - 1] !== s) line.states.push(s);
+  };
+  const scan = (node) => {
+    if (node.nodeType !== Node.ELEMENT_NODE) node = node.parentElement;
+    if (!node) return;
+    const own = node.closest('.widget-html-content');
+    if (own) note(own);
+    node.querySelectorAll('.widget-html-content').forEach(note);
+  };
+  new MutationObserver((mutations) => {
+    for (const m of mutations) {
+      scan(m.target);
+      m.addedNodes.forEach(scan);
+    }
+  }).observe(document.body, {childList: true, subtree: true, characterData: true,
+                             attributes: true, attributeFilter: ['title']});
+  document.querySelectorAll('.widget-html-content').forEach(note);
+  window.__ipytasksLines = lines;
+}"""
+
+KERNEL_IDLE = """() => {
+  const panel = window.jupyterapp?.shell?.currentWidget;
+  const kernel = panel?.sessionContext?.session?.kernel;
+  return !!(panel?.content?.model && panel.context?.isReady && kernel
+            && kernel.connectionStatus === 'connected' && kernel.status === 'idle');
+}"""
+
+#: Marks the first code cell whose source is exactly ``source`` with data-ipytasks-test=``mark``.
+MARK_CELL = """([source, mark]) => {
+  const notebook = window.jupyterapp.shell.currentWidget.content;
+  const cell = notebook.widgets.find(c => c.model.type === 'code'
+                                          && c.model.sharedModel.getSource() === source);
+  if (!cell) return false;
+  cell.node.setAttribute('data-ipytasks-test', mark);
+  return true;
+}"""
+
+#: The text outputs of the last cell (the tour ends on ``%tasks --text``).
+LAST_CELL_TEXT = """() => {
+  const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+  const outputs = cells.get(cells.length - 1).outputs.toJSON();
+  return outputs.map(o => [].concat(o.text ?? o.data?.['text/plain'] ?? '').join('')).join('');
+}"""
+
+#: Every error a cell shows that its ``raises-exception`` tag does not announce.
+UNEXPECTED_ERRORS = """() => {
+  const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+  const found = [];
+  for (let i = 0; i < cells.length; i++) {
+    const cell = cells.get(i);
+    if (cell.type !== 'code') continue;
+    if ((cell.getMetadata('tags') || []).includes('raises-exception')) continue;
+    for (const o of cell.outputs.toJSON())
+      if (o.output_type === 'error') found.push(`cell ${i}: ${o.ename}: ${o.evalue}`);
+  }
+  return found;
+}"""
+
+
+#: Adds a code cell at the end of the notebook with ``source``, marks it and runs it.
+ADD_AND_RUN = """async ([source, mark]) => {
+  const app = window.jupyterapp;
+  const notebook = app.shell.currentWidget.content;
+  notebook.activeCellIndex = notebook.widgets.length - 1;
+  await app.commands.execute('notebook:insert-cell-below');
+  const cell = notebook.activeCell;
+  cell.model.sharedModel.setSource(source);
+  cell.node.setAttribute('data-ipytasks-test', mark);
+  app.commands.execute('notebook:run-cell');  // resolves when the cell ends: not awaited
+}"""
+
+#: Pixels from the element's left edge to the right edge of its widest content, plus a margin.
+CONTENT_WIDTH = """(el) => {
+  const left = el.getBoundingClientRect().left;
+  const parts = [...el.querySelectorAll('table, svg, button, select')];
+  return Math.ceil(Math.max(...parts.map(p => p.getBoundingClientRect().right)) - left + 12);
+}"""
+
+#: Resolves once ``selector``'s HTML has not changed for ``ms`` milliseconds.
+STEADY = """([selector, ms]) => {
+  const el = document.querySelector(selector);
+  if (!el) return false;
+  const now = performance.now();
+  const seen = window.__ipytasksSteady;
+  if (!seen || seen.html !== el.innerHTML) {
+    window.__ipytasksSteady = {html: el.innerHTML, since: now};
+    return false;
+  }
+  return now - seen.since >= ms;
+}"""
+
+
+def _live_transition(page) -> str:
+    """The name of a task whose status line showed ``running``, then ``done``."""
+    handle = page.wait_for_function(
+        """() => {
+          const line = (window.__ipytasksLines || []).find(l => {
+            const i = l.states.indexOf('running');
+            return i >= 0 && l.states.indexOf('done', i) > i;
+          });
+          return line ? line.name : false;
+        }""",
+        timeout=WAIT_MS,
+    )
+    return handle.json_value()
+
+
+def _save_readme_screenshot(png: bytes, width: int) -> None:
+    """Write ``docs/screenshot-dashboard.png``: ``width`` pixels wide, as a palette PNG.
+
+    Without Pillow, the element's picture as it is.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        data = png
+    else:
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        image = image.crop((0, 0, min(width, image.width), image.height))
+        out = io.BytesIO()
+        image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(
+            out, format="PNG", optimize=True)
+        data = out.getvalue()
+    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    README_SCREENSHOT.write_bytes(data)
+
+
+def test_tour_live_in_jupyterlab(tools: Tools, lab: Lab) -> None:
+    expect = tools.expect
+    with tools.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            expect.set_options(timeout=WAIT_MS)
+            try:
+                _drive(page, lab, expect)
+            except BaseException:
+                page.screenshot(path=OUTPUT_DIR / "failure.png")
+                raise
+        finally:
+            browser.close()
+
+
+def _drive(page, lab: Lab, expect) -> None:
+    page.goto(f"{lab.url}lab/tree/tour.ipynb?token={lab.token}", wait_until="domcontentloaded")
+    page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # room for the dashboard
+    page.evaluate(WATCH_STATUS_LINES)
+    assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"]), "the tour has no %tasks cell"
+
+    started = time.monotonic()
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+    # A status line goes from running to done while we look.
+    name = _live_transition(page)
+    assert name, "no status line went from running to done"
+
+    # The dashboard: the speedup and the timeline.
+    dashboard = page.locator('[data-ipytasks-test="dashboard"] .jp-OutputArea-output').first
+    summary = dashboard.locator(".widget-html-content").first
+    expect(summary).to_contain_text(re.compile(r"of work in .+×"))
+    expect(dashboard.locator("svg").first).to_be_visible()
+
+    # The end of the tour: its last cell (%tasks --text) prints the summary line.
+    try:
+        page.wait_for_function(f"() => ({LAST_CELL_TEXT})().includes('tasks:')",
+                               timeout=WAIT_MS)
+    except Exception as exc:
+        errors = page.evaluate(UNEXPECTED_ERRORS)
+        raise AssertionError(f"the tour did not reach its last cell; errors: {errors}") from exc
+    tour_seconds = time.monotonic() - started
+    page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+    assert page.evaluate(UNEXPECTED_ERRORS) == []
+
+    # Every task has ended; the dashboard says so, and its timeline has settled.
+    expect(summary).not_to_contain_text("running")
+    expect(summary).to_contain_text(re.compile(r"of work in .+×"))
+    page.wait_for_function(
+        STEADY, arg=['[data-ipytasks-test="dashboard"] .jp-OutputArea-output svg', 1500],
+        timeout=WAIT_MS, polling=100,
+    )
+    png = dashboard.screenshot(path=OUTPUT_DIR / "dashboard.png", animations="disabled")
+    if os.environ.get(UPDATE_SCREENSHOT) == "1":
+        _save_readme_screenshot(png, width=dashboard.evaluate(CONTENT_WIDTH))
+
+    # A long task of our own, cancelled from the dashboard.
+    page.evaluate(ADD_AND_RUN, [LONG_CELL, "long"])
+    status = page.locator('[data-ipytasks-test="long"] .jp-OutputArea .widget-html-content').first
+    expect(status).to_contain_text(f"{LONG_TASK} running")
+
+    # It is the newest task, the only one running: on the table's last page once the
+    # dashboard counts it (the summary and the page label change in one refresh).
+    expect(summary).to_contain_text(re.compile(r"\b1 running\b"))
+    pages = dashboard.locator(".widget-label", has_text=re.compile(r"^\d+–\d+ of \d+$"))
+    next_page = dashboard.locator('button[title="next page"]')
+    while next_page.is_enabled():
+        before = pages.inner_text()
+        next_page.click()
+        expect(pages).not_to_have_text(before)
+    row = dashboard.locator("tr").filter(
+        has=page.locator("b", has_text=re.compile(f"^{LONG_TASK}$")))
+    expect(row.locator("td").first).to_contain_text("running")
+
+    task = dashboard.locator(".widget-dropdown").filter(
+        has=page.locator("label", has_text=re.compile("^task$"))).locator("select")
+    task.select_option(label=LONG_TASK)
+    cancel = dashboard.locator("button", has_text="Cancel")
+    expect(cancel).to_be_enabled()
+    cancel.click()
+
+    expect(row.locator("td").first).to_contain_text("cancelled")
+    expect(status).to_contain_text(f"{LONG_TASK} cancelled")
+    page.screenshot(path=OUTPUT_DIR / "final.png")
+    print(f"live running→done: {name}; tour ran in {tour_seconds:.1f} s")
