@@ -508,3 +508,18 @@ async def test_default_timer_runs_on_the_scheduler_loop_in_an_empty_context(shel
     finally:
         dash.close()
         sched.close()
+
+
+async def test_last_task_ending_refreshes_at_once(board: Board) -> None:
+    """When the last unfinished task ends, the dashboard shows it without waiting for the
+    throttle, so a `%wait` that returns finds the final state already sent."""
+    running = board.sched.add(record("a", TaskState.RUNNING, 0, 0))
+    other = board.sched.add(record("b", TaskState.RUNNING, 0, 0))
+    dash = board.open()
+    board.at(1.0)
+    other.state, other.ended = TaskState.DONE, T0 + 1.1
+    board.sched.changed(other)
+    assert "running" in html(dash.summary)
+    running.state, running.ended = TaskState.DONE, T0 + 1.2
+    board.sched.changed(running)  # no clock advance: the refresh must happen now
+    assert "running" not in html(dash.summary) and "2 done" in html(dash.summary)

@@ -212,6 +212,7 @@ class Dashboard(widgets.VBox):
         self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
 
         self._render()
+        self._unfinished = {r for r in self._registry.values() if not r.state.ended}
         scheduler.subscribe(self._on_change)
         self._on_loop(self._tick_if_running)
 
@@ -219,8 +220,20 @@ class Dashboard(widgets.VBox):
 
     def _on_change(self, record: TaskRecord) -> None:
         """The scheduler's listener (on the loop): a task was submitted or changed state."""
-        if not self._closed:
-            self._throttle.request()
+        if self._closed:
+            return
+        if record.state.ended:
+            self._unfinished.discard(record)
+            if not self._unfinished:
+                # The last task ended: show the final state now, not after the throttle's
+                # delay, so a `%wait` that returns finds it sent (a headless run saves the
+                # widget state it saw while that cell ran). In an empty context, so the
+                # kernel sends it as part of its latest request.
+                contextvars.Context().run(self._throttle.flush_now)
+                return
+        else:
+            self._unfinished.add(record)
+        self._throttle.request()
 
     def _changed(self) -> None:
         if not self._closed:
