@@ -60,7 +60,7 @@ chromium:
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[lab]" --group test --group browser
+	$(PY) -m pip install -e ".[lab,dask]" --group test --group browser
 	touch $@
 
 # The second kernel environment: the oldest ipykernel/IPython the project supports.

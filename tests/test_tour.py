@@ -126,3 +126,15 @@ def test_worker_output_is_saved_in_its_task_area(tour_nb: dict) -> None:
         if model["model_name"] == "OutputModel"
     ]
     assert "worker says: counted 10453\n" in texts
+
+
+def test_dask_section_runs_when_the_extra_is_installed(tour: list[dict]) -> None:
+    """With distributed installed the tour counts primes on a Dask worker; without, it says so."""
+    import importlib.util
+
+    text = cell_text(find(tour, 'print(primes_dask, "primes, counted on"'))
+    if importlib.util.find_spec("distributed") is None:
+        assert text == ""
+        assert "pip install 'ipytasks[dask]'" in cell_text(find(tour, "have_dask = "))
+    else:
+        assert text.strip() == "6057 primes, counted on dask"

@@ -18,6 +18,7 @@ from .api import retry as retry
 from .api import submit as submit
 from .api import tasks as tasks
 from .api import timeline as timeline
+from .api import use as use
 from .api import wait as wait
 from .namespace.shipping import RemoteError as RemoteError
 from .namespace.shipping import ShippingError as ShippingError
@@ -45,6 +46,7 @@ __all__ = (
     "tasks",
     "timeline",
     "unload_ipython_extension",
+    "use",
     "wait",
     "BrokenWorker",
     "RemoteError",
@@ -69,6 +71,7 @@ def load_ipython_extension(ip: _Any) -> None:
     settings = {
         "thread": {"max_threads": magics.max_threads},
         "process": {"max_workers": magics.max_workers or None},
+        "dask": {"n_workers": magics.max_workers or None},  # the LocalCluster's
     }
     session = _api._Session(ip, settings)
     if session.in_kernel:

@@ -107,11 +107,24 @@ def _write_views(fd: int, views: list[memoryview]) -> None:
                 written = 0
 
 
-def write_message(fd: int, meta: bytes, values: bytes, buffers: list[pickle.PickleBuffer]) -> None:
-    """Write one message; blocks until the pipe has taken all of it."""
+def write_message(
+    fd: int,
+    meta: bytes,
+    values: bytes,
+    buffers: list[pickle.PickleBuffer],
+    readonly: list[bool] | None = None,
+) -> None:
+    """Write one message; blocks until the pipe has taken all of it.
+
+    ``readonly`` gives each buffer's read-only flag when it is not the buffer's own
+    (dask mode: a buffer that was writable in the kernel may arrive read-only).
+    """
     raws = [b.raw() for b in buffers]
     try:
-        table = b"".join(_ENTRY.pack(m.nbytes, m.readonly) for m in raws)
+        flags = [m.readonly for m in raws] if readonly is None else readonly
+        table = b"".join(
+            _ENTRY.pack(m.nbytes, flag) for m, flag in zip(raws, flags, strict=True)
+        )
         head = _HEAD.pack(len(meta), len(values), len(raws)) + table
         _write_views(fd, [memoryview(head), memoryview(meta), memoryview(values)])
         for m in raws:

@@ -10,13 +10,14 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from .limits import parse_rate
-from .modes import MODES
+from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
 from .scheduler import Scheduler
 from .tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 __all__ = (
-    "submit", "wait", "cancel", "retry", "result", "results", "tasks", "dashboard", "timeline"
+    "submit", "wait", "cancel", "retry", "result", "results", "tasks", "dashboard", "timeline",
+    "use",
 )
 
 #: Every task of the session, by name, in submission order.
@@ -30,6 +31,12 @@ BAD_RATE = "--rate must be a number of starts above 0, per second or minute (5/s
 NOT_ENDED = "task {name!r} is {state}: %wait {name} first"
 UNKNOWN_TASK = "no task named {name!r} (known: {known})"
 ON_ERROR_CHOICES = ("stop", "continue")
+ON_DASK_MODE = "--on dask runs process-mode bodies on the cluster; drop --mode {mode}"
+BAD_USE = (
+    "ipytasks.use() takes a distributed.Client, a scheduler address, 'dask' (the cluster in "
+    "use, else a LocalCluster started with the first task) or 'local', not {value!r}"
+)
+CANNOT_CONNECT = "cannot connect to the Dask scheduler at {address!r}: {error}"
 
 
 class _Session:
@@ -122,10 +129,19 @@ def make_options(
     map: str | tuple[str, str] | None = None,  # noqa: A002 - the option's name
     infer: bool = True,
     strict: bool = False,
+    on: str | None = None,
 ) -> TaskOptions:
     """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming the bad one."""
     if mode not in MODES:
         raise UsageError(BAD_CHOICE.format(option="--mode", choices="|".join(MODES), value=mode))
+    if on is not None:
+        if on not in BACKENDS:
+            raise UsageError(BAD_CHOICE.format(option="--on", choices="|".join(BACKENDS), value=on))
+        if on == "dask":
+            if mode not in ("auto", "process"):
+                raise UsageError(ON_DASK_MODE.format(mode=mode))
+            if not dask_available():
+                raise UsageError(NEEDS_DASK.format(what="--on dask"))
     if on_error not in ON_ERROR_CHOICES:
         raise UsageError(
             BAD_CHOICE.format(option="--on-error", choices="|".join(ON_ERROR_CHOICES), value=on_error)
@@ -173,6 +189,7 @@ def make_options(
         timeout=timeout,
         wait=bool(wait),
         quiet=bool(quiet),
+        on=on,
     )
 
 
@@ -207,7 +224,7 @@ def _whole(value: Any, option: str, minimum: int | None = None) -> int:
 def submit(code: str, name: str | None = None, **options: Any) -> TaskRecord:
     """Run ``code`` as a background task and return its record at once.
 
-    Takes the options of ``%%parallel`` as keyword arguments (``mode``, ``after``,
+    Takes the options of ``%%parallel`` as keyword arguments (``mode``, ``on``, ``after``,
     ``group``, ``chain``, ``on_error``, ``timeout``, ``wait``, ``quiet``); a
     ``chain`` makes it a ``%%sequential`` task of that chain. The task is shown in
     the current cell unless ``quiet``. With ``wait=True`` it blocks until the task
@@ -310,6 +327,58 @@ def _resubmit(record: TaskRecord) -> TaskRecord:
     if shown and shown[0] is not None:
         _show_widget(shown[0])
     return new
+
+
+def use(client: Any) -> None:
+    """Make a Dask cluster the default for process-mode bodies (DESIGN §5.4).
+
+    Afterwards a ``--process`` cell runs on the cluster, as an ``--on dask`` cell
+    always does; ``--on local`` keeps one on this machine. ``%tasks_backend`` is the
+    magic for it.
+
+    :param client: a ``distributed.Client`` (ipytasks uses it and never closes it);
+        a scheduler address such as ``"tcp://10.0.0.5:8786"`` (ipytasks connects now
+        and disconnects on unload); ``"dask"`` for the cluster ipytasks already uses,
+        else a ``LocalCluster`` that starts with the first task; or ``"local"`` to go
+        back to worker processes on this machine.
+        A cluster ipytasks used before is let go (closed if ipytasks made it, which
+        stops its running tasks).
+    :raises UsageError: ``distributed`` is not installed, the address cannot be
+        reached, or ``client`` is none of these.
+    """
+    session = _current()
+    scheduler = session.scheduler
+    if isinstance(client, str) and client == "local":
+        scheduler.backend = "local"
+        return
+    if not dask_available():
+        raise UsageError(NEEDS_DASK.format(what="ipytasks.use()"))
+    from .modes._dask import DaskMode
+
+    current = scheduler.installed_mode("dask")
+    if isinstance(client, str) and client == "dask":
+        if not isinstance(current, DaskMode):
+            scheduler.install_mode(DaskMode(session.shell, **session.mode_settings.get("dask", {})))
+    elif isinstance(client, str):
+        scheduler.install_mode(DaskMode(session.shell, _connect(client), own_client=True))
+    else:
+        from distributed import Client
+
+        if not isinstance(client, Client) or client.asynchronous:
+            raise UsageError(BAD_USE.format(value=client))
+        if not isinstance(current, DaskMode) or current.given_client is not client:
+            scheduler.install_mode(DaskMode(session.shell, client))
+    scheduler.backend = "dask"
+
+
+def _connect(address: str) -> Any:
+    """A synchronous client of the scheduler at ``address`` (not the session's default client)."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UsageError(CANNOT_CONNECT.format(address=address, error=exc)) from None
 
 
 def dashboard() -> Any:

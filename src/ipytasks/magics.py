@@ -21,12 +21,13 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import Int
 
 from . import api
-from .modes import MODES
+from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .tasks import TaskFailed
 
 __all__ = ("TaskMagics",)
 
 WAIT_INTERRUPTED = "the wait was interrupted; the tasks keep running (%cancel stops them)"
+_BACKEND_WHERE = {"local": "in worker processes on this machine", "dask": "on Dask"}
 
 
 def task_args(f: Any) -> Any:
@@ -63,6 +64,13 @@ def task_args(f: Any) -> Any:
             "--process", dest="mode", action="store_const", const="process",
             help="Short for --mode process: run in a worker process; the names the cell "
             "reads are shipped there and the names it binds come back on success.",
+        ),
+        magic_arguments.argument(
+            "--on", choices=BACKENDS, default=None,
+            help="Where a process-mode body runs: 'dask' on a Dask cluster (implies "
+            "--process; the cluster of %%tasks_backend, else a LocalCluster started with "
+            "the first such task), 'local' in worker processes on this machine. Default: "
+            "the backend %%tasks_backend set (local unless changed).",
         ),
         magic_arguments.argument(
             "--timeout", metavar="S", type=float, default=None,
@@ -167,7 +175,8 @@ def _parse(magic: Any, line: str) -> Any:
 
 @magics_class
 class TaskMagics(Magics):
-    """``%%parallel``, ``%%sequential``, ``%wait``, ``%cancel``, ``%result``, ``%tasks``."""
+    """``%%parallel``, ``%%sequential``, ``%wait``, ``%cancel``, ``%result``, ``%tasks``,
+    ``%tasks_backend``."""
 
     max_threads = Int(
         40, help="How many thread-mode bodies may run at once (the worker-thread pool's size)."
@@ -193,6 +202,7 @@ class TaskMagics(Magics):
             priority=args.priority,
             infer=args.infer,
             strict=args.strict,
+            on=args.on,
         )
         return args.name, options
 
@@ -355,6 +365,72 @@ class TaskMagics(Magics):
         """
         args = _parse(self.result, line)
         return api.result(args.name)
+
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument(
+        "backend", nargs="?", choices=BACKENDS, default=None,
+        help="'dask' or 'local'; without it, show the current backend.",
+    )
+    @magic_arguments.argument(
+        "address", nargs="?", default=None, metavar="ADDRESS",
+        help="With dask: the scheduler to connect to (tcp://host:8786). Without: the "
+        "cluster already in use, else a LocalCluster started with the first task.",
+    )
+    @line_magic
+    def tasks_backend(self, line: str) -> None:
+        """Choose where process-mode bodies run: this machine, or a Dask cluster.
+
+        After ``%tasks_backend dask``, ``--process`` cells run on a Dask cluster with
+        the same inputs, outputs, output and states (DESIGN §5.4), as ``--on dask``
+        cells always do: the cluster at ADDRESS; without one, the cluster already in
+        use (``ipytasks.use(client)``), else a ``LocalCluster`` started with the first
+        such task (its dashboard link shows in that task's output).
+        ``%tasks_backend local`` goes back to worker processes on this machine. Needs
+        the extra: ``pip install 'ipytasks[dask]'``.
+
+        Examples
+        --------
+        ::
+
+            In [9]: %tasks_backend dask tcp://10.0.0.5:8786
+            process-mode bodies now run on the Dask cluster at tcp://10.0.0.5:8786 (4 workers)
+
+            In [10]: %tasks_backend local
+            process-mode bodies now run in worker processes on this machine
+        """
+        args = _parse(self.tasks_backend, line)
+        if args.backend is None:
+            scheduler = api._current().scheduler
+            where = _BACKEND_WHERE[scheduler.backend]
+            mode = scheduler.installed_mode("dask")
+            client = getattr(mode, "client", None)
+            if scheduler.backend == "dask" and client is not None:
+                where += f" (the cluster at {client.scheduler.address})"
+            elif scheduler.backend == "dask":
+                where += " (a LocalCluster that starts with the first task)"
+            print(f"process-mode bodies run {where}")
+            return
+        if args.backend == "local":
+            if args.address is not None:
+                raise UsageError("%tasks_backend local takes no ADDRESS")
+            api.use("local")
+            print(f"process-mode bodies now run {_BACKEND_WHERE['local']}")
+            return
+        if not dask_available():
+            raise UsageError(NEEDS_DASK.format(what="%tasks_backend dask"))
+        api.use(args.address or "dask")
+        client = api._current().scheduler.installed_mode("dask").client
+        if client is None:
+            print(
+                "process-mode bodies now run on Dask: a LocalCluster starts with the first "
+                "such task (--on local keeps a cell on this machine)"
+            )
+            return
+        workers = len(client.scheduler_info().get("workers", {}))
+        print(
+            f"process-mode bodies now run on the Dask cluster at {client.scheduler.address} "
+            f"({workers} worker{'s' if workers != 1 else ''})"
+        )
 
     @magic_arguments.magic_arguments()
     @magic_arguments.argument(

@@ -58,7 +58,6 @@ OWN_LOOP_NOTICE = (
     "cannot be awaited in async tasks.\n"
 )
 UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
-MAP_MODES = "--map runs its items on the event loop or in threads, not in mode {mode!r} (yet)"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
 
 #: Upstream states that let a task run under --on-error stop.
@@ -168,6 +167,8 @@ class Scheduler:
         if self.own_loop:
             sys.stderr.write(OWN_LOOP_NOTICE)
         self._modes: dict[str, Mode] = {}
+        #: Where process-mode bodies run unless ``--on`` says: "local" or "dask".
+        self.backend = "local"
         self._chains: dict[str, list[str]] = {}
         self._numbers = itertools.count(1)
         self._ticking: set[TaskRecord] = set()
@@ -213,13 +214,15 @@ class Scheduler:
             raise UsageError(UNLOADED)
         cell = compile_cell(self.shell, source, number)
         mode = options.mode
+        if options.on == "dask" and mode == "auto":
+            mode = "process"
         if mode == "auto":
             mode = "async" if cell.is_async else "thread"
         elif mode == "thread" and cell.is_async:
             raise UsageError(ASYNC_IN_THREAD.format(name=name))
+        elif mode == "process" and (options.on or self.backend) == "dask":
+            mode = "dask"  # the process-mode payload, on a Dask cluster (§5.4)
         if options.map is not None:
-            if mode == "dask":
-                raise UsageError(MAP_MODES.format(mode=mode))
             _check_map_expression(options.map)
         names = task_names(cell, options)
         if options.map is not None:
@@ -531,6 +534,10 @@ class Scheduler:
         if old is not None and old is not mode:
             old.close()
         self._modes[mode.name] = mode
+
+    def installed_mode(self, name: str) -> Mode | None:
+        """The instance of mode ``name`` in use, if one was made or installed."""
+        return self._modes.get(name)
 
     def _mode(self, name: str) -> Mode:
         mode = self._modes.get(name)

@@ -120,6 +120,9 @@ class TaskOptions:
     infer: bool = True
     #: A conflict on a shared name is an error, not a warning (``--strict``).
     strict: bool = False
+    #: Where a process-mode body runs (``--on``): ``"local"``, ``"dask"``, or ``None``
+    #: for the session's default backend (``%tasks_backend``).
+    on: str | None = None
 
 
 @dataclass(eq=False, slots=True)
