@@ -47,7 +47,6 @@ exits.
 
 from __future__ import annotations
 
-import codecs
 import os
 import pickle
 import queue
@@ -160,111 +159,14 @@ def _spawn() -> _Child:
 # -- one child process --------------------------------------------------------------------
 
 
-class _Pump:
-    """Reads one output stream of a child and hands the text to the current job's ``emit``.
+def _chunked(emit: Callable[[str, str], None]) -> Callable[[str, str], None]:
+    """``emit`` in pieces of at most CHUNK characters (one event message each)."""
 
-    Counts the end-of-job markers it strips, so a job can wait until all its output
-    is out. Text read before the first job is kept for it (a child that fails to
-    start says why there).
-    """
+    def send(name: str, text: str) -> None:
+        for at in range(0, len(text), CHUNK):
+            emit(name, text[at : at + CHUNK])
 
-    def __init__(self, fd: int, name: str, marker: bytes, pid: int) -> None:
-        self.name = name
-        self._fd = fd
-        self._marker = marker
-        self._cond = threading.Condition()
-        self._emit: Callable[[str, str], None] | None = None
-        self._started = False
-        self._early: list[str] = []
-        self.marks = 0
-        self.eof = False
-        self.thread = threading.Thread(
-            target=self._run, name=f"ipytasks-dask-{pid}-{name}", daemon=True
-        )
-        self.thread.start()
-
-    def begin(self, emit: Callable[[str, str], None] | None) -> None:
-        with self._cond:
-            self._emit = emit
-            early, self._early = self._early, []
-            self._started = True
-            for text in early:
-                self._write(text)
-
-    def _write(self, text: str) -> None:
-        if self._emit is None:
-            return
-        try:
-            for at in range(0, len(text), CHUNK):
-                self._emit(self.name, text[at : at + CHUNK])
-        except Exception:  # noqa: BLE001, S110 - the reader must go on (markers)
-            pass
-
-    def _deliver(self, text: str) -> None:
-        if not text:
-            return
-        with self._cond:
-            if not self._started:
-                self._early.append(text)
-            else:
-                self._write(text)
-
-    def wait_marks(self, count: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.marks >= count or self.eof, timeout)
-
-    def wait_eof(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.eof, timeout)
-
-    def _run(self) -> None:
-        marker = self._marker
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        carry = b""
-        try:
-            while True:
-                try:
-                    chunk = os.read(self._fd, 65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    break
-                data = carry + chunk if carry else chunk
-                carry = b""
-                while True:
-                    at = data.find(marker)
-                    if at < 0:
-                        break
-                    self._deliver(decoder.decode(data[:at], final=True))
-                    decoder.reset()
-                    data = data[at + len(marker) :]
-                    with self._cond:
-                        self.marks += 1
-                        self._cond.notify_all()
-                keep = _partial_marker(data, marker)
-                if keep:
-                    data, carry = data[:-keep], data[-keep:]
-                self._deliver(decoder.decode(data))
-        finally:
-            self._deliver(decoder.decode(carry, final=True))
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            with self._cond:
-                self.eof = True
-                self._cond.notify_all()
-
-
-def _partial_marker(data: bytes, marker: bytes) -> int:
-    """How many bytes at the end of ``data`` could be the start of ``marker``."""
-    tail = data[-(len(marker) - 1) :]
-    if marker[:1] not in tail:
-        return 0
-    for size in range(len(tail), 0, -1):
-        if data.endswith(marker[:size]):
-            return size
-    return 0
+    return send
 
 
 class _Died(Exception):
@@ -317,8 +219,8 @@ class _Child:
         self.killed = False
         self.last_used = time.monotonic()
         self._pumps = (
-            _Pump(out_r, "stdout", marker, self.pid),
-            _Pump(err_r, "stderr", marker, self.pid),
+            _worker.StreamPump(out_r, "stdout", marker, f"ipytasks-dask-{self.pid}-stdout"),
+            _worker.StreamPump(err_r, "stderr", marker, f"ipytasks-dask-{self.pid}-stderr"),
         )
         try:
             view = memoryview(_worker_source)
@@ -369,7 +271,7 @@ class _Child:
         :raises _Died: the child ended first (not killed by us).
         """
         for pump in self._pumps:
-            pump.begin(emit)
+            pump.begin(_chunked(emit))
         meta, values, buffers, readonly = payload
         try:
             _worker.write_message(

@@ -613,6 +613,126 @@ def _end_of_output(
     return marked
 
 
+class StreamPump:
+    """Reads one output stream of a worker process and hands its text on, job by job.
+
+    ``emit(name, text)`` receives the text of the current job (set by :meth:`begin`).
+    Counts the end-of-job markers it strips, so the job's owner can wait until the
+    output of a job is all in. Text read before the first job is kept for it (a
+    worker that fails to start says why there). Used by process mode in the kernel
+    and by dask mode on a Dask worker, so it needs nothing but the standard library.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        marker: bytes,
+        thread_name: str,
+        on_error: Any = None,
+    ) -> None:
+        import threading
+
+        self.name = name
+        self._fd = fd
+        self._marker = marker
+        self._cond = threading.Condition()
+        self._emit: Any = None
+        self._on_error = on_error
+        self._started = False
+        self._early: list[str] = []
+        self.marks = 0
+        self.eof = False
+        self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self.thread.start()
+
+    def begin(self, emit: Any) -> None:
+        """Send what comes from now on to ``emit(name, text)`` (``None``: nowhere)."""
+        with self._cond:
+            self._emit = emit
+            early, self._early = self._early, []
+            self._started = True
+            for text in early:
+                self._write(text)
+
+    def _write(self, text: str) -> None:
+        if self._emit is None:
+            return
+        try:
+            self._emit(self.name, text)
+        except Exception as exc:  # noqa: BLE001 - the reader must go on (markers)
+            if self._on_error is not None:
+                self._on_error(exc)
+
+    def wait_marks(self, count: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.marks >= count or self.eof, timeout)
+
+    def wait_eof(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.eof, timeout)
+
+    def _deliver(self, text: str) -> None:
+        if not text:
+            return
+        with self._cond:
+            if not self._started:
+                self._early.append(text)
+            else:
+                self._write(text)
+
+    def _run(self) -> None:
+        marker = self._marker
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        carry = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(self._fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                data = carry + chunk if carry else chunk
+                carry = b""
+                while True:
+                    at = data.find(marker)
+                    if at < 0:
+                        break
+                    self._deliver(decoder.decode(data[:at], final=True))
+                    decoder.reset()
+                    data = data[at + len(marker) :]
+                    with self._cond:
+                        self.marks += 1
+                        self._cond.notify_all()
+                keep = _partial_marker(data, marker)
+                if keep:
+                    data, carry = data[:-keep], data[-keep:]
+                self._deliver(decoder.decode(data))
+        finally:
+            self._deliver(decoder.decode(carry, final=True))
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            with self._cond:
+                self.eof = True
+                self._cond.notify_all()
+
+
+def _partial_marker(data: bytes, marker: bytes) -> int:
+    """How many bytes at the end of ``data`` could be the start of ``marker``."""
+    tail = data[-(len(marker) - 1) :]
+    if marker[:1] not in tail:
+        return 0
+    for size in range(len(tail), 0, -1):
+        if data.endswith(marker[:size]):
+            return size
+    return 0
+
+
 def main(argv: list[str]) -> None:
     cmd_fd, reply_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
     marker = bytes.fromhex(argv[3])

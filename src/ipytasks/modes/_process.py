@@ -95,7 +95,6 @@ Limits
 from __future__ import annotations
 
 import asyncio
-import codecs
 import collections
 import os
 import queue
@@ -198,111 +197,8 @@ def _worker_environ() -> dict[str, str]:
     return env
 
 
-class _StreamPump:
-    """Reads one output stream of a worker and writes it to the current task's output.
-
-    Counts the end-of-job markers it strips, so the job thread can wait until the
-    output of a job is all in. Text read before the first job is kept for it (a
-    worker that fails to start says why there).
-    """
-
-    def __init__(self, fd: int, name: str, marker: bytes, pid: int) -> None:
-        self.name = name
-        self._fd = fd
-        self._marker = marker
-        self._cond = threading.Condition()
-        self._sink: TaskOutput | None = None
-        self._started = False
-        self._early: list[str] = []
-        self.marks = 0
-        self.eof = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"ipytasks-{pid}-{name}", daemon=True
-        )
-        self._thread.start()
-
-    def begin(self, sink: TaskOutput | None) -> None:
-        """Send what comes from now on to ``sink`` (``None``: nowhere)."""
-        with self._cond:
-            self._sink = sink
-            early, self._early = self._early, []
-            self._started = True
-            for text in early:
-                self._write(text)
-
-    def _write(self, text: str) -> None:
-        if self._sink is None:
-            return
-        try:
-            self._sink.write(self.name, text)
-        except Exception as exc:  # noqa: BLE001 - the reader must go on (markers)
-            _report_internal_error("forwarding a worker's output", exc)
-
-    def wait_marks(self, count: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.marks >= count or self.eof, timeout)
-
-    def wait_eof(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.eof, timeout)
-
-    def _deliver(self, text: str) -> None:
-        if not text:
-            return
-        with self._cond:
-            if not self._started:
-                self._early.append(text)
-            else:
-                self._write(text)
-
-    def _run(self) -> None:
-        marker = self._marker
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        carry = b""
-        try:
-            while True:
-                try:
-                    chunk = os.read(self._fd, 65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    break
-                data = carry + chunk if carry else chunk
-                carry = b""
-                while True:
-                    at = data.find(marker)
-                    if at < 0:
-                        break
-                    self._deliver(decoder.decode(data[:at], final=True))
-                    decoder.reset()
-                    data = data[at + len(marker) :]
-                    with self._cond:
-                        self.marks += 1
-                        self._cond.notify_all()
-                keep = _partial_marker(data, marker)
-                if keep:
-                    data, carry = data[:-keep], data[-keep:]
-                self._deliver(decoder.decode(data))
-        finally:
-            self._deliver(decoder.decode(carry, final=True))
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            with self._cond:
-                self.eof = True
-                self._cond.notify_all()
-
-
-def _partial_marker(data: bytes, marker: bytes) -> int:
-    """How many bytes at the end of ``data`` could be the start of ``marker``."""
-    tail = data[-(len(marker) - 1) :]
-    if marker[:1] not in tail:
-        return 0
-    for size in range(len(tail), 0, -1):
-        if data.endswith(marker[:size]):
-            return size
-    return 0
+def _forwarding_failed(exc: BaseException) -> None:
+    _report_internal_error("forwarding a worker's output", exc)
 
 
 class _Outcome:
@@ -360,8 +256,12 @@ class _Worker:
         self._environ: dict[bytes, bytes] | None = None  # as last sent to the worker
         self.killed = False
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._stdout = _StreamPump(out_r, "stdout", marker, self.pid)
-        self._stderr = _StreamPump(err_r, "stderr", marker, self.pid)
+        self._stdout = _worker.StreamPump(
+            out_r, "stdout", marker, f"ipytasks-{self.pid}-stdout", on_error=_forwarding_failed
+        )
+        self._stderr = _worker.StreamPump(
+            err_r, "stderr", marker, f"ipytasks-{self.pid}-stderr", on_error=_forwarding_failed
+        )
         self._thread = threading.Thread(
             target=self._serve, name=f"ipytasks-worker-{self.pid}", daemon=True
         )
@@ -399,7 +299,7 @@ class _Worker:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
-        for thread in (self._thread, self._stdout._thread, self._stderr._thread):
+        for thread in (self._thread, self._stdout.thread, self._stderr.thread):
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
@@ -431,8 +331,9 @@ class _Worker:
                     pass
 
     def _run(self, job: Job, sink: TaskOutput | None) -> _Outcome:
-        self._stdout.begin(sink)
-        self._stderr.begin(sink)
+        emit = sink.write if sink is not None else None
+        self._stdout.begin(emit)
+        self._stderr.begin(emit)
         ship_environ = job.environ != self._environ
         try:
             meta, values, buffers = job.encode(environ=ship_environ)
