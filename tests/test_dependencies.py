@@ -188,3 +188,20 @@ def test_parallel_cells_give_the_in_order_values(shell: Any, cells: list[str]) -
         scheduler.close()
     got = {k: shell.user_ns[k] for k in ["a", "b", "c", "d"]}
     assert got == {k: expected[k] for k in ["a", "b", "c", "d"]}
+
+
+async def test_a_run_of_binders_makes_a_chain_not_a_clique(sched: Scheduler) -> None:
+    """Cells rebinding one name each wait only for the one before (which waits for its own),
+    so a long run stays linear; a reader waits for the newest binder only."""
+    records = [sched.submit(f"x = {i}", f"b{i}", gated()) for i in range(5)]
+    assert [r.waits_for for r in records] == [(), ("b0",), ("b1",), ("b2",), ("b3",)]
+    reader = sched.submit("y = x", "reader", gated())
+    assert reader.waits_for == ("b4",)
+    with pytest.warns(TaskConflictWarning):
+        loose = sched.submit("x = 99", "loose", gated(infer=False))
+    after_loose = sched.submit("z = x", "after_loose", gated())
+    assert set(after_loose.waits_for) == {"b4", "loose"}  # the newest did not infer: all count
+    assert loose.waits_for == ()
+    release(sched, *(r.name for r in records), "reader", "loose", "after_loose")
+    with anyio.fail_after(5):
+        await sched.wait([*records, reader, loose, after_loose])

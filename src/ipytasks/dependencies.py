@@ -20,6 +20,7 @@ waits for costs the size of its own name sets, not the number of tasks.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,9 +72,11 @@ class DependencyIndex:
     """For each name, the unfinished tasks that read, bind or change it."""
 
     def __init__(self) -> None:
-        self._readers: defaultdict[str, set[TaskRecord]] = defaultdict(set)
-        self._binders: defaultdict[str, set[TaskRecord]] = defaultdict(set)
-        self._mutators: defaultdict[str, set[TaskRecord]] = defaultdict(set)
+        # Dicts used as ordered sets: insertion is submission order, so the newest
+        # holder of a name is the last key.
+        self._readers: defaultdict[str, dict[TaskRecord, None]] = defaultdict(dict)
+        self._binders: defaultdict[str, dict[TaskRecord, None]] = defaultdict(dict)
+        self._mutators: defaultdict[str, dict[TaskRecord, None]] = defaultdict(dict)
         self._names: dict[TaskRecord, TaskNames] = {}
         self._unknown: set[TaskRecord] = set()
 
@@ -85,7 +88,7 @@ class DependencyIndex:
             (self._mutators, names.mutates),
         ):
             for name in group:
-                table[name].add(record)
+                table[name][record] = None
         if names.unknown:
             self._unknown.add(record)
 
@@ -101,32 +104,48 @@ class DependencyIndex:
             for name in group:
                 holders = table.get(name)
                 if holders is not None:
-                    holders.discard(record)
+                    holders.pop(record, None)
                     if not holders:
                         del table[name]
         self._unknown.discard(record)
+
+    def _latest_binders(self, name: str) -> list[TaskRecord]:
+        """The unfinished binders of ``name`` a new task must come after.
+
+        Binders of one name are ordered among themselves: each came after those
+        before it. So the newest one stands for all, unless it did not infer its
+        order (``--no-infer``); then every one counts. This keeps a long run of cells
+        binding the same name linear rather than quadratic.
+        """
+        holders = self._binders.get(name)
+        if not holders:
+            return []
+        newest = next(reversed(holders))
+        if newest.options.infer:
+            return [newest]
+        return list(holders)
 
     def shared(self, names: TaskNames) -> dict[TaskRecord, list[str]]:
         """The unfinished tasks that a task with ``names`` must come after, with why."""
         why: dict[TaskRecord, list[str]] = {}
 
-        def note(records: set[TaskRecord] | None, verb: str, name: str) -> None:
+        def note(records: Iterable[TaskRecord] | None, verb: str, name: str) -> None:
             for record in records or ():
                 why.setdefault(record, []).append(f"{verb} {name}")
 
         for name in sorted(names.reads):
-            note(self._binders.get(name), "reads", name)
+            note(self._latest_binders(name), "reads", name)
             note(self._mutators.get(name), "reads", name)
         for name in sorted(names.mutates):
-            note(self._binders.get(name), "changes", name)
+            note(self._latest_binders(name), "changes", name)
             note(self._readers.get(name), "changes", name)
         for name in sorted(names.binds):
             note(self._readers.get(name), "rebinds", name)
             note(self._mutators.get(name), "rebinds", name)
-            binders = self._binders.get(name)
+            binders = self._latest_binders(name)
             if binders and name in names.imports:
                 # The same import in two cells binds the same module: no order needed.
-                binders = {r for r in binders if name not in self._names[r].imports}
+                binders = [r for r in binders if name not in self._names[r].imports]
             note(binders, "rebinds", name)
         for record in self._unknown:
             why.setdefault(record, []).append(f"its names cannot be known ({self._names[record].unknown})")
