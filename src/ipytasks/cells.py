@@ -20,7 +20,7 @@ from ._worker import split_compile
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class CompiledCell:
     """A cell ready to run: the statements, the last expression, and what it needs."""
 
@@ -54,12 +54,30 @@ class CompiledCell:
         return value
 
 
+#: Recently compiled cells: submitting the same text again (a loop over
+#: ``ipytasks.submit``, a retry) reuses the code objects. Code is immutable, so
+#: sharing is safe; bounded, oldest first out.
+_compiled: dict[tuple[int, str, int, int], CompiledCell] = {}
+_COMPILED_MAX = 256
+
+
 def compile_cell(shell: Any, source: str, number: int = 0) -> CompiledCell:
     """Transform and compile ``source`` the way IPython would run it as cell ``number``.
 
     :raises SyntaxError: if the transformed cell does not parse; the error points
         at the line of the cell.
     """
+    key = (id(shell), source, number, shell.compile.flags)
+    cell = _compiled.get(key)
+    if cell is None:
+        cell = _compile_cell(shell, source, number)
+        if len(_compiled) >= _COMPILED_MAX:
+            _compiled.pop(next(iter(_compiled)), None)
+        _compiled[key] = cell
+    return cell
+
+
+def _compile_cell(shell: Any, source: str, number: int) -> CompiledCell:
     transformed = shell.transform_cell(source)
     # IPython's caching compiler registers the source with linecache, so tracebacks
     # show the cell's lines (and "Cell In[n]" for the submitting cell).

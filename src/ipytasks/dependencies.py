@@ -46,6 +46,22 @@ class TaskNames:
 
 def task_names(cell: CompiledCell, options: TaskOptions) -> TaskNames:
     """What a task reads, binds and changes, from its cell (and its ``--map`` EXPR)."""
+    key = (cell, options.map)
+    found = _analysed.get(key)
+    if found is None:
+        found = _task_names(cell, options)
+        if len(_analysed) >= _ANALYSED_MAX:
+            _analysed.pop(next(iter(_analysed)), None)
+        _analysed[key] = found
+    return found
+
+
+#: The names of recently analysed cells (compiled cells are reused for the same text).
+_analysed: dict[tuple[CompiledCell, tuple[str, str] | None], TaskNames] = {}
+_ANALYSED_MAX = 256
+
+
+def _task_names(cell: CompiledCell, options: TaskOptions) -> TaskNames:
     names: CellNames = analyze(cell.tree)
     if options.map is None:
         return TaskNames(names.reads, names.binds, names.mutates, names.imports, names.unknown)
