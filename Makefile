@@ -27,7 +27,7 @@ CHROMIUM := /usr/bin/chromium
 # Not root: sudo, without asking for a password (-n), when there is one.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(if $(shell command -v sudo 2>/dev/null),sudo -n,))
 
-.PHONY: lab test tour env env-ik6 chromium clean
+.PHONY: lab test tour env env-ik6 chromium clean bench
 
 lab: $(STAMP)
 	@echo "Starting JupyterLab; the tour is notebooks/tour.ipynb (in the URL below, replace"
@@ -60,7 +60,7 @@ chromium:
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[lab,dask]" --group test --group browser
+	$(PY) -m pip install -e ".[lab,dask]" --group test --group browser --group bench
 	touch $@
 
 # The second kernel environment: the oldest ipykernel/IPython the project supports.
@@ -72,3 +72,8 @@ $(STAMP_IK6): pyproject.toml Makefile
 
 clean:
 	rm -rf $(VENV) $(VENV_IK6) test-output .pytest_cache .hypothesis
+
+# make bench: every benchmark (bench/run.py), one table, also in test-output/bench.md.
+# make bench QUICK=1: the smoke run of about a minute that tests/test_bench.py runs.
+bench: $(STAMP)
+	$(PY) bench/run.py $(if $(QUICK),--quick,)
