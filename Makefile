@@ -2,6 +2,7 @@
 #
 #   make lab    JupyterLab on the tour notebook (builds .venv first)
 #   make tour   run notebooks/tour.ipynb headless and print the task table
+#   make bench  every benchmark in bench/, one table (QUICK=1: a one-minute smoke run)
 #   make test   build .venv and .venv-ik6 (ipykernel 6.29 / IPython 8), install Debian's
 #               chromium for the browser test when missing, then run pytest
 #               (PYTEST_ARGS="tests/test_x.py -k foo" to narrow it)
