@@ -218,6 +218,16 @@ class TaskRegistry(Mapping[str, TaskRecord]):
     def __len__(self) -> int:
         return len(self._latest)
 
+    # The dict's own views: Mapping's generic ones call __getitem__ per key.
+    def keys(self):  # type: ignore[override]
+        return self._latest.keys()
+
+    def values(self):  # type: ignore[override]
+        return self._latest.values()
+
+    def items(self):  # type: ignore[override]
+        return self._latest.items()
+
     def __repr__(self) -> str:
         states = ", ".join(f"{r.name}: {r.state}" for r in self._latest.values())
         return f"<tasks {{{states}}}>"

@@ -49,5 +49,9 @@ def lane_of(record: TaskRecord) -> str:
 
 def run_start(records: list[TaskRecord]) -> float | None:
     """Time zero of a run's axis: the first submission (or start, if earlier)."""
-    times = [r.submitted for r in records] + [r.started for r in records if r.started is not None]
-    return min(times) if times else None
+    first: float | None = None
+    for r in records:
+        t = r.submitted if r.started is None or r.submitted <= r.started else r.started
+        if first is None or t < first:
+            first = t
+    return first

@@ -81,14 +81,22 @@ def summarize(records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
     first: float | None = None
     last: float | None = None
     work = 0.0
+    # Plain comparisons rather than min()/max() calls: this runs on every refresh, over
+    # every task of the session.
     for r in records:
         counts[r.state] += 1
-        if r.started is None:
+        start = r.started
+        if start is None:
             continue
-        end = r.ended if r.ended is not None else now
-        work += max(end - r.started, 0.0)
-        first = r.started if first is None else min(first, r.started)
-        last = end if last is None else max(last, end)
+        end = r.ended
+        if end is None:
+            end = now
+        if end > start:
+            work += end - start
+        if first is None or start < first:
+            first = start
+        if last is None or end > last:
+            last = end
     wall = None if first is None or last is None else max(last - first, 0.0)
     return Summary(
         counts={s: n for s, n in counts.items() if n},
