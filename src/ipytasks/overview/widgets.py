@@ -39,9 +39,9 @@ import ipywidgets as widgets
 
 from ..output import _report_internal_error
 from ..tasks import UNSUCCESSFUL, TaskState
-from ._common import run_start
 from .render import summarize, summary_html, table_html, text_table
 from .throttle import CallLater, Throttle
+from .totals import RunningTotals
 from .timeline import TimelineCache, render_svg, timeline_geometry
 
 if TYPE_CHECKING:
@@ -211,8 +211,9 @@ class Dashboard(widgets.VBox):
         self.retry_button.on_click(lambda _: self._post(self._retry_selected))
         self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
 
-        self._render()
         self._unfinished = {r for r in self._registry.values() if not r.state.ended}
+        self._totals = RunningTotals(self._registry)
+        self._render()
         scheduler.subscribe(self._on_change)
         self._on_loop(self._tick_if_running)
 
@@ -222,6 +223,7 @@ class Dashboard(widgets.VBox):
         """The scheduler's listener (on the loop): a task was submitted or changed state."""
         if self._closed:
             return
+        self._totals.update(record)
         if record.state.ended:
             self._unfinished.discard(record)
             if not self._unfinished:
@@ -266,10 +268,10 @@ class Dashboard(widgets.VBox):
         self._page = page = min(self._page, pages - 1)
         visible = shown[page * self.page_size:(page + 1) * self.page_size]
 
-        summary = summarize(records, now)
+        summary = self._totals.summary(now)
         _assign(self.summary, value=summary_html(summary))
         self._render_timeline(records, now)
-        _assign(self.table, value=table_html(visible, now=now, t0=run_start(records),
+        _assign(self.table, value=table_html(visible, now=now, t0=self._totals.run_start(),
                                              selected=self._selected))
         if shown:
             first = page * self.page_size + 1
