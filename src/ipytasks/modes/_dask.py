@@ -84,7 +84,6 @@ import functools
 import hashlib
 import ipaddress
 import logging
-import os
 import pickle
 import secrets
 import socket
@@ -97,7 +96,7 @@ from .. import _dask_worker, _worker
 from ..namespace.shipping import decode_reply, merge
 from ..output import _report_internal_error
 from ..tasks import BrokenWorker, TaskError
-from ._process import CHANGED_IN_PLACE, CLOSED_FILES, ProcessMode
+from ._process import CHANGED_IN_PLACE, CLOSED_FILES, ProcessMode, _cpu_count
 from .abc import Mode
 
 if TYPE_CHECKING:
@@ -143,16 +142,6 @@ IGNORE_SIGINT = (
     "if threading.current_thread() is threading.main_thread():\n"
     "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
 )
-
-
-def _cpu_count() -> int:
-    counter = getattr(os, "process_cpu_count", None)
-    if counter is not None:
-        return counter() or 1
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @functools.cache
