@@ -64,6 +64,8 @@ SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinish
 _SUCCESS = TaskState.DONE
 #: Outcomes of an attempt that --retries runs again.
 _RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT)
+#: How many conflicting tasks a conflict warning names (the rest are counted).
+CONFLICTS_NAMED = 3
 #: How often running tasks' elapsed times tick in their status lines.
 TICK_INTERVAL = 0.5
 
@@ -310,12 +312,15 @@ class Scheduler:
         """A task that does not wait (``--no-infer``) but shares names: warn, or refuse (``--strict``)."""
         if not conflicts:
             return
+        named = list(conflicts.items())[:CONFLICTS_NAMED]
         lines = [
             f"task {name!r} {', '.join(why)} while task {other.name!r} is {other.state}; "
             f"the order they end in decides the value"
-            for other, why in conflicts.items()
+            for other, why in named
         ]
-        others = ",".join(other.name for other in conflicts)
+        if len(conflicts) > len(named):
+            lines.append(f"and {len(conflicts) - len(named)} more unfinished tasks")
+        others = ",".join(other.name for other, _ in named)
         message = "; ".join(lines) + f" (drop --no-infer, or add --after {others})"
         if options.strict:
             raise UsageError(f"conflict (--strict): {message}")

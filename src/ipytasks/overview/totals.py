@@ -55,21 +55,30 @@ class RunningTotals:
         old = self._by_name.get(record.name)
         if old is not None and old is not record:
             self._remove(old)
-        if record in self._counted:
+        before = self._counted.get(record)
+        if before is not None:
             self._remove(record)
-        self._add(record)
+        self._add(record, before)
 
-    def _add(self, record: TaskRecord) -> None:
+    def _add(
+        self,
+        record: TaskRecord,
+        before: tuple[TaskState, float | None, float | None] | None = None,
+    ) -> None:
         state, started, ended = record.state, record.started, record.ended
         self._counted[record] = (state, started, ended)
         self._by_name[record.name] = record
         self._counts[state] += 1
-        heapq.heappush(self._submits, (record.submitted, next(self._order), record))
+        # Heap entries of values that did not change are still valid: push only news.
+        if before is None:
+            heapq.heappush(self._submits, (record.submitted, next(self._order), record))
         if started is not None:
-            heapq.heappush(self._starts, (started, next(self._order), record))
+            if before is None or before[1] != started:
+                heapq.heappush(self._starts, (started, next(self._order), record))
             if ended is not None:
                 self._ended_work += max(ended - started, 0.0)
-                heapq.heappush(self._ends, (-ended, next(self._order), record))
+                if before is None or before[2] != ended:
+                    heapq.heappush(self._ends, (-ended, next(self._order), record))
             else:
                 self._running.add(record)
 

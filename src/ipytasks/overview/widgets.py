@@ -213,6 +213,7 @@ class Dashboard(widgets.VBox):
 
         self._unfinished = {r for r in self._registry.values() if not r.state.ended}
         self._totals = RunningTotals(self._registry)
+        self._changed_records: dict[TaskRecord, None] = {}
         self._render()
         scheduler.subscribe(self._on_change)
         self._on_loop(self._tick_if_running)
@@ -223,7 +224,9 @@ class Dashboard(widgets.VBox):
         """The scheduler's listener (on the loop): a task was submitted or changed state."""
         if self._closed:
             return
-        self._totals.update(record)
+        # Applied to the totals at the next refresh: a task reports three changes
+        # (submitted, running, ended), often all between two refreshes.
+        self._changed_records[record] = None
         if record.state.ended:
             self._unfinished.discard(record)
             if not self._unfinished:
@@ -260,6 +263,9 @@ class Dashboard(widgets.VBox):
 
         Returns whether a task is running (then durations need ticking).
         """
+        for record in self._changed_records:
+            self._totals.update(record)
+        self._changed_records.clear()
         records = list(self._registry.values())
         now = self._wall()
         keep = FILTERS[self.filter.value]
