@@ -96,7 +96,7 @@ from .. import _dask_worker, _worker
 from ..namespace.shipping import decode_reply, merge
 from ..output import _report_internal_error
 from ..tasks import BrokenWorker, TaskError
-from ._process import CHANGED_IN_PLACE, CLOSED_FILES, ProcessMode, _cpu_count
+from ._process import CLOSED_FILES, ProcessMode, _cpu_count
 from .abc import Mode
 
 if TYPE_CHECKING:
@@ -368,6 +368,7 @@ class DaskMode(Mode):
     #: The same refusals as process mode: the body runs in a worker process.
     prepare = ProcessMode.prepare
     _job = ProcessMode._job
+    _job_told = ProcessMode._job_told
 
     def __init__(
         self,
@@ -501,12 +502,7 @@ class DaskMode(Mode):
     # -- running ----------------------------------------------------------------------
 
     async def run(self, task: TaskRecord) -> Any:
-        job, names = self._job(task)
-        changed = sorted(set(job.inputs) & (names.mutates - names.binds))
-        if changed and task.sink is not None:
-            listed = ", ".join(repr(n) for n in changed)
-            verb = "is" if len(changed) == 1 else "are"
-            task.sink.write("stderr", CHANGED_IN_PLACE.format(names=listed, verb=verb))
+        job = self._job_told(task)
         link = await self._connect(task)
         if not link.local:
             job.sys_path = None  # type: ignore[assignment] - the workers keep their own

@@ -593,13 +593,18 @@ class ProcessMode(Mode):
         names = analyze(cell.tree)
         return Job.take(self.shell, cell, names), names
 
-    async def run(self, task: TaskRecord) -> Any:
+    def _job_told(self, task: TaskRecord) -> Job:
+        """The task's job; its output says which in-place changes stay in the worker."""
         job, names = self._job(task)
         changed = sorted(set(job.inputs) & (names.mutates - names.binds))
         if changed and task.sink is not None:
             listed = ", ".join(repr(n) for n in changed)
             verb = "is" if len(changed) == 1 else "are"
             task.sink.write("stderr", CHANGED_IN_PLACE.format(names=listed, verb=verb))
+        return job
+
+    async def run(self, task: TaskRecord) -> Any:
+        job = self._job_told(task)
         pool = self._get_pool()
         worker = await pool.acquire()
         loop = pool.loop

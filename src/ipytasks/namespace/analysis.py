@@ -411,25 +411,31 @@ class _Analyzer:
             line = self.line_override or getattr(node, "lineno", 0)
             self.unknown = f"line {line}: {what}"
 
-    def _load_from(self, s: _Scope, name: str) -> None:
+    def _owner(self, s: _Scope, name: str) -> _Scope | None:
+        """Where a use of ``name`` in scope ``s`` goes: the function that will see it when
+        called, the module, or ``None`` when a class body or comprehension binds it."""
         while True:
             k = s.kind
-            if k == _FUNC:
-                s.loads.add(name)
-                return
-            if k == _MODULE:
-                if name not in s.bound:
-                    self.reads.add(name)
-                return
+            if k == _FUNC or k == _MODULE:
+                return s
             if k == _CLASS:
                 if name in s.glob_decl:
                     s = self.module
                     continue
                 if name in s.bound:
-                    return
+                    return None
             elif name in s.targets:  # comprehension
-                return
+                return None
             s = s.resolve  # type: ignore[assignment]
+
+    def _load_from(self, s: _Scope, name: str) -> None:
+        owner = self._owner(s, name)
+        if owner is None:
+            return
+        if owner.kind == _FUNC:
+            owner.loads.add(name)
+        elif name not in owner.bound:
+            self.reads.add(name)
 
     def _load(self, name: str) -> None:
         s = self.scope
@@ -440,25 +446,13 @@ class _Analyzer:
             self._load_from(s, name)
 
     def _mutate(self, name: str) -> None:
-        s = self.scope
-        while True:
-            k = s.kind
-            if k == _FUNC:
-                s.muts.add(name)
-                return
-            if k == _MODULE:
-                if name not in s.bound:
-                    self.mutates.add(name)
-                return
-            if k == _CLASS:
-                if name in s.glob_decl:
-                    s = self.module
-                    continue
-                if name in s.bound:
-                    return
-            elif name in s.targets:
-                return
-            s = s.resolve  # type: ignore[assignment]
+        owner = self._owner(self.scope, name)
+        if owner is None:
+            return
+        if owner.kind == _FUNC:
+            owner.muts.add(name)
+        elif name not in owner.bound:
+            self.mutates.add(name)
 
     def _module_bind(self, name: str, kind: int) -> None:
         self.binds.add(name)
