@@ -45,11 +45,15 @@ class TaskState(enum.StrEnum):
 
     @property
     def ended(self) -> bool:
-        return self not in (TaskState.PENDING, TaskState.RUNNING)
+        return self not in _NOT_ENDED
 
     def __repr__(self) -> str:
         return repr(self.value)
 
+
+# A set of the members, not a tuple of class attributes: ``ended`` is asked on every
+# change of every task.
+_NOT_ENDED = frozenset({TaskState.PENDING, TaskState.RUNNING})
 
 #: States a task can end in without having done its work.
 UNSUCCESSFUL = frozenset(

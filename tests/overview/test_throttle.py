@@ -135,3 +135,30 @@ def test_error_without_handler_propagates() -> None:
     throttle = Throttle(lambda: 1 / 0, mininterval=0.5, call_later=VirtualClock().call_later)
     with pytest.raises(ZeroDivisionError):
         throttle.flush_now()
+
+
+def test_costly_flushes_are_spaced_out_by_their_cost() -> None:
+    """A flush that costs 0.1 s of CPU with max_share 0.02 is followed by none for 5 s."""
+    clock = VirtualClock(start=100.0)
+    cpu = VirtualClock(start=0.0)
+    flushed: list[float] = []
+    cost = {"now": 0.1}
+
+    def flush() -> None:
+        flushed.append(clock.time())
+        cpu.now += cost["now"]
+
+    throttle = Throttle(flush, mininterval=0.5, call_later=clock.call_later, clock=clock.time,
+                        max_share=0.02, cpu_clock=cpu.time)
+    throttle.request()
+    clock.advance(0)
+    assert flushed == [100.0] and throttle.gap == pytest.approx(5.0)
+    cost["now"] = 0.001  # cheap again: back to the plain interval after the next flush
+    throttle.request()
+    clock.advance(4.9)
+    assert flushed == [100.0]
+    clock.advance(0.2)
+    assert flushed == [100.0, pytest.approx(105.0)]
+    throttle.request()
+    clock.advance(0.5)
+    assert len(flushed) == 3 and flushed[2] == pytest.approx(105.5)

@@ -9,6 +9,10 @@ with a trailing update so the last change is always shown).
 Time comes from an injectable clock and timers from an injectable ``call_later``,
 so tests drive it with virtual time (:class:`ipytasks.overview.testing.VirtualClock`).
 Nothing runs while nothing is requested: there is no periodic timer of its own.
+
+The interval also stretches with the cost of a flush: after one that took ``c`` seconds
+of the thread's CPU, the next waits at least ``c / max_share``, so flushing never takes
+more than ``max_share`` of the loop however large what it draws grows.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class Throttle:
         handle with ``cancel()``.
     :param clock: monotonic seconds; the same clock ``call_later`` counts in.
     :param on_error: receives an exception ``flush`` raised.
+    :param max_share: the most of the thread's time flushes may take (see the module).
+    :param cpu_clock: CPU seconds of the calling thread (``time.thread_time``), which
+        measures what a flush cost.
     """
 
     def __init__(
@@ -51,9 +58,15 @@ class Throttle:
         call_later: CallLater,
         clock: Callable[[], float] = time.monotonic,
         on_error: Callable[[BaseException], None] | None = None,
+        max_share: float = 1.0,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._flush = flush
         self.mininterval = mininterval
+        self.max_share = max_share
+        self._cpu = cpu_clock
+        #: The least time from the start of the last flush to the next one.
+        self.gap = mininterval
         self._call_later = call_later
         self._time = clock
         self._on_error = on_error
@@ -85,7 +98,7 @@ class Throttle:
         if self._closed or (self._soonest and delay <= 0):
             return  # the common case of a burst: not even a clock read
         now = self._time()
-        due = max(now + delay, self._last + self.mininterval)
+        due = max(now + delay, self._last + self.gap)
         if self._handle is not None:
             assert self._due is not None
             if self._due <= due:
@@ -124,10 +137,13 @@ class Throttle:
     def _run(self) -> None:
         self._last = self._time()
         self.flushes += 1
+        cpu = self._cpu()
         try:
             self._flush()
         except Exception as exc:
             if self._on_error is None:
                 raise
             self._on_error(exc)
+        finally:
+            self.gap = max(self.mininterval, (self._cpu() - cpu) / self.max_share)
 

@@ -3,13 +3,11 @@
 :func:`~ipytasks.overview.render.summarize` walks every task; a live dashboard
 refreshes twice a second, so over a long session that walk would dominate its
 cost. :class:`RunningTotals` gives the same :class:`Summary` (and the run's time
-zero) from what changed: O(log n) per change, O(running tasks) per refresh.
+zero) from what changed: O(1) per change, O(running tasks) per refresh.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -29,6 +27,10 @@ class RunningTotals:
     Call :meth:`update` with every record the scheduler reports. Records that reach the
     registry without a report (a map's items, before they start) are caught by a size
     check, which then rebuilds from scratch.
+
+    The extremes (first submission, first start, last end) are kept as plain minima and
+    maxima: a change only ever extends them, except when a record holding one is replaced
+    (its name submitted again), which is rare; then they are found again by one walk.
     """
 
     def __init__(self, registry: Mapping[str, TaskRecord]) -> None:
@@ -41,12 +43,10 @@ class RunningTotals:
         self._counts = dict.fromkeys(TaskState, 0)
         self._ended_work = 0.0
         self._running: set[TaskRecord] = set()
-        # Heaps with lazy deletion: an entry counts while its record is counted with
-        # the same value.
-        self._starts: list[tuple[float, int, TaskRecord]] = []
-        self._ends: list[tuple[float, int, TaskRecord]] = []
-        self._submits: list[tuple[float, int, TaskRecord]] = []
-        self._order = itertools.count()
+        self._stale = False
+        self._first_submit: float | None = None
+        self._first_start: float | None = None
+        self._last_end: float | None = None
         for record in list(self._registry.values()):
             self._add(record)
 
@@ -55,32 +55,29 @@ class RunningTotals:
         old = self._by_name.get(record.name)
         if old is not None and old is not record:
             self._remove(old)
-        before = self._counted.get(record)
-        if before is not None:
+        if record in self._counted:
             self._remove(record)
-        self._add(record, before)
+        self._add(record)
 
-    def _add(
-        self,
-        record: TaskRecord,
-        before: tuple[TaskState, float | None, float | None] | None = None,
-    ) -> None:
+    def _add(self, record: TaskRecord) -> None:
         state, started, ended = record.state, record.started, record.ended
         self._counted[record] = (state, started, ended)
         self._by_name[record.name] = record
         self._counts[state] += 1
-        # Heap entries of values that did not change are still valid: push only news.
-        if before is None:
-            heapq.heappush(self._submits, (record.submitted, next(self._order), record))
+        submitted = record.submitted
+        if self._first_submit is None or submitted < self._first_submit:
+            self._first_submit = submitted
         if started is not None:
-            if before is None or before[1] != started:
-                heapq.heappush(self._starts, (started, next(self._order), record))
+            if self._first_start is None or started < self._first_start:
+                self._first_start = started
             if ended is not None:
                 self._ended_work += max(ended - started, 0.0)
-                if before is None or before[2] != ended:
-                    heapq.heappush(self._ends, (-ended, next(self._order), record))
             else:
                 self._running.add(record)
+        if ended is not None and started is not None and (
+            self._last_end is None or ended > self._last_end
+        ):
+            self._last_end = ended
 
     def _remove(self, record: TaskRecord) -> None:
         state, started, ended = self._counted.pop(record)
@@ -90,34 +87,35 @@ class RunningTotals:
         self._running.discard(record)
         if started is not None and ended is not None:
             self._ended_work -= max(ended - started, 0.0)
-
-    def _valid_top(self, heap: list[tuple[float, int, TaskRecord]], field: int) -> float | None:
-        while heap:
-            value, _, record = heap[0]
-            counted = self._counted.get(record)
-            if counted is not None:
-                current = record.submitted if field < 0 else counted[field]
-                if current is not None and (current == value or current == -value):
-                    return value
-            heapq.heappop(heap)
-        return None
+        # Leaving the extremes as they are is only wrong when this record held one.
+        if record.submitted == self._first_submit or (
+            started is not None and (started == self._first_start or ended == self._last_end)
+        ):
+            self._stale = True
 
     def _check(self) -> None:
         if len(self._counted) != len(self._registry):
             self._rebuild()
+        elif self._stale:
+            self._stale = False
+            self._first_submit = min((r.submitted for r in self._counted), default=None)
+            starts = [v[1] for v in self._counted.values() if v[1] is not None]
+            self._first_start = min(starts, default=None)
+            self._last_end = max(
+                (v[2] for v in self._counted.values() if v[1] is not None and v[2] is not None),
+                default=None,
+            )
 
     def summary(self, now: float) -> Summary:
         """What ``summarize(registry, now)`` gives."""
         self._check()
         work = self._ended_work
-        last = self._valid_top(self._ends, 2)
-        if last is not None:
-            last = -last
+        last = self._last_end
         for record in self._running:
             if record.started is not None:
                 work += max(now - record.started, 0.0)
                 last = now if last is None or now > last else last
-        first = self._valid_top(self._starts, 1)
+        first = self._first_start
         wall = None if first is None or last is None else max(last - first, 0.0)
         return Summary(
             counts={s: n for s, n in self._counts.items() if n},
@@ -129,8 +127,7 @@ class RunningTotals:
     def run_start(self) -> float | None:
         """What ``run_start(records)`` gives: the first submission (or start, if earlier)."""
         self._check()
-        submitted = self._valid_top(self._submits, -1)
-        started = self._valid_top(self._starts, 1)
+        submitted, started = self._first_submit, self._first_start
         if submitted is None:
             return started
         return submitted if started is None or submitted <= started else started

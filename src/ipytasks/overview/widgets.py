@@ -15,7 +15,9 @@ front end must create and each changed widget is a message of its own, so 1,000
 tasks would mean thousands of models (several buttons each) and, while they run,
 one message per changed row. Here a refresh sends at most one message per part
 that changed (summary, timeline, table, the page's task list), whatever the number
-of tasks, and only the page being looked at is rendered. Actions apply to the task
+of tasks, and only the page being looked at is rendered. Refreshes and timeline
+redraws also space out with their own cost (:data:`MAX_SHARE`), so a session of
+10,000 tasks is drawn less often rather than slowing the kernel down. Actions apply to the task
 picked in the ``task`` dropdown, which lists the tasks of the page.
 
 Updates: the scheduler tells the dashboard about every change (on the loop);
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "FILTERS",
+    "MAX_SHARE",
     "MININTERVAL",
     "PAGE_SIZE",
     "TICK_INTERVAL",
@@ -64,6 +67,9 @@ MININTERVAL = 0.5
 TICK_INTERVAL = 1.0
 #: Least seconds between two redraws of the timeline (its SVG is the largest message).
 TIMELINE_INTERVAL = 1.0
+#: The most of the kernel's time the dashboard's refreshes may take: a refresh (or a
+#: timeline redraw) that took ``c`` seconds of CPU is followed by none for ``c / MAX_SHARE``.
+MAX_SHARE = 0.02
 #: Tasks per page of the table.
 PAGE_SIZE = 20
 #: The most tasks the plain-text form of a dashboard lists one per line.
@@ -116,7 +122,8 @@ class Dashboard(widgets.VBox):
     :param timeline_interval: least seconds between two redraws of the timeline.
     :param retry: ``retry(name)`` for the Retry button; default ``ipytasks.api.retry``
         when it exists. Without one the button is hidden.
-    :param clock: monotonic seconds for throttling (``time.monotonic``).
+    :param clock: monotonic seconds for throttling (``time.monotonic``); when given, it
+        also measures what refreshes cost (else the loop thread's CPU time does).
     :param wall: epoch seconds for durations (``time.time``), the clock task records use.
     :param call_later: ``call_later(delay, callback)`` for the refresh timer (default: the
         scheduler's loop, in an empty context).
@@ -171,7 +178,9 @@ class Dashboard(widgets.VBox):
         self.tick_interval = tick_interval
         self.timeline_interval = timeline_interval
         self._clock = clock or time.monotonic
+        self._cost_clock = clock or time.thread_time
         self._timeline_at = -math.inf
+        self._timeline_gap = timeline_interval
         self._timeline_cache = TimelineCache()
         self._wall = wall or time.time
         self._loop = scheduler.loop
@@ -194,6 +203,8 @@ class Dashboard(widgets.VBox):
             call_later=call_later,
             clock=self._clock,
             on_error=lambda exc: _report_internal_error("refreshing the dashboard", exc),
+            max_share=MAX_SHARE,
+            cpu_clock=self._cost_clock,
         )
         self._page = 0
         self._selected: str | None = None
@@ -302,16 +313,20 @@ class Dashboard(widgets.VBox):
         return TaskState.RUNNING in summary.counts
 
     def _render_timeline(self, records: list[TaskRecord], now: float) -> None:
-        """Redraw the timeline, at most every ``timeline_interval`` (then a refresh is due)."""
+        """Redraw the timeline, at most every ``timeline_interval`` and no more than
+        :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due)."""
         mono = self._clock()
-        due = self._timeline_at + self.timeline_interval
+        due = self._timeline_at + self._timeline_gap
         if mono < due:
             self._throttle.request(due - mono)
             return
         self._timeline_at = mono
+        cost = self._cost_clock()
         cache = self._timeline_cache
         geometry = timeline_geometry(records, now, cache=cache)
         _assign(self.timeline, value=render_svg(geometry, cache=cache) if records else "")
+        cost = self._cost_clock() - cost
+        self._timeline_gap = max(self.timeline_interval, cost / MAX_SHARE)
 
     def _set_task_options(self, names: tuple[str, ...], value: str | None) -> None:
         if tuple(self.task.options) == names and self.task.value == value:
