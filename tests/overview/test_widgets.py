@@ -523,3 +523,30 @@ async def test_last_task_ending_refreshes_at_once(board: Board) -> None:
     running.state, running.ended = TaskState.DONE, T0 + 1.2
     board.sched.changed(running)  # no clock advance: the refresh must happen now
     assert "running" not in html(dash.summary) and "2 done" in html(dash.summary)
+
+
+async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeline redraw that takes 0.1 s keeps the next one away for 5 s (MAX_SHARE 2%),
+    while the summary keeps following every change."""
+    from ipytasks.overview import widgets as dashboard_widgets
+
+    draw = dashboard_widgets.render_svg
+
+    def slow_draw(*args: Any, **kwargs: Any) -> str:
+        board.clock.now += 0.1  # the virtual clock also measures what refreshes cost
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(dashboard_widgets, "render_svg", slow_draw)
+    sched = board.sched
+    sched.add(record("a", TaskState.DONE, 0, 0, 1))
+    dash = board.open()
+    drawn = dash.timeline.value
+    assert "a: done" in drawn
+    for i, at in enumerate((2, 3, 4)):
+        sched.add(record(f"b{i}", TaskState.DONE, at, at, at + 0.5))
+        board.at(at + 0.6)
+        assert f"{i + 1 + 1} tasks" in dash.summary.value
+        assert dash.timeline.value == drawn, f"redrawn {at} s after a 0.1 s redraw"
+    board.at(6)
+    assert "b2: done" in dash.timeline.value
