@@ -450,3 +450,32 @@ async def test_cancelling_a_map_cancels_its_items(scheduler: Scheduler, gated: G
         await scheduler.wait([m])
     assert m.state == "cancelled"
     assert [c.state for c in m.children] == ["cancelled"] * 3
+
+
+
+async def test_a_change_feed_wakes_once_until_taken_and_when_all_have_ended(
+    scheduler: Scheduler, gated: GatedMode
+) -> None:
+    """100 tasks submitted together wake a follower once; it takes each record once.
+    The end of the last task wakes it as idle before ``wait`` returns."""
+    wakes: list[bool] = []
+    feed = scheduler.subscribe(wakes.append)
+    records = [scheduler.submit(f"x{i} = {i}", f"t{i}", opts()) for i in range(100)]
+    await settle()
+    assert wakes == [False]
+    assert feed.take() == records  # submitted and started: each once, in order
+    assert feed.take() == []
+    for i in range(99):
+        gated.gate(f"t{i}").set()
+    with anyio.fail_after(5):
+        await scheduler.wait(records[:99])
+    assert wakes == [False, False]
+    gated.gate("t99").set()
+    with anyio.fail_after(5):
+        await scheduler.wait(records)
+        idle_at_return = wakes[-1]
+    assert idle_at_return is True
+    assert feed.take() == records
+    scheduler.unsubscribe(feed)
+    scheduler.submit("y = 1", "late", opts())
+    assert feed.take() == [] and wakes == [False, False, True]

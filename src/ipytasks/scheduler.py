@@ -136,6 +136,46 @@ class _LoopHost:
             self.own_thread.join(5)
 
 
+class ChangeFeed:
+    """The tasks submitted or changed since a follower (a dashboard) last took them.
+
+    The scheduler adds each change as it happens, which costs a dict insert; it calls
+    ``wake(False)`` only when the feed goes from empty to not empty, and ``wake(True)``
+    when the last unfinished task has ended (before anything awaiting that task
+    resumes). The follower takes the records when it is ready, e.g. at its next
+    refresh: one call per refresh however many tasks changed.
+    """
+
+    __slots__ = ("_records", "_wake")
+
+    def __init__(self, wake: Callable[[bool], None]) -> None:
+        self._wake = wake
+        self._records: dict[TaskRecord, None] = {}
+
+    def add(self, record: TaskRecord) -> None:
+        records = self._records
+        if records:
+            records[record] = None
+        else:
+            records[record] = None
+            self._call(False)
+
+    def idle(self) -> None:
+        self._call(True)
+
+    def take(self) -> list[TaskRecord]:
+        """The changed records, each once, in the order of their first change; empties the feed."""
+        records = list(self._records)
+        self._records.clear()
+        return records
+
+    def _call(self, idle: bool) -> None:
+        try:
+            self._wake(idle)
+        except Exception as exc:  # noqa: BLE001 - a broken follower must not break tasks
+            _report_internal_error("telling a follower about tasks", exc)
+
+
 class Scheduler:
     """Owns every task of a session: registration, order, running and ending.
 
@@ -175,7 +215,9 @@ class Scheduler:
         self._numbers = itertools.count(1)
         self._ticking: set[TaskRecord] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._listeners: list[Callable[[TaskRecord], None]] = []
+        self._feeds: list[ChangeFeed] = []
+        # Tasks that have not ended: when the last ends, the feeds are told at once.
+        self._active: set[TaskRecord] = set()
         self._deps = DependencyIndex()
         self._limiters: dict[str, Limiter] = {}
         self._rates: dict[str, RateLimiter] = {}
@@ -293,6 +335,7 @@ class Scheduler:
         record.sink.owner = record
         record._ended_event = asyncio.Event()
         self.tasks._add(record)
+        self._active.add(record)
         self._deps.add(record, names)
         self._set_group_limits(options)
         if options.chain is not None and name not in self._chains.setdefault(options.chain, []):
@@ -437,6 +480,7 @@ class Scheduler:
             child._ended_event = asyncio.Event()
             record.children.append(child)
             self.tasks._add(child)
+            self._active.add(child)
             child._runner = self.loop.create_task(
                 self._drive(child), name=f"ipytasks:{child.name}", context=contextvars.copy_context()
             )
@@ -574,6 +618,12 @@ class Scheduler:
         elif state is TaskState.DONE and result is not None and not record.cell.quiet_result:
             self._show_result(record, result)
         self._changed(record)
+        active = self._active
+        active.discard(record)
+        if not active:
+            # Before the end event is set: whoever awaits it finds the feeds told.
+            for feed in list(self._feeds):
+                feed.idle()
         record._ended_event.set()
         if record.parent is not None and not record.parent.state.ended:
             self._changed(record.parent)  # "k of n done"
@@ -597,21 +647,23 @@ class Scheduler:
             lines = traceback.format_exception(error)
         record.sink.error(type(error).__name__, str(error), list(lines))
 
-    def subscribe(self, listener: Callable[[TaskRecord], None]) -> None:
-        """Call ``listener(record)`` on the loop whenever a task is submitted or changes state."""
-        self._listeners.append(listener)
+    def subscribe(self, wake: Callable[[bool], None]) -> ChangeFeed:
+        """Follow the tasks' changes (a dashboard does): see :class:`ChangeFeed`."""
+        feed = ChangeFeed(wake)
+        self._feeds.append(feed)
+        return feed
 
-    def unsubscribe(self, listener: Callable[[TaskRecord], None]) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+    def unsubscribe(self, feed: ChangeFeed) -> None:
+        if feed in self._feeds:
+            self._feeds.remove(feed)
 
     def _changed(self, record: TaskRecord) -> None:
-        """Tell the listeners and the task's views now; keep running ones ticking."""
-        for listener in list(self._listeners):
-            try:
-                listener(record)
-            except Exception as exc:  # noqa: BLE001 - a broken listener must not break tasks
-                _report_internal_error("telling a listener about a task", exc)
+        """Tell the feeds and the task's views; keep running ones ticking."""
+        for feed in self._feeds:
+            feed.add(record)
+        sink = record.sink
+        if sink is None or not sink.views:
+            return
         sink = record.sink
         if sink is None or not sink.views:
             return

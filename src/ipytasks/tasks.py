@@ -43,17 +43,22 @@ class TaskState(enum.StrEnum):
     TIMED_OUT = "timed_out"
     SKIPPED = "skipped"
 
+    # str's own hash, in C, and equal to the hash of the value it equals: Enum's is a
+    # Python call hashing the member's name, and states are hashed on every change of
+    # every task (sets, counters, lookups).
+    __hash__ = str.__hash__
+
     @property
     def ended(self) -> bool:
-        return self not in _NOT_ENDED
+        return self not in ACTIVE
 
     def __repr__(self) -> str:
         return repr(self.value)
 
 
-# A set of the members, not a tuple of class attributes: ``ended`` is asked on every
-# change of every task.
-_NOT_ENDED = frozenset({TaskState.PENDING, TaskState.RUNNING})
+#: States of a task that has not ended. (A set of the members, not a tuple of class
+#: attributes: ``ended`` is asked on every change of every task.)
+ACTIVE = frozenset({TaskState.PENDING, TaskState.RUNNING})
 
 #: States a task can end in without having done its work.
 UNSUCCESSFUL = frozenset(

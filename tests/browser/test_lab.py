@@ -4,8 +4,9 @@ What it checks, all read from the page's ``.jp-OutputArea`` elements (the notebo
 includes the cells' sources, so a check on the whole page would pass by itself):
 
 - a task's status line shows ``running`` and later the same line shows ``done``, live;
-- the dashboard (the tour's ``%tasks``) shows the speedup ("… of work in … ×") and its SVG
-  timeline;
+- the dashboard (the tour's ``%tasks``) shows the speedup ("… of work in … ×") and its
+  timeline, drawn in the browser from the numbers the kernel sends, whose bars name their
+  task and times when hovered;
 - after the tour, a cell of our own (added to the open notebook, the file is not saved) submits
   a long task; picking it in the dashboard's ``task`` list and clicking Cancel turns it
   ``cancelled`` in the dashboard's table and in that cell's status line.
@@ -439,6 +440,10 @@ def _drive(page, lab: Lab, expect) -> None:
         STEADY, arg=['[data-ipytasks-test="dashboard"] .jp-OutputArea-output svg', 1500],
         timeout=WAIT_MS, polling=100,
     )
+    # The timeline is drawn in the browser from numbers; hovering a bar names its task.
+    titles = dashboard.locator("svg rect.ipytasks-bar > title").all_text_contents()
+    assert any(re.match(r"users: done \(async\)\n\+0\.\d\d s to \+1\.\d\d s", t)
+               for t in titles), titles[:5]
     png = dashboard.screenshot(path=OUTPUT_DIR / "dashboard.png", animations="disabled")
     if os.environ.get(UPDATE_SCREENSHOT) == "1":
         _save_readme_screenshot(png, width=dashboard.evaluate(CONTENT_WIDTH))

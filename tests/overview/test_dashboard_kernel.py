@@ -75,7 +75,7 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
     out = kernel.execute("print(api.tasks['dash_slow'].state)").stdout
     assert out.strip() == "cancelled"
     kernel.execute("_dash1.close()")
-    still = kernel.execute("print(_dash1._on_change in api._current().scheduler._listeners)")
+    still = kernel.execute("print(_dash1._feed in api._current().scheduler._feeds)")
     assert still.stdout.strip() == "False"
 
 

@@ -11,8 +11,9 @@ from ipytasks.overview.render import Summary, summarize
 from ipytasks.overview.totals import RunningTotals
 from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
-# Steps: submit a new record under a name (replacing a finished one), start it, end it.
-_step = st.tuples(st.sampled_from(["submit", "start", "end"]), st.integers(0, 4),
+# Steps: submit a new record under a name (replacing a finished one), start it, put it
+# back to pending for a retry (it keeps its first start), end it.
+_step = st.tuples(st.sampled_from(["submit", "start", "retry", "end"]), st.integers(0, 4),
                   st.integers(0, 50))
 
 
@@ -31,14 +32,18 @@ def test_running_totals_match_a_full_summary(steps: list[tuple[str, int, int]], 
             record = TaskRecord(name=name, source="", options=TaskOptions(), submitted=clock)
             registry._add(record)
         elif kind == "start" and record is not None and record.state is TaskState.PENDING:
-            record.state, record.started = TaskState.RUNNING, clock
+            record.state = TaskState.RUNNING
+            if record.started is None:
+                record.started = clock
+        elif kind == "retry" and record is not None and record.state is TaskState.RUNNING:
+            record.state = TaskState.PENDING
         elif kind == "end" and record is not None and not record.state.ended:
             record.state, record.ended = TaskState.DONE, clock
             if record.started is None:
                 record.state = TaskState.SKIPPED
         else:
             continue
-        totals.update(record)
+        totals.update([record])
         at = clock + now
         _assert_same(totals.summary(at), summarize(registry, at))
         assert totals.run_start() == run_start(list(registry.values()))

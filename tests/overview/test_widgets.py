@@ -17,10 +17,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.overview import open_dashboard, summarize, text_table
-from ipytasks.overview.testing import VirtualClock, WidgetMessages
+from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tasks
 from ipytasks.overview.widgets import Dashboard
 from ipytasks.output import TaskOutput
-from ipytasks.scheduler import Scheduler
+from ipytasks.scheduler import ChangeFeed, Scheduler
 from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 T0 = 1_700_000_000.0
@@ -51,16 +51,18 @@ class FakeScheduler:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks = TaskRegistry()
         self.loop = loop
-        self.listeners: list[Callable[[TaskRecord], None]] = []
+        self.feeds: list[ChangeFeed] = []
         self.cancelled: list[tuple[str, int]] = []
         self.loop_thread = threading.get_ident()
 
-    def subscribe(self, listener: Callable[[TaskRecord], None]) -> None:
-        self.listeners.append(listener)
+    def subscribe(self, wake: Callable[[bool], None]) -> ChangeFeed:
+        feed = ChangeFeed(wake)
+        self.feeds.append(feed)
+        return feed
 
-    def unsubscribe(self, listener: Callable[[TaskRecord], None]) -> None:
-        if listener in self.listeners:
-            self.listeners.remove(listener)
+    def unsubscribe(self, feed: ChangeFeed) -> None:
+        if feed in self.feeds:
+            self.feeds.remove(feed)
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self.loop_thread
@@ -77,8 +79,11 @@ class FakeScheduler:
         return rec
 
     def changed(self, rec: TaskRecord) -> None:
-        for listener in list(self.listeners):
-            listener(rec)
+        for feed in list(self.feeds):
+            feed.add(rec)
+        if rec.state.ended and all(r.state.ended for r in self.tasks.values()):
+            for feed in list(self.feeds):
+                feed.idle()
 
 
 class Board:
@@ -117,6 +122,11 @@ async def settle() -> None:
 
 def html(widget: Any) -> str:
     return widget.get_state()["value"]
+
+
+def timeline(dash: Dashboard) -> dict[str, tuple[str, float, float | None, float | None]]:
+    """The tasks the dashboard's timeline view holds, as the front end reads them."""
+    return timeline_tasks(dash.timeline.names, dash.timeline.rows)
 
 
 # -- content ----------------------------------------------------------------------------
@@ -159,7 +169,11 @@ async def test_rows_show_every_column(board: Board) -> None:
     assert "0.50 s" in table  # and has run for 0.5 s
     assert "fit: chain main, load: after" in table
     assert "3 tasks" in html(dash.summary)
-    assert "<svg" in html(dash.timeline) and "fit: running" in html(dash.timeline)
+    drawn = timeline(dash)
+    assert list(drawn) == ["load", "fit", "plot"]  # in submission order
+    assert drawn["fit"] == ("running", T0, T0 + 2.5, None)
+    assert drawn["load"][0] == "done" and drawn["plot"][0] == "pending"
+    assert dash.timeline.names.splitlines()[1] == "fit\tthread"
     assert dash.page_label.get_state()["value"] == "1–3 of 3"
 
 
@@ -230,7 +244,8 @@ async def test_only_changed_parts_are_sent(board: Board) -> None:
         board.at(101)
     changed = {dash.summary.model_id, dash.timeline.model_id}
     assert {model for model, _, _ in sent.sent} == changed
-    assert all(keys == ("value",) for _, keys, _ in sent.sent)
+    keys = {model: keys for model, keys, _ in sent.sent}
+    assert keys == {dash.summary.model_id: ("value",), dash.timeline.model_id: ("rows",)}
 
 
 # -- paging, filtering, picking --------------------------------------------------------
@@ -373,7 +388,7 @@ async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board
     assert html(a.table) == html(b.table) and "▶ running" in html(a.table)
     a.close()
     assert a.comm is None and all(w.comm is None for w in [a.summary, a.table, a.task])
-    assert len(sched.listeners) == 1
+    assert len(sched.feeds) == 1
     rec.state, rec.ended = TaskState.DONE, T0 + 1.5
     with WidgetMessages() as sent:
         sched.changed(rec)
@@ -479,7 +494,7 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
     finally:
         dash.close()
         sched.close()
-    assert dash._on_change not in sched._listeners
+    assert dash._feed not in sched._feeds
 
 
 async def test_default_timer_runs_on_the_scheduler_loop_in_an_empty_context(shell: Any) -> None:
@@ -531,22 +546,22 @@ async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
     while the summary keeps following every change."""
     from ipytasks.overview import widgets as dashboard_widgets
 
-    draw = dashboard_widgets.render_svg
+    rows = dashboard_widgets.timeline_rows
 
-    def slow_draw(*args: Any, **kwargs: Any) -> str:
+    def slow_rows(*args: Any, **kwargs: Any) -> bytes:
         board.clock.now += 0.1  # the virtual clock also measures what refreshes cost
-        return draw(*args, **kwargs)
+        return rows(*args, **kwargs)
 
-    monkeypatch.setattr(dashboard_widgets, "render_svg", slow_draw)
+    monkeypatch.setattr(dashboard_widgets, "timeline_rows", slow_rows)
     sched = board.sched
     sched.add(record("a", TaskState.DONE, 0, 0, 1))
     dash = board.open()
-    drawn = dash.timeline.value
-    assert "a: done" in drawn
+    drawn = timeline(dash)
+    assert list(drawn) == ["a"]
     for i, at in enumerate((2, 3, 4)):
         sched.add(record(f"b{i}", TaskState.DONE, at, at, at + 0.5))
         board.at(at + 0.6)
         assert f"{i + 1 + 1} tasks" in dash.summary.value
-        assert dash.timeline.value == drawn, f"redrawn {at} s after a 0.1 s redraw"
+        assert timeline(dash) == drawn, f"redrawn {at} s after a 0.1 s redraw"
     board.at(6)
-    assert "b2: done" in dash.timeline.value
+    assert timeline(dash)["b2"][0] == "done"

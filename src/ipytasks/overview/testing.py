@@ -5,6 +5,7 @@
   :func:`~ipytasks.overview.open_dashboard`, then :meth:`VirtualClock.advance`.
 - :class:`WidgetMessages`: counts the state updates widgets send to the front end,
   by hooking ``Widget._send`` (each call is one ``comm_msg`` on iopub).
+- :func:`timeline_tasks`: what a live timeline view holds, read back from its numbers.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import math
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
-__all__ = ("VirtualClock", "WidgetMessages")
+__all__ = ("VirtualClock", "WidgetMessages", "timeline_tasks")
 
 
 class _Timer:
@@ -76,7 +79,7 @@ class WidgetMessages:
 
     ``only``: count the widgets of this collection only (e.g. a dashboard's
     ``all_widgets()``, re-read at every message), otherwise every widget.
-    Each entry of :attr:`sent` is ``(model_id, state keys, bytes of JSON)``.
+    Each entry of :attr:`sent` is ``(model_id, state keys, bytes of JSON and buffers)``.
     """
 
     def __init__(self, only: Callable[[], Iterable[Any]] | None = None,
@@ -96,8 +99,12 @@ class WidgetMessages:
         def _send(widget: Any, msg: dict[str, Any], buffers: Any = None) -> Any:
             if recorder._only is None or any(w is widget for w in recorder._only()):
                 state = msg.get("state", {}) if isinstance(msg, dict) else {}
-                size = len(json.dumps(msg, default=str))
-                recorder.sent.append((widget.model_id, tuple(sorted(state)), size))
+                # Binary values travel as buffers beside the JSON, named by buffer_paths.
+                paths = msg.get("buffer_paths", []) if isinstance(msg, dict) else []
+                keys = tuple(sorted([*state, *(str(p[0]) for p in paths)]))
+                size = len(json.dumps(msg, default=str)) + sum(
+                    memoryview(b).nbytes for b in buffers or ())
+                recorder.sent.append((widget.model_id, keys, size))
                 if recorder._clock is not None:
                     recorder.times.append(recorder._clock())
             return original(widget, msg, buffers)
@@ -130,3 +137,24 @@ class WidgetMessages:
                 start += 1
             best = max(best, end - start + 1)
         return best
+
+
+def timeline_tasks(names: str, rows: bytes) -> dict[str, tuple[str, float, float | None,
+                                                              float | None]]:
+    """Decode a live timeline's ``names`` and ``rows`` (as ``timeline.js`` reads them):
+    name → (state, submitted, started, ended), times in epoch seconds or ``None``."""
+    from ..tasks import TaskState
+
+    lines = names.split("\n") if names else []
+    n = len(lines)
+    values = struct.unpack(f"<{4 * n}d", rows) if n else ()
+    states = list(TaskState)
+
+    def at(i: int) -> float | None:
+        return None if math.isnan(values[i]) else values[i]
+
+    return {
+        line.split("\t")[0]: (str(states[int(values[3 * n + i])]), values[i], at(n + i),
+                              at(2 * n + i))
+        for i, line in enumerate(lines)
+    }

@@ -20,9 +20,10 @@ redraws also space out with their own cost (:data:`MAX_SHARE`), so a session of
 10,000 tasks is drawn less often rather than slowing the kernel down. Actions apply to the task
 picked in the ``task`` dropdown, which lists the tasks of the page.
 
-Updates: the scheduler tells the dashboard about every change (on the loop);
-the dashboard only asks its :class:`~ipytasks.overview.throttle.Throttle` for a
-refresh. A refresh runs at most every ``mininterval`` seconds, re-renders from the
+Updates: the scheduler puts every change in the dashboard's
+:class:`~ipytasks.scheduler.ChangeFeed` and wakes it when the feed was empty; the
+dashboard then only asks its :class:`~ipytasks.overview.throttle.Throttle` for a
+refresh, which takes what the feed holds. A refresh runs at most every ``mininterval`` seconds, re-renders from the
 records, and assigns only values that differ from what the widgets hold (traitlets
 sends nothing for an equal value). While a task runs, one timer ticks the durations
 every ``tick_interval``; when none runs there is no timer and no work.
@@ -35,16 +36,20 @@ import importlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anywidget
 import ipywidgets as widgets
+import traitlets
 
 from ..output import _report_internal_error
-from ..tasks import UNSUCCESSFUL, TaskState
+from ..tasks import ACTIVE, UNSUCCESSFUL, TaskState
 from .render import summarize, summary_html, table_html, text_table
 from .throttle import CallLater, Throttle
 from .totals import RunningTotals
-from .timeline import TimelineCache, render_svg, timeline_geometry
+from ..views import STATE_STYLE
+from .timeline import LABELLED_LANES, timeline_names, timeline_rows
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
@@ -55,14 +60,18 @@ __all__ = (
     "MAX_SHARE",
     "MININTERVAL",
     "PAGE_SIZE",
+    "SETTLE",
     "TICK_INTERVAL",
     "TIMELINE_INTERVAL",
     "Dashboard",
+    "TimelineView",
     "open_dashboard",
 )
 
 #: Least seconds between two refreshes of a dashboard.
 MININTERVAL = 0.5
+#: Seconds from the first change after a quiet spell to the refresh that shows it.
+SETTLE = 0.1
 #: Seconds between two refreshes while tasks run and nothing else changes.
 TICK_INTERVAL = 1.0
 #: Least seconds between two redraws of the timeline (its SVG is the largest message).
@@ -78,7 +87,7 @@ REPR_ROWS = 50
 #: What the ``show`` dropdown offers: the states each choice keeps (``None``: all).
 FILTERS: dict[str, frozenset[TaskState] | None] = {
     "all": None,
-    "active": frozenset({TaskState.PENDING, TaskState.RUNNING}),
+    "active": ACTIVE,
     "unsuccessful": frozenset(UNSUCCESSFUL),
     **{str(state): frozenset({state}) for state in TaskState},
 }
@@ -100,6 +109,28 @@ def open_dashboard(
     return Dashboard(scheduler, registry, **options)
 
 
+class TimelineView(anywidget.AnyWidget):
+    """The dashboard's timeline, laid out and drawn in the browser (``timeline.js``).
+
+    The kernel sends numbers (:func:`~ipytasks.overview.timeline.timeline_rows`), not
+    SVG: a redraw of 1,000 tasks costs it a fraction of a millisecond, and the layout
+    is the one of the timeline files (one lane per task up to ``labelled`` tasks, else
+    packed), drawn by the front end.
+    """
+
+    _esm = Path(__file__).with_name("timeline.js")
+    #: One ``name<TAB>mode`` line per task, in submission order.
+    names = traitlets.Unicode("").tag(sync=True)
+    #: Four float64 columns: submitted, started, ended (epoch seconds, NaN: not yet), state.
+    rows = traitlets.Bytes(b"").tag(sync=True)
+    #: The run's time zero and the time running bars reach, in epoch seconds.
+    t0 = traitlets.Float(0.0).tag(sync=True)
+    now = traitlets.Float(0.0).tag(sync=True)
+    #: Per state number: its name, icon and colour.
+    states = traitlets.List([[str(s), *STATE_STYLE[s]] for s in TaskState]).tag(sync=True)
+    labelled = traitlets.Int(LABELLED_LANES).tag(sync=True)
+
+
 class _OutputView:
     """Attached to the selected task's ``TaskOutput``: new output asks for a refresh."""
 
@@ -114,7 +145,7 @@ class Dashboard(widgets.VBox):
     """A live view of every task: see the module docstring for the parts.
 
     :param scheduler: the :class:`~ipytasks.scheduler.Scheduler` whose changes to follow
-        (``subscribe``/``unsubscribe``, ``cancel``, ``loop``).
+        (``subscribe``/``unsubscribe``, ``cancel``, ``loop``, ``on_loop_thread``).
     :param registry: the records to show, name → latest record (default ``scheduler.tasks``).
     :param page_size: rows per page of the table.
     :param mininterval: least seconds between two refreshes.
@@ -145,7 +176,7 @@ class Dashboard(widgets.VBox):
     ) -> None:
         Layout = widgets.Layout
         self.summary = widgets.HTML()
-        self.timeline = widgets.HTML(layout=Layout(overflow="auto", max_height="400px"))
+        self.timeline = TimelineView()
         self.table = widgets.HTML(layout=Layout(overflow="auto"))
         self.filter = widgets.Dropdown(options=list(FILTERS), value="all", description="show",
                                        layout=Layout(width="190px"))
@@ -181,7 +212,7 @@ class Dashboard(widgets.VBox):
         self._cost_clock = clock or time.thread_time
         self._timeline_at = -math.inf
         self._timeline_gap = timeline_interval
-        self._timeline_cache = TimelineCache()
+        self._timeline_names: tuple[int, Any] = (0, None)
         self._wall = wall or time.time
         self._loop = scheduler.loop
         if retry is _MISSING:
@@ -222,34 +253,31 @@ class Dashboard(widgets.VBox):
         self.retry_button.on_click(lambda _: self._post(self._retry_selected))
         self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
 
-        self._unfinished = {r for r in self._registry.values() if not r.state.ended}
         self._totals = RunningTotals(self._registry)
-        self._changed_records: dict[TaskRecord, None] = {}
+        self._feed = scheduler.subscribe(self._wake)
+        # What the last render showed, to tell when a refresh has nothing new to show.
+        self._seen: tuple[Any, ...] = ()
+        self._shown_counts: Mapping[TaskState, int] = {}
+        self._shown_running = False
         self._render()
-        scheduler.subscribe(self._on_change)
         self._on_loop(self._tick_if_running)
 
     # -- following the scheduler ------------------------------------------------------
 
-    def _on_change(self, record: TaskRecord) -> None:
-        """The scheduler's listener (on the loop): a task was submitted or changed state."""
+    def _wake(self, idle: bool) -> None:
+        """Called by the scheduler (on the loop) when tasks changed, or all have ended."""
         if self._closed:
             return
-        # Applied to the totals at the next refresh: a task reports three changes
-        # (submitted, running, ended), often all between two refreshes.
-        self._changed_records[record] = None
-        if record.state.ended:
-            self._unfinished.discard(record)
-            if not self._unfinished:
-                # The last task ended: show the final state now, not after the throttle's
-                # delay, so a `%wait` that returns finds it sent (a headless run saves the
-                # widget state it saw while that cell ran). In an empty context, so the
-                # kernel sends it as part of its latest request.
-                contextvars.Context().run(self._throttle.flush_now)
-                return
+        if idle:
+            # The last task ended: show the final state now, not after the throttle's
+            # delay, so a `%wait` that returns finds it sent (a headless run saves the
+            # widget state it saw while that cell ran). In an empty context, so the
+            # kernel sends it as part of its latest request.
+            contextvars.Context().run(self._throttle.flush_now)
         else:
-            self._unfinished.add(record)
-        self._throttle.request()
+            # A short wait first, so that a burst (a cell submitting many tasks, a
+            # `--map`) is shown once it has settled rather than caught half-way.
+            self._throttle.request(SETTLE)
 
     def _changed(self) -> None:
         if not self._closed:
@@ -274,11 +302,19 @@ class Dashboard(widgets.VBox):
 
         Returns whether a task is running (then durations need ticking).
         """
-        for record in self._changed_records:
-            self._totals.update(record)
-        self._changed_records.clear()
+        # Several changes of a task between two refreshes are applied once.
+        changed = self._feed.take()
+        self._totals.update(changed)
         records = list(self._registry.values())
         now = self._wall()
+        watched = self._watched
+        seen = (self._page, self.filter.value, self._selected, self.output_button.value,
+                watched.version if watched is not None else None, len(records))
+        if not changed and not self._shown_running and seen == self._seen:
+            # Nothing moved since the last render (a refresh for a due timeline redraw).
+            self._render_timeline(records, now, self._shown_counts)
+            return False
+        self._seen = seen
         keep = FILTERS[self.filter.value]
         shown = records if keep is None else [r for r in records if r.state in keep]
         pages = max(1, math.ceil(len(shown) / self.page_size))
@@ -287,7 +323,7 @@ class Dashboard(widgets.VBox):
 
         summary = self._totals.summary(now)
         _assign(self.summary, value=summary_html(summary))
-        self._render_timeline(records, now)
+        self._render_timeline(records, now, summary.counts)
         _assign(self.table, value=table_html(visible, now=now, t0=self._totals.run_start(),
                                              selected=self._selected))
         if shown:
@@ -310,9 +346,12 @@ class Dashboard(widgets.VBox):
         _assign(self.retry_button,
                 disabled=self._retry is None or record is None or record.state not in UNSUCCESSFUL)
         self._render_output(record)
-        return TaskState.RUNNING in summary.counts
+        self._shown_counts = summary.counts
+        self._shown_running = TaskState.RUNNING in summary.counts
+        return self._shown_running
 
-    def _render_timeline(self, records: list[TaskRecord], now: float) -> None:
+    def _render_timeline(self, records: list[TaskRecord], now: float,
+                         counts: Mapping[TaskState, int]) -> None:
         """Redraw the timeline, at most every ``timeline_interval`` and no more than
         :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due)."""
         mono = self._clock()
@@ -322,9 +361,22 @@ class Dashboard(widgets.VBox):
             return
         self._timeline_at = mono
         cost = self._cost_clock()
-        cache = self._timeline_cache
-        geometry = timeline_geometry(records, now, cache=cache)
-        _assign(self.timeline, value=render_svg(geometry, cache=cache) if records else "")
+        view = self.timeline
+        if records:
+            # The names change only when tasks are added or a name is submitted again
+            # (which moves it to the end): then the count or the last record differs.
+            key = (len(records), records[-1])
+            names = view.names
+            if key != self._timeline_names:
+                self._timeline_names = key
+                names = timeline_names(records)
+            active = any(s in ACTIVE for s in counts)
+            # One message: the view draws names and rows together.
+            _assign(view, names=names, rows=timeline_rows(records),
+                    t0=self._totals.run_start() or now, now=now if active else view.now)
+        else:
+            self._timeline_names = (0, None)
+            _assign(view, names="", rows=b"")
         cost = self._cost_clock() - cost
         self._timeline_gap = max(self.timeline_interval, cost / MAX_SHARE)
 
@@ -465,7 +517,7 @@ class Dashboard(widgets.VBox):
         """Stop following the scheduler and close every widget of the dashboard."""
         if not getattr(self, "_closed", True):
             self._closed = True
-            self._scheduler.unsubscribe(self._on_change)
+            self._scheduler.unsubscribe(self._feed)
             on_loop = getattr(self._scheduler, "on_loop_thread", None)
             if on_loop is not None and on_loop():
                 self._throttle.close()

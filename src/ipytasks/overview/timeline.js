@@ -1,0 +1,264 @@
+// The dashboard's live timeline, drawn in the browser (an anywidget view).
+//
+// The kernel sends numbers, not markup (see TimelineView in widgets.py): `names`, one
+// "name\tmode" line per task in submission order; `rows`, float64 little-endian in four
+// columns of n values (submitted, started, ended as epoch seconds, NaN when not yet;
+// then the state's index in `states`); `t0` and `now` in epoch seconds. The layout is
+// that of the SVG files ipytasks writes (timeline.py): up to `labelled` tasks one lane
+// each, labelled, with a dashed line for their wait; beyond, packed first fit by start
+// time into as few lanes as hold them; idle stretches shaded; every bar names its task
+// when hovered.
+
+const WIDTH = 760;
+const MAX_HEIGHT = 360;
+const IDLE_FILL = "#eaeef2";
+const GRID = "#d0d7de";
+const TEXT = "#57606a";
+
+function esc(text) {
+  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+function seconds(v) {
+  if (v < 1) return v > 0 ? `${v.toFixed(2)} s` : "0.00 s";
+  if (v < 60) return `${v.toFixed(1)} s`;
+  if (v < 3600) {
+    const r = Math.round(v);
+    return `${Math.floor(r / 60)} min ${String(r % 60).padStart(2, "0")} s`;
+  }
+  const r = Math.round(v);
+  return `${Math.floor(r / 3600)} h ${String(Math.floor((r % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+function offset(v) {
+  if (v < 60) return v > 0 ? `+${v.toFixed(2)} s` : "+0.00 s";
+  return `+${seconds(v)}`;
+}
+
+function num(v) {
+  return String(Math.round(v * 10) / 10);
+}
+
+// A binary heap of numbers or [key, value] pairs, smallest first.
+class Heap {
+  constructor(less) { this.items = []; this.less = less; }
+  get size() { return this.items.length; }
+  peek() { return this.items[0]; }
+  push(item) {
+    const a = this.items;
+    a.push(item);
+    let i = a.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!this.less(a[i], a[p])) break;
+      [a[i], a[p]] = [a[p], a[i]];
+      i = p;
+    }
+  }
+  pop() {
+    const a = this.items;
+    const top = a[0];
+    const last = a.pop();
+    if (a.length) {
+      a[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1, r = l + 1;
+        let m = i;
+        if (l < a.length && this.less(a[l], a[m])) m = l;
+        if (r < a.length && this.less(a[r], a[m])) m = r;
+        if (m === i) break;
+        [a[i], a[m]] = [a[m], a[i]];
+        i = m;
+      }
+    }
+    return top;
+  }
+}
+
+function ticks(span) {
+  const raw = span / 6;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
+  const out = [];
+  for (let i = 0; i <= Math.floor(span / step + 1e-9); i++) out.push(i * step);
+  return [out, step];
+}
+
+function tickLabel(value, step) {
+  if (step >= 60) return `${+(value / 60).toFixed(6)} min`;
+  const digits = step < 1 ? Math.max(0, -Math.floor(Math.log10(step))) : 0;
+  return `${value.toFixed(digits)} s`;
+}
+
+function title(task, states) {
+  const [state, , ] = states[task.code];
+  const head = `${task.name}: ${state}`;
+  const running = state === "running";
+  if (Number.isNaN(task.start)) {
+    if (!Number.isNaN(task.ended)) {
+      return `${head}\nnever ran (submitted ${offset(task.sub)}, ended ${offset(task.ended)})`;
+    }
+    return `${head}\nwaiting since ${offset(task.sub)}`;
+  }
+  if (running) {
+    return `${head} (${task.mode})\nstarted ${offset(task.start)}, running for ${seconds(task.end - task.start)}`;
+  }
+  return `${head} (${task.mode})\n${offset(task.start)} to ${offset(task.end)} (${seconds(task.end - task.start)})`;
+}
+
+// Everything the view draws, from the model's numbers.
+export function layout(names, rows, t0, now, states, labelled) {
+  const lines = names ? names.split("\n") : [];
+  const n = lines.length;
+  if (!n || rows.byteLength < 32 * n) return null;
+  const at = (i) => rows.getFloat64(8 * i, true);
+  const tasks = [];
+  let allEnded = true;
+  let last = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const [name, mode] = lines[i].split("\t");
+    const ended = at(2 * n + i) - t0;
+    const end = Number.isNaN(ended) ? now - t0 : ended;
+    if (Number.isNaN(ended)) allEnded = false;
+    last = Math.max(last, end);
+    tasks.push({
+      i, name, mode: mode || "", sub: at(i) - t0, start: at(n + i) - t0, ended, end,
+      code: at(3 * n + i) | 0, lane: i,
+    });
+  }
+  const span = Math.max(allEnded ? last : Math.max(last, now - t0), 1e-3);
+  const packed = n > labelled;
+  let lanes = n;
+  let bars = tasks;
+  let omitted = 0;
+  if (packed) {
+    // First fit by start time: a lane is free again once its last task ended.
+    bars = tasks.filter((t) => !Number.isNaN(t.start)).sort((a, b) => a.start - b.start || a.i - b.i);
+    omitted = n - bars.length;
+    const free = new Heap((a, b) => a < b);
+    const busy = new Heap((a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]));
+    lanes = 0;
+    for (const bar of bars) {
+      while (busy.size && busy.peek()[0] <= bar.start) free.push(busy.pop()[1]);
+      bar.lane = free.size ? free.pop() : lanes++;
+      busy.push([bar.end, bar.lane]);
+    }
+  }
+  // Idle: stretches between the first start and the last end where no task ran.
+  const spans = bars.filter((t) => !Number.isNaN(t.start)).map((t) => [t.start, t.end]);
+  if (!packed) spans.sort((a, b) => a[0] - b[0]);
+  const idle = [];
+  if (spans.length) {
+    let reach = spans[0][1];
+    for (const [start, end] of spans.slice(1)) {
+      if (start > reach + span * 0.002) idle.push([reach, start]);
+      reach = Math.max(reach, end);
+    }
+  }
+  const running = tasks.some((t) => states[t.code][0] === "running");
+  return { tasks, bars, lanes, packed, omitted, span, idle, running, now: now - t0 };
+}
+
+export function svg(model) {
+  const states = model.get("states");
+  const rows = model.get("rows");
+  const view = rows && layout(model.get("names"), rows, model.get("t0"), model.get("now"),
+                              states, model.get("labelled"));
+  if (!view) return "";
+  const { bars, packed, omitted, span, idle, running } = view;
+  const lanes = Math.max(view.lanes, 1);
+  let labelW, rowH;
+  if (packed) {
+    labelW = 8;
+    rowH = Math.min(16, Math.max(MAX_HEIGHT / lanes, 0.5));
+  } else {
+    const longest = Math.max(4, ...view.tasks.map((t) => t.name.length));
+    labelW = Math.min(8 + 7 * (Math.min(longest, 24) + 2), 200);
+    rowH = 16;
+  }
+  const top = 4;
+  const plotH = lanes * rowH;
+  const height = top + plotH + 22 + (packed && omitted ? 14 : 0);
+  const plotW = WIDTH - labelW - 20;
+  const scale = plotW / span;
+  const x = (t) => labelW + Math.min(Math.max(t, 0), span) * scale;
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${WIDTH} ${num(height)}" ` +
+    `width="${WIDTH}" height="${num(height)}" style="max-width:100%;height:auto" ` +
+    `font-family="sans-serif" font-size="11" role="img" aria-label="timeline of ${bars.length} tasks">`,
+  ];
+  for (const [a, b] of idle) {
+    out.push(`<rect x="${num(x(a))}" y="${top}" width="${num((b - a) * scale)}" height="${num(plotH)}" ` +
+             `fill="${IDLE_FILL}"><title>idle ${seconds(b - a)} (${offset(a)} to ${offset(b)})</title></rect>`);
+  }
+  const barH = Math.max(rowH * 0.7, 0.5);
+  for (const bar of bars) {
+    if (Number.isNaN(bar.start)) continue;
+    const [, , colour] = states[bar.code];
+    const x0 = x(bar.start);
+    const w = Math.max(x(bar.end) - x0, 1);
+    const y = top + bar.lane * rowH + (rowH - barH) / 2;
+    out.push(`<rect class="ipytasks-bar" x="${x0.toFixed(2)}" y="${y.toFixed(2)}" width="${w.toFixed(2)}" ` +
+             `height="${barH.toFixed(2)}" fill="${colour}"><title>${esc(title(bar, states))}</title></rect>`);
+  }
+  const [marks, step] = ticks(span);
+  for (const tick of marks) {
+    const tx = num(x(tick));
+    out.push(`<line x1="${tx}" x2="${tx}" y1="${top}" y2="${num(top + plotH + 3)}" stroke="${GRID}" stroke-width="0.5"/>` +
+             `<text x="${tx}" y="${num(top + plotH + 15)}" text-anchor="middle" fill="${TEXT}">${tickLabel(tick, step)}</text>`);
+  }
+  if (running) {
+    const nx = num(x(view.now));
+    out.push(`<line x1="${nx}" x2="${nx}" y1="${top}" y2="${num(top + plotH)}" stroke="${TEXT}" ` +
+             `stroke-dasharray="2 2"><title>now</title></line>`);
+  }
+  if (!packed) {
+    for (const bar of bars) {
+      const [, icon, colour] = states[bar.code];
+      const text = esc(title(bar, states));
+      const ly = num(top + bar.lane * rowH + rowH / 2);
+      const until = Number.isNaN(bar.start) ? bar.end : bar.start;
+      if (until - bar.sub > 1e-6) {
+        out.push(`<line x1="${num(x(bar.sub))}" x2="${num(x(until))}" y1="${ly}" y2="${ly}" stroke="${colour}" ` +
+                 `stroke-width="1.5" stroke-dasharray="3 2"><title>${text}</title></line>`);
+      }
+      const name = bar.name.length <= 24 ? bar.name : `${bar.name.slice(0, 23)}…`;
+      out.push(`<text x="${labelW - 6}" y="${num(top + bar.lane * rowH + rowH * 0.72)}" text-anchor="end" ` +
+               `fill="${colour}">${icon} ${esc(name)}<title>${text}</title></text>`);
+    }
+  }
+  if (packed && omitted) {
+    out.push(`<text x="${WIDTH - 20}" y="${num(top + plotH + 31)}" text-anchor="end" fill="${TEXT}">` +
+             `+${omitted} not started</text>`);
+  }
+  out.push("</svg>");
+  return out.join("");
+}
+
+function render({ model, el }) {
+  const box = document.createElement("div");
+  box.className = "ipytasks-timeline";
+  box.style.overflow = "auto";
+  box.style.maxHeight = "400px";
+  el.appendChild(box);
+  // One redraw per frame, however many traits one update changed.
+  let queued = false;
+  const draw = () => {
+    queued = false;
+    box.innerHTML = svg(model);
+  };
+  const request = () => {
+    if (!queued) {
+      queued = true;
+      requestAnimationFrame(draw);
+    }
+  };
+  draw();
+  for (const name of ["names", "rows", "t0", "now"]) model.on(`change:${name}`, request);
+  return () => {
+    for (const name of ["names", "rows", "t0", "now"]) model.off(`change:${name}`, request);
+  };
+}
+
+export default { render };
