@@ -173,7 +173,7 @@ async def test_rows_show_every_column(board: Board) -> None:
     assert list(drawn) == ["load", "fit", "plot"]  # in submission order
     assert drawn["fit"] == ("running", T0, T0 + 2.5, None)
     assert drawn["load"][0] == "done" and drawn["plot"][0] == "pending"
-    assert dash.timeline.names.splitlines()[1] == "fit\tthread"
+    assert dash.timeline.modes == ["thread"]
     assert dash.page_label.get_state()["value"] == "1–3 of 3"
 
 
@@ -231,14 +231,27 @@ async def test_burst_of_1000_changes_sends_a_bounded_number_of_messages(board: B
     assert board.clock.pending == []
 
 
+async def test_a_packed_timeline_holds_the_tasks_that_started(board: Board) -> None:
+    """Past 40 tasks the timeline is packed: tasks that never started have no bar, so
+    only the started ones are sent, with the number of all tasks beside them."""
+    sched = board.sched
+    for i in range(45):
+        sched.add(record(f"s{i}", TaskState.DONE, 0, i, i + 0.5))
+    for i in range(5):
+        sched.add(record(f"w{i}", TaskState.PENDING, 0))
+    dash = board.open()
+    assert list(timeline(dash)) == [f"s{i}" for i in range(45)]
+    assert dash.timeline.total == 50
+
+
 async def test_only_changed_parts_are_sent(board: Board) -> None:
     """A change to a task on another page re-sends the summary and timeline, not the table."""
     sched = board.sched
-    records = [sched.add(record(f"t{i}", TaskState.DONE, 0, i, i + 0.5)) for i in range(30)]
+    records = [sched.add(record(f"t{i}", TaskState.DONE, 0, i, i + 0.5)) for i in range(29)]
+    last = sched.add(record("t29", TaskState.PENDING, 0))  # on page 3
     dash = board.open(page_size=10)
     board.at(100)
-    last = records[-1]  # on page 3
-    last.state = TaskState.FAILED
+    last.state, last.ended = TaskState.SKIPPED, T0 + 100
     with WidgetMessages(only=dash.all_widgets) as sent:
         sched.changed(last)
         board.at(101)
@@ -246,6 +259,7 @@ async def test_only_changed_parts_are_sent(board: Board) -> None:
     assert {model for model, _, _ in sent.sent} == changed
     keys = {model: keys for model, keys, _ in sent.sent}
     assert keys == {dash.summary.model_id: ("value",), dash.timeline.model_id: ("rows",)}
+    assert timeline(dash)["t29"] == ("skipped", T0, None, T0 + 100)
 
 
 # -- paging, filtering, picking --------------------------------------------------------
@@ -527,7 +541,7 @@ async def test_default_timer_runs_on_the_scheduler_loop_in_an_empty_context(shel
 
 async def test_last_task_ending_refreshes_at_once(board: Board) -> None:
     """When the last unfinished task ends, the dashboard shows it without waiting for the
-    throttle, so a `%wait` that returns finds the final state already sent."""
+    throttle, timeline included, so a `%wait` that returns finds the final state sent."""
     running = board.sched.add(record("a", TaskState.RUNNING, 0, 0))
     other = board.sched.add(record("b", TaskState.RUNNING, 0, 0))
     dash = board.open()
@@ -538,6 +552,7 @@ async def test_last_task_ending_refreshes_at_once(board: Board) -> None:
     running.state, running.ended = TaskState.DONE, T0 + 1.2
     board.sched.changed(running)  # no clock advance: the refresh must happen now
     assert "running" not in html(dash.summary) and "2 done" in html(dash.summary)
+    assert timeline(dash) == {"a": ("done", T0, T0, T0 + 1.2), "b": ("done", T0, T0, T0 + 1.1)}
 
 
 async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
@@ -546,13 +561,13 @@ async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
     while the summary keeps following every change."""
     from ipytasks.overview import widgets as dashboard_widgets
 
-    rows = dashboard_widgets.timeline_rows
+    rows = dashboard_widgets.LiveRows.rows
 
     def slow_rows(*args: Any, **kwargs: Any) -> bytes:
         board.clock.now += 0.1  # the virtual clock also measures what refreshes cost
         return rows(*args, **kwargs)
 
-    monkeypatch.setattr(dashboard_widgets, "timeline_rows", slow_rows)
+    monkeypatch.setattr(dashboard_widgets.LiveRows, "rows", slow_rows)
     sched = board.sched
     sched.add(record("a", TaskState.DONE, 0, 0, 1))
     dash = board.open()

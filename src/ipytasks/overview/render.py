@@ -165,18 +165,38 @@ def table_html(
     now: float | None = None,
     t0: float | None = None,
     selected: str | None = None,
+    cache: dict[TaskRecord, tuple[float, bool, str]] | None = None,
 ) -> str:
     """An HTML table with one row per record (all of them: page before calling).
 
     :param t0: the time ``started`` counts from (default: the first submission of ``records``).
     :param selected: the name of a task to highlight.
+    :param cache: the rows of ended tasks from the last call (a live dashboard's), which
+        do not change any more; it is left holding this call's.
     """
     records = records_of(records)
     now = time.time() if now is None else now
     if t0 is None:
         t0 = run_start(records) or now
     head = "".join(f'<th style="{_CELL};border-bottom:1px solid #d0d7de">{c}</th>' for c in COLUMNS)
-    rows = "".join(_row(r, t0, now, r.name == selected) for r in records)
+    if cache is None:
+        rows = "".join(_row(r, t0, now, r.name == selected) for r in records)
+    else:
+        kept: dict[TaskRecord, tuple[float, bool, str]] = {}
+        parts = []
+        for r in records:
+            chosen = r.name == selected
+            hit = cache.get(r)
+            if hit is not None and hit[0] == t0 and hit[1] is chosen:
+                row = hit[2]
+            else:
+                row = _row(r, t0, now, chosen)
+            if r.ended is not None:
+                kept[r] = (t0, chosen, row)
+            parts.append(row)
+        cache.clear()
+        cache.update(kept)
+        rows = "".join(parts)
     return (
         '<table style="border-collapse:collapse;font-family:sans-serif;font-size:12px">'
         f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"

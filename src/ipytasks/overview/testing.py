@@ -147,14 +147,13 @@ def timeline_tasks(names: str, rows: bytes) -> dict[str, tuple[str, float, float
 
     lines = names.split("\n") if names else []
     n = len(lines)
-    values = struct.unpack(f"<{4 * n}d", rows) if n else ()
+    values = struct.unpack(f"<{5 * n}d", rows) if n else ()
     states = list(TaskState)
 
     def at(i: int) -> float | None:
         return None if math.isnan(values[i]) else values[i]
 
     return {
-        line.split("\t")[0]: (str(states[int(values[3 * n + i])]), values[i], at(n + i),
-                              at(2 * n + i))
+        line: (str(states[int(values[3 * n + i])]), values[i], at(n + i), at(2 * n + i))
         for i, line in enumerate(lines)
     }

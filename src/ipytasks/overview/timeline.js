@@ -1,9 +1,10 @@
 // The dashboard's live timeline, drawn in the browser (an anywidget view).
 //
 // The kernel sends numbers, not markup (see TimelineView in widgets.py): `names`, one
-// "name\tmode" line per task in submission order; `rows`, float64 little-endian in four
-// columns of n values (submitted, started, ended as epoch seconds, NaN when not yet;
-// then the state's index in `states`); `t0` and `now` in epoch seconds. The layout is
+// task name per line in submission order; `rows`, float64 little-endian in five columns
+// of n values (submitted, started, ended as epoch seconds, NaN when not yet; the state's
+// index in `states`; the mode's index in `modes`); `t0` and `now` in epoch seconds;
+// `total`, the number of tasks (past `labelled`, only those that started are sent). The layout is
 // that of the SVG files ipytasks writes (timeline.py): up to `labelled` tasks one lane
 // each, labelled, with a dashed line for their wait; beyond, packed first fit by start
 // time into as few lanes as hold them; idle stretches shaded; every bar names its task
@@ -108,34 +109,35 @@ function title(task, states) {
 }
 
 // Everything the view draws, from the model's numbers.
-export function layout(names, rows, t0, now, states, labelled) {
+export function layout(names, rows, modes, t0, now, states, labelled, total) {
   const lines = names ? names.split("\n") : [];
   const n = lines.length;
-  if (!n || rows.byteLength < 32 * n) return null;
+  if (!n || rows.byteLength < 40 * n) return null;
   const at = (i) => rows.getFloat64(8 * i, true);
   const tasks = [];
   let allEnded = true;
   let last = -Infinity;
   for (let i = 0; i < n; i++) {
-    const [name, mode] = lines[i].split("\t");
+    const name = lines[i];
+    const mode = modes[at(4 * n + i) | 0] || "";
     const ended = at(2 * n + i) - t0;
     const end = Number.isNaN(ended) ? now - t0 : ended;
     if (Number.isNaN(ended)) allEnded = false;
     last = Math.max(last, end);
     tasks.push({
-      i, name, mode: mode || "", sub: at(i) - t0, start: at(n + i) - t0, ended, end,
+      i, name, mode, sub: at(i) - t0, start: at(n + i) - t0, ended, end,
       code: at(3 * n + i) | 0, lane: i,
     });
   }
   const span = Math.max(allEnded ? last : Math.max(last, now - t0), 1e-3);
-  const packed = n > labelled;
+  const packed = Math.max(n, total) > labelled;
   let lanes = n;
   let bars = tasks;
   let omitted = 0;
   if (packed) {
     // First fit by start time: a lane is free again once its last task ended.
     bars = tasks.filter((t) => !Number.isNaN(t.start)).sort((a, b) => a.start - b.start || a.i - b.i);
-    omitted = n - bars.length;
+    omitted = Math.max(n, total) - bars.length;
     const free = new Heap((a, b) => a < b);
     const busy = new Heap((a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]));
     lanes = 0;
@@ -163,8 +165,9 @@ export function layout(names, rows, t0, now, states, labelled) {
 export function svg(model) {
   const states = model.get("states");
   const rows = model.get("rows");
-  const view = rows && layout(model.get("names"), rows, model.get("t0"), model.get("now"),
-                              states, model.get("labelled"));
+  const view = rows && layout(model.get("names"), rows, model.get("modes"), model.get("t0"),
+                              model.get("now"), states, model.get("labelled"),
+                              model.get("total"));
   if (!view) return "";
   const { bars, packed, omitted, span, idle, running } = view;
   const lanes = Math.max(view.lanes, 1);
@@ -236,6 +239,8 @@ export function svg(model) {
   return out.join("");
 }
 
+const TRAITS = ["names", "rows", "modes", "total", "t0", "now"];
+
 function render({ model, el }) {
   const box = document.createElement("div");
   box.className = "ipytasks-timeline";
@@ -255,9 +260,9 @@ function render({ model, el }) {
     }
   };
   draw();
-  for (const name of ["names", "rows", "t0", "now"]) model.on(`change:${name}`, request);
+  for (const name of TRAITS) model.on(`change:${name}`, request);
   return () => {
-    for (const name of ["names", "rows", "t0", "now"]) model.off(`change:${name}`, request);
+    for (const name of TRAITS) model.off(`change:${name}`, request);
   };
 }
 

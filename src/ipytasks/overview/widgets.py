@@ -49,7 +49,7 @@ from .render import summarize, summary_html, table_html, text_table
 from .throttle import CallLater, Throttle
 from .totals import RunningTotals
 from ..views import STATE_STYLE
-from .timeline import LABELLED_LANES, timeline_names, timeline_rows
+from .timeline import LABELLED_LANES, LiveRows
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
@@ -112,17 +112,23 @@ def open_dashboard(
 class TimelineView(anywidget.AnyWidget):
     """The dashboard's timeline, laid out and drawn in the browser (``timeline.js``).
 
-    The kernel sends numbers (:func:`~ipytasks.overview.timeline.timeline_rows`), not
+    The kernel sends numbers (:class:`~ipytasks.overview.timeline.LiveRows`), not
     SVG: a redraw of 1,000 tasks costs it a fraction of a millisecond, and the layout
     is the one of the timeline files (one lane per task up to ``labelled`` tasks, else
     packed), drawn by the front end.
     """
 
     _esm = Path(__file__).with_name("timeline.js")
-    #: One ``name<TAB>mode`` line per task, in submission order.
+    #: One task name per line, in submission order.
     names = traitlets.Unicode("").tag(sync=True)
-    #: Four float64 columns: submitted, started, ended (epoch seconds, NaN: not yet), state.
+    #: Five float64 columns: submitted, started, ended (epoch seconds, NaN: not yet),
+    #: state number, mode number.
     rows = traitlets.Bytes(b"").tag(sync=True)
+    #: Per mode number: the mode's name.
+    modes = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    #: How many tasks there are. Past ``labelled`` the timeline is packed and holds only
+    #: the tasks that started; the others are counted ("+k not started").
+    total = traitlets.Int(0).tag(sync=True)
     #: The run's time zero and the time running bars reach, in epoch seconds.
     t0 = traitlets.Float(0.0).tag(sync=True)
     now = traitlets.Float(0.0).tag(sync=True)
@@ -212,7 +218,9 @@ class Dashboard(widgets.VBox):
         self._cost_clock = clock or time.thread_time
         self._timeline_at = -math.inf
         self._timeline_gap = timeline_interval
-        self._timeline_names: tuple[int, Any] = (0, None)
+        self._timeline_cost_gap = 0.0
+        self._live = LiveRows()
+        self._table_rows: dict[TaskRecord, tuple[float, bool, str]] = {}
         self._wall = wall or time.time
         self._loop = scheduler.loop
         if retry is _MISSING:
@@ -325,7 +333,7 @@ class Dashboard(widgets.VBox):
         _assign(self.summary, value=summary_html(summary))
         self._render_timeline(records, now, summary.counts)
         _assign(self.table, value=table_html(visible, now=now, t0=self._totals.run_start(),
-                                             selected=self._selected))
+                                             selected=self._selected, cache=self._table_rows))
         if shown:
             first = page * self.page_size + 1
             label = f"{first}–{first + len(visible) - 1} of {len(shown)}"
@@ -353,32 +361,31 @@ class Dashboard(widgets.VBox):
     def _render_timeline(self, records: list[TaskRecord], now: float,
                          counts: Mapping[TaskState, int]) -> None:
         """Redraw the timeline, at most every ``timeline_interval`` and no more than
-        :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due)."""
+        :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due).
+
+        Once no task is pending or running only the second bound applies: the final
+        picture goes out with the final summary (a ``%wait`` that returns finds it sent).
+        """
+        active = any(s in ACTIVE for s in counts)
         mono = self._clock()
-        due = self._timeline_at + self._timeline_gap
+        due = self._timeline_at + (self._timeline_gap if active else self._timeline_cost_gap)
         if mono < due:
             self._throttle.request(due - mono)
             return
         self._timeline_at = mono
         cost = self._cost_clock()
         view = self.timeline
-        if records:
-            # The names change only when tasks are added or a name is submitted again
-            # (which moves it to the end): then the count or the last record differs.
-            key = (len(records), records[-1])
-            names = view.names
-            if key != self._timeline_names:
-                self._timeline_names = key
-                names = timeline_names(records)
-            active = any(s in ACTIVE for s in counts)
-            # One message: the view draws names and rows together.
-            _assign(view, names=names, rows=timeline_rows(records),
-                    t0=self._totals.run_start() or now, now=now if active else view.now)
-        else:
-            self._timeline_names = (0, None)
-            _assign(view, names="", rows=b"")
-        cost = self._cost_clock() - cost
-        self._timeline_gap = max(self.timeline_interval, cost / MAX_SHARE)
+        live = self._live
+        if len(records) > LABELLED_LANES:
+            # Packed: a task that never started has no bar, only a count.
+            records = [r for r in records if r.started is not None]
+        rows = live.rows(records)
+        # One message: the view draws names and rows together.
+        _assign(view, names=live.names(records), rows=rows, modes=list(live.modes),
+                total=len(self._registry), t0=self._totals.run_start() or now,
+                now=now if active else view.now)
+        self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
+        self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
 
     def _set_task_options(self, names: tuple[str, ...], value: str | None) -> None:
         if tuple(self.task.options) == names and self.task.value == value:
