@@ -72,9 +72,13 @@ class _Job:
             finally:
                 # After this block no stop can be injected, and one injected but not
                 # yet delivered is withdrawn, so it cannot hit the pool's own code.
+                # Only when a stop was asked for: withdrawing leaves CPython's
+                # "asynchronous exception pending" flag raised, which slows every
+                # thread down afterwards (and can stall thread start under a profiler).
                 with self._lock:
                     try:
-                        _set_async_exc(threading.get_ident(), None)
+                        if self._stop_requested:
+                            _set_async_exc(threading.get_ident(), None)
                     finally:
                         self._ident = None
         finally:
@@ -101,6 +105,7 @@ class _ThreadPool:
 
     def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[tuple[bool, Any]]:
         future: concurrent.futures.Future[tuple[bool, Any]] = concurrent.futures.Future()
+        thread = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("the thread pool is closed")
@@ -112,7 +117,10 @@ class _ThreadPool:
                     target=self._work, name=f"ipytasks-thread-{len(self._threads)}", daemon=True
                 )
                 self._threads.append(thread)
-                thread.start()
+        if thread is not None:
+            # Outside the lock: start() waits for the new thread to run, and a worker
+            # that just finished a body needs the lock to say it is idle.
+            thread.start()
         return future
 
     def _work(self) -> None:
