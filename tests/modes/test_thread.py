@@ -1,16 +1,24 @@
-"""Thread mode (DESIGN §5.2) and the interpreter it shares with the kernel.
+"""Thread mode (DESIGN §5.2): handing outcomes back to the loop, and the interpreter
+it shares with the kernel.
 
 Cancelling and timing out thread bodies is tested with the scheduler
-(``tests/test_scheduler.py``); here, what running thread bodies must not do to
-the rest of the kernel. Each check runs in a fresh interpreter (a subprocess), as
-what it guards against is state of the interpreter itself.
+(``tests/test_scheduler.py``); here, how outcomes come back, and what running thread
+bodies must not do to the rest of the kernel (checked in a fresh interpreter, a
+subprocess, as what it guards against is state of the interpreter itself).
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
+from typing import Any
+
+import pytest
+
+from ipytasks.modes._thread import _Handback
 
 AFTER_THREAD_TASKS_UNDER_A_PROFILER = textwrap.dedent(
     """
@@ -49,3 +57,39 @@ def test_thread_tasks_leave_no_pending_stop_behind() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_outcomes_that_arrive_together_wake_the_loop_once(anyio_backend: str) -> None:
+    """50 bodies ending while the loop is busy cost it one wake-up, not 50; a future
+    cancelled meanwhile is left alone."""
+    loop = asyncio.get_running_loop()
+    handback = _Handback(loop)
+    futures = [loop.create_future() for _ in range(50)]
+    futures[7].cancel()
+    wakeups = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakeups
+        wakeups += 1
+        return original(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        worker = threading.Thread(
+            target=lambda: [handback.put(f, (True, i)) for i, f in enumerate(futures)]
+        )
+        worker.start()
+        worker.join()  # the loop is busy (here) while every outcome arrives
+        assert wakeups == 1
+        await asyncio.sleep(0)
+        assert [f.result() for i, f in enumerate(futures) if i != 7] == [
+            (True, i) for i in range(50) if i != 7
+        ]
+        assert futures[7].cancelled()
+        handback.put(loop.create_future(), (True, None))  # the next one wakes it again
+        assert wakeups == 2
+    finally:
+        del loop.call_soon_threadsafe

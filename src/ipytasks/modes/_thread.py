@@ -10,9 +10,9 @@ instruction; a C call that blocks (``time.sleep``, a socket read) finishes first
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import ctypes
+import functools
 import queue
 import threading
 from typing import TYPE_CHECKING, Any
@@ -56,7 +56,9 @@ class _Job:
         self.cell = cell
         self.namespace = namespace
         self.context = contextvars.copy_context()
-        self.finished = threading.Event()
+        #: Set by the worker thread when the body has returned or raised (a plain flag:
+        #: only read, later, by the stuck notice).
+        self.finished = False
         self._lock = threading.Lock()
         self._ident: int | None = None
         self._stop_requested = False
@@ -82,7 +84,7 @@ class _Job:
                     finally:
                         self._ident = None
         finally:
-            self.finished.set()
+            self.finished = True
 
     def stop(self) -> None:
         """Ask the body to stop at its next Python instruction."""
@@ -103,13 +105,14 @@ class _ThreadPool:
         self._idle = 0
         self._closed = False
 
-    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[tuple[bool, Any]]:
-        future: concurrent.futures.Future[tuple[bool, Any]] = concurrent.futures.Future()
+    def submit(self, fn: Callable[[], Any], done: Callable[[tuple[bool, Any]], None]) -> None:
+        """Run ``fn()`` in a pool thread, then ``done((True, value))`` or ``done((False,
+        error))`` in that thread."""
         thread = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("the thread pool is closed")
-            self._queue.put((future, fn))
+            self._queue.put((fn, done))
             if self._idle > 0:
                 self._idle -= 1
             elif len(self._threads) < self.max_workers:
@@ -121,24 +124,22 @@ class _ThreadPool:
             # Outside the lock: start() waits for the new thread to run, and a worker
             # that just finished a body needs the lock to say it is idle.
             thread.start()
-        return future
 
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            future, fn = item
-            if future.set_running_or_notify_cancel():
-                # Outcomes travel as values: a KeyboardInterrupt or SystemExit from a
-                # body must reach the scheduler as data, never be re-raised on the way.
-                try:
-                    outcome = (True, fn())
-                except BaseException as exc:  # noqa: BLE001
-                    outcome = (False, exc)
-                    del exc
-                future.set_result(outcome)
-                del future, fn, item, outcome
+            fn, done = item
+            # Outcomes travel as values: a KeyboardInterrupt or SystemExit from a
+            # body must reach the scheduler as data, never be re-raised on the way.
+            try:
+                outcome = (True, fn())
+            except BaseException as exc:  # noqa: BLE001
+                outcome = (False, exc)
+                del exc
+            done(outcome)
+            del fn, done, item, outcome
             with self._lock:
                 self._idle += 1
 
@@ -150,6 +151,37 @@ class _ThreadPool:
             self._threads.clear()
 
 
+class _Handback:
+    """Brings outcomes from pool threads to the loop: one wake-up of the loop for all
+    the outcomes that arrive before it runs, not one per body."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[Any], tuple[bool, Any]]] = []
+        self._woken = False
+
+    def put(self, future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+        """From a pool thread: ``future`` gets ``outcome`` on the loop."""
+        with self._lock:
+            self._ready.append((future, outcome))
+            if self._woken:
+                return
+            self._woken = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, context=contextvars.Context())
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _deliver(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._woken = False
+        for future, outcome in ready:
+            if not future.done():  # not cancelled meanwhile
+                future.set_result(outcome)
+
+
 class ThreadMode(Mode):
     """Run a synchronous cell in a worker thread, in the notebook's namespace."""
 
@@ -158,16 +190,21 @@ class ThreadMode(Mode):
     def __init__(self, shell: Any, max_threads: int = DEFAULT_MAX_THREADS) -> None:
         super().__init__(shell)
         self._pool = _ThreadPool(max_threads)
+        self._handback: _Handback | None = None
 
     async def run(self, task: TaskRecord) -> Any:
         assert task.cell is not None
+        loop = asyncio.get_running_loop()
+        handback = self._handback
+        if handback is None or handback.loop is not loop:
+            handback = self._handback = _Handback(loop)
         job = _Job(task.cell, self.shell.user_ns)
-        future = self._pool.submit(job)
+        future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+        self._pool.submit(job, functools.partial(handback.put, future))
         try:
-            ok, value = await asyncio.wrap_future(future)
+            ok, value = await future
         except asyncio.CancelledError:
             job.stop()
-            loop = asyncio.get_running_loop()
             loop.call_later(STUCK_NOTICE_DELAY, self._notice_if_stuck, job, task)
             raise
         if ok:
@@ -179,7 +216,7 @@ class ThreadMode(Mode):
 
     @staticmethod
     def _notice_if_stuck(job: _Job, task: TaskRecord) -> None:
-        if not job.finished.is_set() and task.sink is not None:
+        if not job.finished and task.sink is not None:
             task.sink.write("stderr", STUCK_NOTICE.format(name=task.name))
 
     def close(self) -> None:
