@@ -660,13 +660,7 @@ class Scheduler:
     def _changed(self, record: TaskRecord) -> None:
         """Tell the feeds and the task's views; keep running ones ticking."""
         for feed in self._feeds:
-            # ChangeFeed.add, inlined: this runs for every change of every task.
-            records = feed._records
-            if records:
-                records[record] = None
-            else:
-                records[record] = None
-                feed._call(False)
+            feed.add(record)
         sink = record.sink
         if sink is None or not sink.views:
             return

@@ -4,11 +4,11 @@
 // task name per line in submission order; `rows`, float64 little-endian in five columns
 // of n values (submitted, started, ended as epoch seconds, NaN when not yet; the state's
 // index in `states`; the mode's index in `modes`); `t0` and `now` in epoch seconds;
-// `total`, the number of tasks (past `labelled`, only those that started are sent). The layout is
-// that of the SVG files ipytasks writes (timeline.py): up to `labelled` tasks one lane
-// each, labelled, with a dashed line for their wait; beyond, packed first fit by start
-// time into as few lanes as hold them; idle stretches shaded; every bar names its task
-// when hovered.
+// `total`, the number of tasks (past `labelled`, only those that started are sent).
+// The layout is that of the SVG files ipytasks writes (timeline.py): up to `labelled`
+// tasks one lane each, labelled, with a dashed line for their wait; beyond, packed first
+// fit by start time into as few lanes as hold them; idle stretches shaded; every bar
+// names its task when hovered.
 
 const WIDTH = 760;
 const MAX_HEIGHT = 360;
@@ -102,10 +102,11 @@ function title(task, states) {
     }
     return `${head}\nwaiting since ${offset(task.sub)}`;
   }
+  const took = seconds(task.end - task.start);
   if (running) {
-    return `${head} (${task.mode})\nstarted ${offset(task.start)}, running for ${seconds(task.end - task.start)}`;
+    return `${head} (${task.mode})\nstarted ${offset(task.start)}, running for ${took}`;
   }
-  return `${head} (${task.mode})\n${offset(task.start)} to ${offset(task.end)} (${seconds(task.end - task.start)})`;
+  return `${head} (${task.mode})\n${offset(task.start)} to ${offset(task.end)} (${took})`;
 }
 
 // Everything the view draws, from the model's numbers.
@@ -136,7 +137,8 @@ export function layout(names, rows, modes, t0, now, states, labelled, total) {
   let omitted = 0;
   if (packed) {
     // First fit by start time: a lane is free again once its last task ended.
-    bars = tasks.filter((t) => !Number.isNaN(t.start)).sort((a, b) => a.start - b.start || a.i - b.i);
+    bars = tasks.filter((t) => !Number.isNaN(t.start));
+    bars.sort((a, b) => a.start - b.start || a.i - b.i);
     omitted = Math.max(n, total) - bars.length;
     const free = new Heap((a, b) => a < b);
     const busy = new Heap((a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]));
@@ -189,11 +191,13 @@ export function svg(model) {
   const out = [
     `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${WIDTH} ${num(height)}" ` +
     `width="${WIDTH}" height="${num(height)}" style="max-width:100%;height:auto" ` +
-    `font-family="sans-serif" font-size="11" role="img" aria-label="timeline of ${bars.length} tasks">`,
+    `font-family="sans-serif" font-size="11" role="img" ` +
+    `aria-label="timeline of ${bars.length} tasks">`,
   ];
   for (const [a, b] of idle) {
-    out.push(`<rect x="${num(x(a))}" y="${top}" width="${num((b - a) * scale)}" height="${num(plotH)}" ` +
-             `fill="${IDLE_FILL}"><title>idle ${seconds(b - a)} (${offset(a)} to ${offset(b)})</title></rect>`);
+    const what = `idle ${seconds(b - a)} (${offset(a)} to ${offset(b)})`;
+    out.push(`<rect x="${num(x(a))}" y="${top}" width="${num((b - a) * scale)}" ` +
+             `height="${num(plotH)}" fill="${IDLE_FILL}"><title>${what}</title></rect>`);
   }
   const barH = Math.max(rowH * 0.7, 0.5);
   for (const bar of bars) {
@@ -202,14 +206,17 @@ export function svg(model) {
     const x0 = x(bar.start);
     const w = Math.max(x(bar.end) - x0, 1);
     const y = top + bar.lane * rowH + (rowH - barH) / 2;
-    out.push(`<rect class="ipytasks-bar" x="${x0.toFixed(2)}" y="${y.toFixed(2)}" width="${w.toFixed(2)}" ` +
-             `height="${barH.toFixed(2)}" fill="${colour}"><title>${esc(title(bar, states))}</title></rect>`);
+    out.push(`<rect class="ipytasks-bar" x="${x0.toFixed(2)}" y="${y.toFixed(2)}" ` +
+             `width="${w.toFixed(2)}" height="${barH.toFixed(2)}" fill="${colour}">` +
+             `<title>${esc(title(bar, states))}</title></rect>`);
   }
   const [marks, step] = ticks(span);
   for (const tick of marks) {
     const tx = num(x(tick));
-    out.push(`<line x1="${tx}" x2="${tx}" y1="${top}" y2="${num(top + plotH + 3)}" stroke="${GRID}" stroke-width="0.5"/>` +
-             `<text x="${tx}" y="${num(top + plotH + 15)}" text-anchor="middle" fill="${TEXT}">${tickLabel(tick, step)}</text>`);
+    out.push(`<line x1="${tx}" x2="${tx}" y1="${top}" y2="${num(top + plotH + 3)}" ` +
+             `stroke="${GRID}" stroke-width="0.5"/>` +
+             `<text x="${tx}" y="${num(top + plotH + 15)}" text-anchor="middle" ` +
+             `fill="${TEXT}">${tickLabel(tick, step)}</text>`);
   }
   if (running) {
     const nx = num(x(view.now));
@@ -223,16 +230,19 @@ export function svg(model) {
       const ly = num(top + bar.lane * rowH + rowH / 2);
       const until = Number.isNaN(bar.start) ? bar.end : bar.start;
       if (until - bar.sub > 1e-6) {
-        out.push(`<line x1="${num(x(bar.sub))}" x2="${num(x(until))}" y1="${ly}" y2="${ly}" stroke="${colour}" ` +
+        out.push(`<line x1="${num(x(bar.sub))}" x2="${num(x(until))}" y1="${ly}" y2="${ly}" ` +
+                 `stroke="${colour}" ` +
                  `stroke-width="1.5" stroke-dasharray="3 2"><title>${text}</title></line>`);
       }
       const name = bar.name.length <= 24 ? bar.name : `${bar.name.slice(0, 23)}…`;
-      out.push(`<text x="${labelW - 6}" y="${num(top + bar.lane * rowH + rowH * 0.72)}" text-anchor="end" ` +
+      const ty = num(top + bar.lane * rowH + rowH * 0.72);
+      out.push(`<text x="${labelW - 6}" y="${ty}" text-anchor="end" ` +
                `fill="${colour}">${icon} ${esc(name)}<title>${text}</title></text>`);
     }
   }
   if (packed && omitted) {
-    out.push(`<text x="${WIDTH - 20}" y="${num(top + plotH + 31)}" text-anchor="end" fill="${TEXT}">` +
+    out.push(`<text x="${WIDTH - 20}" y="${num(top + plotH + 31)}" text-anchor="end" ` +
+             `fill="${TEXT}">` +
              `+${omitted} not started</text>`);
   }
   out.push("</svg>");

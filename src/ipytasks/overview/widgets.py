@@ -3,7 +3,8 @@
 Layout, top to bottom::
 
     summary     12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
-    timeline     one SVG: a bar per task on one time axis, idle stretches shaded
+    timeline     a bar per task on one time axis, idle stretches shaded (TimelineView:
+                 drawn by the browser from numbers the kernel sends)
     [show ▾] ◀ 1–20 of 1000 ▶
     table        one HTML table: the tasks of the current page
     [task ▾] [Cancel] [Retry] [Output]
@@ -17,16 +18,18 @@ one message per changed row. Here a refresh sends at most one message per part
 that changed (summary, timeline, table, the page's task list), whatever the number
 of tasks, and only the page being looked at is rendered. Refreshes and timeline
 redraws also space out with their own cost (:data:`MAX_SHARE`), so a session of
-10,000 tasks is drawn less often rather than slowing the kernel down. Actions apply to the task
-picked in the ``task`` dropdown, which lists the tasks of the page.
+10,000 tasks is drawn less often rather than slowing the kernel down. Actions apply
+to the task picked in the ``task`` dropdown, which lists the tasks of the page.
 
 Updates: the scheduler puts every change in the dashboard's
 :class:`~ipytasks.scheduler.ChangeFeed` and wakes it when the feed was empty; the
 dashboard then only asks its :class:`~ipytasks.overview.throttle.Throttle` for a
-refresh, which takes what the feed holds. A refresh runs at most every ``mininterval`` seconds, re-renders from the
-records, and assigns only values that differ from what the widgets hold (traitlets
-sends nothing for an equal value). While a task runs, one timer ticks the durations
-every ``tick_interval``; when none runs there is no timer and no work.
+refresh, which takes what the feed holds. A refresh runs at most every
+``mininterval`` seconds (the first after a quiet spell :data:`SETTLE` seconds after
+the change), re-renders from the records, and assigns only values that differ from
+what the widgets hold (traitlets sends nothing for an equal value). While a task
+runs, one timer ticks the durations every ``tick_interval``; when none runs there is
+no timer and no work.
 """
 
 from __future__ import annotations
