@@ -9,7 +9,9 @@ with ``get_state()`` and messages to the front end are counted at ``Widget._send
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -415,7 +417,8 @@ async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board
 
 
 async def test_closed_dashboard_leaves_no_widget_behind(board: Board) -> None:
-    """close() closes every model the dashboard made (layouts and styles too)."""
+    """close() closes every model the dashboard made (layouts and styles too), and
+    leaves nothing behind that keeps them alive."""
     from ipywidgets.widgets.widget import _instances
 
     before = set(_instances)
@@ -424,6 +427,13 @@ async def test_closed_dashboard_leaves_no_widget_behind(board: Board) -> None:
     assert len(made) > 10
     dash.close()
     assert not (made & set(_instances))
+    # Nothing holds on to it once closed: its widgets (the timeline view and the data it
+    # was sent included) can be freed.
+    gone = [weakref.ref(dash), weakref.ref(dash.timeline), weakref.ref(dash.table)]
+    board.opened.remove(dash)
+    del dash
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
 
 
 async def test_repr_is_the_text_table(board: Board) -> None:

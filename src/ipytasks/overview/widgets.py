@@ -121,7 +121,9 @@ class TimelineView(anywidget.AnyWidget):
     packed), drawn by the front end.
     """
 
-    _esm = Path(__file__).with_name("timeline.js")
+    # The source itself, not its path: anywidget watches a path for changes by holding
+    # every view made from it, so no view could ever be freed.
+    _esm = Path(__file__).with_name("timeline.js").read_text(encoding="utf-8")
     #: One task name per line, in submission order.
     names = traitlets.Unicode("").tag(sync=True)
     #: Five float64 columns: submitted, started, ended (epoch seconds, NaN: not yet),
