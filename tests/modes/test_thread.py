@@ -32,6 +32,14 @@ AFTER_THREAD_TASKS_UNDER_A_PROFILER = textwrap.dedent(
                           loop=asyncio.get_running_loop())
         opts = TaskOptions(mode="thread", quiet=True)
         await sched.wait([sched.submit("x = 1", "first", opts)])
+        spin = sched.submit("while True:\\n    pass", "spin", opts)  # stopped while running
+        while spin.state != "running":
+            await asyncio.sleep(0.01)
+        sched.cancel([spin])
+        while not spin.state.ended:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # its thread has taken the stop back by now
+        assert spin.state == "cancelled", spin.state
         profile = cProfile.Profile()  # what %prun does
         profile.enable()
         records = [sched.submit(f"y{i} = {i}", f"t{i}", opts) for i in range(8)]
@@ -46,10 +54,10 @@ AFTER_THREAD_TASKS_UNDER_A_PROFILER = textwrap.dedent(
 
 
 def test_thread_tasks_leave_no_pending_stop_behind() -> None:
-    """A finished thread task leaves the interpreter as it found it: once a body ended,
-    its thread withdraws a stop only when one was asked for. (Withdrawing one every
-    time left CPython's "asynchronous exception pending" flag raised, which slowed
-    every thread, and made starting more pool threads under a profiler spin forever.)
+    """Finished and cancelled thread tasks leave the interpreter as they found it: a
+    stop is taken back only when one was sent, by receiving it rather than withdrawing
+    it. (Withdrawing left CPython's "asynchronous exception pending" flag raised, which
+    slowed every thread, and made starting pool threads under a profiler spin forever.)
     """
     done = subprocess.run(
         [sys.executable, "-c", AFTER_THREAD_TASKS_UNDER_A_PROFILER],

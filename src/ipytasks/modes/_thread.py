@@ -43,10 +43,33 @@ class BodyStopped(BaseException):
     """
 
 
+class _TakenBack(BaseException):
+    """Sent by a worker thread to itself, in place of a stop it may not have received."""
+
+
 def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
     )
+
+
+def _take_back_stop() -> None:
+    """Cancel a stop sent to this thread and not delivered yet, leaving nothing raised.
+
+    Withdrawing it with NULL would leave CPython's "asynchronous exception pending"
+    flag raised for good: every thread of the kernel would then stop at each check to
+    look for one (slower), and starting a thread while another is profiled (``%prun``)
+    spins forever. So the stop is replaced by :class:`_TakenBack` and received here,
+    which lowers the flag; CPython delivers it at the loop's first backward jump.
+    """
+    ident = threading.get_ident()
+    _set_async_exc(ident, _TakenBack)
+    try:
+        for _ in range(1000):
+            pass
+    except _TakenBack:
+        return
+    _set_async_exc(ident, None)  # not delivered (another interpreter): withdraw it at least
 
 
 class _Job:
@@ -73,14 +96,11 @@ class _Job:
                 return self.context.run(self.cell.run_sync, self.namespace)
             finally:
                 # After this block no stop can be injected, and one injected but not
-                # yet delivered is withdrawn, so it cannot hit the pool's own code.
-                # Only when a stop was asked for: withdrawing leaves CPython's
-                # "asynchronous exception pending" flag raised, which slows every
-                # thread down afterwards (and can stall thread start under a profiler).
+                # yet delivered is taken back, so it cannot hit the pool's own code.
                 with self._lock:
                     try:
                         if self._stop_requested:
-                            _set_async_exc(threading.get_ident(), None)
+                            _take_back_stop()
                     finally:
                         self._ident = None
         finally:
