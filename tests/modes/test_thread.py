@@ -3,8 +3,8 @@ it shares with the kernel.
 
 Cancelling and timing out thread bodies is tested with the scheduler
 (``tests/test_scheduler.py``); here, how outcomes come back, and what running thread
-bodies must not do to the rest of the kernel (checked in a fresh interpreter, a
-subprocess, as what it guards against is state of the interpreter itself).
+bodies must not do to the rest of the kernel (checked in a fresh interpreter, as what
+it guards against is state of the interpreter itself: a subprocess, and a real kernel).
 """
 
 from __future__ import annotations
@@ -101,3 +101,29 @@ async def test_outcomes_that_arrive_together_wake_the_loop_once(anyio_backend: s
         assert wakeups == 2
     finally:
         del loop.call_soon_threadsafe
+
+
+def test_a_profiled_kernel_still_starts_thread_tasks_after_a_cancel(fresh_kernel: Any) -> None:
+    """In a real kernel: a running thread task is cancelled, then the kernel's thread is
+    profiled (``%prun`` or ``cProfile`` by hand) while new thread tasks start. They run and
+    the kernel answers; before, the stop's withdrawal left the interpreter so that starting
+    a pool thread under the profiler spun forever."""
+    k = fresh_kernel
+    k.execute("%load_ext ipytasks\nimport ipytasks")
+    k.execute("%%parallel spin --thread\nimport time\nwhile True:\n    time.sleep(0.01)")
+    k.wait_until(lambda: "running" in k.execute("print(ipytasks.tasks['spin'].state)",
+                                                 timeout=10).stdout,
+                 what="the spinning thread task to run")
+    k.execute("%cancel spin")
+    k.wait_until(lambda: "cancelled" in k.execute("print(ipytasks.tasks['spin'].state)",
+                                                   timeout=10).stdout,
+                 what="the spinning thread task to end cancelled")
+    k.execute("import cProfile\n_profile = cProfile.Profile()\n_profile.enable()")
+    for i in range(6):
+        k.execute(f"%%parallel t{i} --thread --quiet\ny{i} = {i}")
+    k.execute("%wait", timeout=20)
+    out = k.execute(
+        "_profile.disable()\nprint(sorted(ipytasks.tasks[f't{i}'].state for i in range(6)))",
+        timeout=20,
+    )
+    assert out.stdout.strip() == str(["done"] * 6)

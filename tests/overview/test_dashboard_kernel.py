@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ipytasks.overview.testing import timeline_tasks
 from kernel_driver import Kernel
 
 OPEN = (
@@ -38,7 +39,16 @@ def _dashboard_widgets(kernel: Kernel, since: set[str]) -> dict[str, str]:
             parts["task"] = cid
         elif kind == "ButtonModel" and state.get("description") == "Cancel":
             parts["cancel"] = cid
+        elif kind == "AnyModel" and "rows" in state:
+            parts["timeline"] = cid
     return parts
+
+
+def _timeline(kernel: Kernel, cid: str) -> dict[str, str]:
+    """Task name → state, as the browser reads them from the timeline view's numbers."""
+    state = kernel.widget_states()[cid]["state"]
+    tasks = timeline_tasks(state.get("names", ""), bytes(state.get("rows", b"")))
+    return {name: entry[0] for name, entry in tasks.items()}
 
 
 def _value(kernel: Kernel, cid: str) -> Any:
@@ -50,7 +60,7 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
     before = set(kernel.widget_states())
     kernel.execute(OPEN.format(var="_dash1"))
     parts = _dashboard_widgets(kernel, before)
-    assert {"table", "summary", "task", "cancel"} <= set(parts), parts
+    assert {"table", "summary", "task", "cancel", "timeline"} <= set(parts), parts
     kernel.execute("%%parallel dash_ok\nimport asyncio\nawait asyncio.sleep(0.1)\nprint('hi')")
     kernel.execute("%%parallel dash_bad\nraise ValueError('nope')")
     kernel.execute("%%parallel dash_slow\nimport asyncio\nawait asyncio.sleep(60)")
@@ -61,6 +71,13 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
         ),
         what="the dashboard's table to show done, failed and running tasks",
     )
+    # The timeline view is sent numbers, not a picture: it names the tasks and their states.
+    kernel.wait_until(
+        lambda: {k: v for k, v in _timeline(kernel, parts["timeline"]).items()
+                 if k.startswith("dash_")}
+        == {"dash_ok": "done", "dash_bad": "failed", "dash_slow": "running"},
+        what="the timeline view to hold the three tasks in their states",
+    )
     summary = _value(kernel, parts["summary"])
     assert "✔ 1 done" in summary and "✖ 1 failed" in summary and "▶ 1 running" in summary
 
@@ -69,8 +86,9 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
                                        "state": {"index": labels.index("dash_slow")}})
     kernel.send_comm_msg(parts["cancel"], {"method": "custom", "content": {"event": "click"}})
     kernel.wait_until(
-        lambda: "⊘ cancelled" in _value(kernel, parts["table"]),
-        what="the cancelled task to show as cancelled",
+        lambda: "⊘ cancelled" in _value(kernel, parts["table"])
+        and _timeline(kernel, parts["timeline"]).get("dash_slow") == "cancelled",
+        what="the cancelled task to show as cancelled, in the table and the timeline",
     )
     out = kernel.execute("print(api.tasks['dash_slow'].state)").stdout
     assert out.strip() == "cancelled"
