@@ -249,7 +249,8 @@ async def test_a_packed_timeline_holds_the_tasks_that_started(board: Board) -> N
 async def test_only_changed_parts_are_sent(board: Board) -> None:
     """A change to a task on another page re-sends the summary and timeline, not the table."""
     sched = board.sched
-    records = [sched.add(record(f"t{i}", TaskState.DONE, 0, i, i + 0.5)) for i in range(29)]
+    for i in range(29):
+        sched.add(record(f"t{i}", TaskState.DONE, 0, i, i + 0.5))
     last = sched.add(record("t29", TaskState.PENDING, 0))  # on page 3
     dash = board.open(page_size=10)
     board.at(100)
