@@ -40,7 +40,6 @@ __all__ = (
     "UNKNOWN_SUFFIX",
     "Bar",
     "Timeline",
-    "TimelineCache",
     "render_png",
     "render_svg",
     "timeline_geometry",
@@ -99,19 +98,6 @@ class Bar:
         return f"<Bar {self.name} {self.state} lane {self.lane}: {self.start}..{self.end}>"
 
 
-class TimelineCache:
-    """What redraws of a live timeline can reuse: ended tasks' bars and their SVG.
-
-    Ended bars are in seconds since the run began and lane units, so they stay the
-    same while the axis grows; only running and waiting tasks are laid out again.
-    """
-
-    def __init__(self) -> None:
-        self.bars: dict[TaskRecord, tuple[tuple[Any, ...], Bar]] = {}
-        #: id(bar) -> (bar, least width, markup); the bar is kept so that its id stays its own.
-        self.fragments: dict[int, tuple[Bar, float, str]] = {}
-
-
 @dataclass(frozen=True, slots=True)
 class Timeline:
     """Where everything goes: ``lanes`` labels (empty when packed), bars, idle stretches."""
@@ -137,13 +123,11 @@ def timeline_geometry(
     now: float | None = None,
     *,
     labelled_lanes: int = LABELLED_LANES,
-    cache: TimelineCache | None = None,
 ) -> Timeline:
     """Lay out the bars of ``records`` (records or a registry) on one time axis.
 
     :param now: epoch seconds that running and waiting tasks extend to (default: now).
     :param labelled_lanes: the most tasks drawn one per lane before packing them.
-    :param cache: keeps the bars of ended tasks between calls (a live dashboard's).
     """
     records = records_of(records)
     now = time.time() if now is None else now
@@ -159,23 +143,9 @@ def timeline_geometry(
     bars: list[Bar] = []
     lanes: tuple[str, ...]
     omitted = 0
-    old = cache.bars if cache is not None else {}
-    kept: dict[TaskRecord, tuple[tuple[Any, ...], Bar]] = {}
-
-    def bar(record: TaskRecord, lane: int, end: float, queued: bool) -> Bar:
-        if record.ended is None:
-            return Bar(record, lane, t0, end, queued)
-        # An ended record's times do not change any more (its state is checked all the
-        # same); where it is drawn can.
-        key = (record.state, record.ended, lane, t0, queued)
-        hit = old.get(record)
-        made = hit[1] if hit is not None and hit[0] == key else Bar(record, lane, t0, end, queued)
-        kept[record] = (key, made)
-        return made
-
     if not packed:
         for lane, (record, end) in enumerate(zip(records, ends, strict=True)):
-            bars.append(bar(record, lane, end, True))
+            bars.append(Bar(record, lane, t0, end, True))
         lanes = tuple(r.name for r in records)
     else:
         # First fit by start time: a lane is free again once its last task ended.
@@ -197,10 +167,8 @@ def timeline_geometry(
             else:
                 lane, count = count, count + 1
             push(busy, (end, lane))
-            bars.append(bar(record, lane, end, False))
+            bars.append(Bar(record, lane, t0, end, False))
         lanes = ("",) * count
-    if cache is not None:
-        cache.bars = kept
     return Timeline(
         t0=t0,
         span=span,
@@ -287,17 +255,14 @@ def render_svg(
     max_height: int = 360,
     legend: bool = False,
     responsive: bool = True,
-    cache: TimelineCache | None = None,
 ) -> str:
     """Draw ``timeline`` as one ``<svg>`` element (inline HTML or a file's body).
 
-    Bars are drawn in a group scaled to seconds and lanes, so the markup of an
-    ended task does not change while the axis grows (``cache`` keeps it).
+    Bars are drawn in a group scaled to seconds and lanes: one short element each.
 
     :param legend: a row naming the states' colours above the chart (for files,
         which have no summary line beside them).
     :param responsive: shrink to the width of the output area (inline HTML).
-    :param cache: reuses the markup of unchanged bars between redraws.
     """
     tl = timeline
     lanes = max(len(tl.lanes), 1)
@@ -343,25 +308,13 @@ def render_svg(
             f'fill="{_IDLE_FILL}"><title>idle {seconds(b - a)} '
             f"({offset(a)} to {offset(b)})</title></rect>"
         )
-    # Bars under a pixel wide are drawn a pixel or two wide, so that they still show;
-    # the least width moves in powers of two, so their markup rarely changes.
+    # Bars under a pixel wide are drawn a pixel or two wide, so that they still show.
     least = 2.0 ** math.ceil(math.log2(1.0 / scale))
     # Enough decimals that a ``least``-wide bar keeps its place and width.
     digits = max(3, math.ceil(-math.log10(least)) + 1)
-    old = cache.fragments if cache is not None else {}
-    kept: dict[int, tuple[Bar, float, str]] = {}
     by_state: dict[TaskState, list[str]] = {}
     for bar in tl.bars:
-        hit = old.get(id(bar))
-        if hit is not None and hit[0] is bar and hit[1] == least:
-            fragment = hit[2]
-        else:
-            fragment = _bar_svg(bar, least, digits)
-        if bar._record.ended is not None:
-            kept[id(bar)] = (bar, least, fragment)
-        by_state.setdefault(bar.state, []).append(fragment)
-    if cache is not None:
-        cache.fragments = kept
+        by_state.setdefault(bar.state, []).append(_bar_svg(bar, least, digits))
     for state, fragments in by_state.items():
         out.append(f'<g fill="{STATE_STYLE[state][1]}">')
         out.extend(fragments)
@@ -419,8 +372,7 @@ def _sec(value: float, digits: int = 3) -> str:
 def _bar_svg(bar: Bar, least: float, digits: int) -> str:
     """A task's bar in the scaled group (seconds across, lanes down), ``least`` wide at least.
 
-    The fill comes from the group of its state. This runs once per task and redraw
-    while the task is not cached: keep it lean.
+    The fill comes from the group of its state.
     """
     start = bar.start
     if start is None:
