@@ -217,6 +217,9 @@ class TaskRegistry(Mapping[str, TaskRecord]):
     def __init__(self) -> None:
         self._latest: dict[str, TaskRecord] = {}
         self.history: list[TaskRecord] = []
+        # Counts the times records left (a name submitted again, a clear): a follower
+        # that appends new records (the dashboard's model) rebuilds when it changes.
+        self._removals = 0
 
     def __getitem__(self, name: str) -> TaskRecord:
         return self._latest[name]
@@ -243,10 +246,12 @@ class TaskRegistry(Mapping[str, TaskRecord]):
 
     def _add(self, record: TaskRecord) -> None:
         # Re-inserting moves a replaced name to the end: iteration follows submission.
-        self._latest.pop(record.name, None)
+        if self._latest.pop(record.name, None) is not None:
+            self._removals += 1
         self._latest[record.name] = record
         self.history.append(record)
 
     def _clear(self) -> None:
         self._latest.clear()
         self.history.clear()
+        self._removals += 1

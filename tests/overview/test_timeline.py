@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from ipytasks.overview import snapshot_html, timeline_geometry, write_timeline
-from ipytasks.overview.testing import timeline_tasks
 from ipytasks.overview.timeline import (
     PNG_NEEDS_MATPLOTLIB,
-    LiveRows,
     render_svg,
 )
 from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
@@ -197,36 +195,3 @@ def test_snapshot_of_no_tasks() -> None:
     """A snapshot with no tasks says so and draws nothing."""
     html = snapshot_html([], now=T0)
     assert "no tasks yet" in html and "<svg" not in html
-
-
-def test_live_rows_follow_the_registry_as_tasks_end_are_added_and_resubmitted() -> None:
-    """The live view's numbers match the records at every redraw, whatever was cached:
-    ended tasks kept, new names appended, a resubmitted name moved to the end."""
-    registry = TaskRegistry()
-    live = LiveRows()
-
-    def sent() -> dict[str, tuple[str, float, float | None, float | None]]:
-        records = list(registry.values())
-        return timeline_tasks(live.names(records), live.rows(records))
-
-    def expected() -> dict[str, tuple[str, float, float | None, float | None]]:
-        return {r.name: (str(r.state), r.submitted, r.started, r.ended)
-                for r in registry.values()}
-
-    a = record("a", TaskState.DONE, 0, 0, 1)
-    b = record("b", TaskState.RUNNING, 0, 0.5)
-    c = record("c", TaskState.PENDING, 0.2)
-    for r in (a, b, c):
-        registry._add(r)
-    assert sent() == expected() and list(sent()) == ["a", "b", "c"]
-    b.state, b.ended = TaskState.DONE, T0 + 2  # the ended run grows to a, b
-    assert sent() == expected()
-    d = record("d", TaskState.RUNNING, 3, 3)
-    d.mode = "process"
-    registry._add(d)
-    assert sent() == expected() and live.modes == ["thread", "process"]
-    again = record("a", TaskState.RUNNING, 4, 4)  # "a" again: moves to the end
-    registry._add(again)
-    assert list(sent()) == ["b", "c", "d", "a"] and sent() == expected()
-    registry._clear()
-    assert sent() == {}

@@ -233,17 +233,23 @@ async def test_burst_of_1000_changes_sends_a_bounded_number_of_messages(board: B
     assert board.clock.pending == []
 
 
-async def test_a_packed_timeline_holds_the_tasks_that_started(board: Board) -> None:
-    """Past 40 tasks the timeline is packed: tasks that never started have no bar, so
-    only the started ones are sent, with the number of all tasks beside them."""
+async def test_a_packed_timeline_holds_every_task(board: Board) -> None:
+    """Past 40 tasks the timeline is packed; every task is sent (the view draws a bar
+    for each that started and counts the others), and a waiting one gets its start."""
     sched = board.sched
     for i in range(45):
         sched.add(record(f"s{i}", TaskState.DONE, 0, i, i + 0.5))
-    for i in range(5):
-        sched.add(record(f"w{i}", TaskState.PENDING, 0))
+    waiting = [sched.add(record(f"w{i}", TaskState.PENDING, 0)) for i in range(5)]
     dash = board.open()
-    assert list(timeline(dash)) == [f"s{i}" for i in range(45)]
+    drawn = timeline(dash)
+    assert list(drawn) == [f"s{i}" for i in range(45)] + [f"w{i}" for i in range(5)]
+    assert drawn["w0"] == ("pending", T0, None, None)
     assert dash.timeline.total == 50
+    board.at(50)
+    waiting[0].state, waiting[0].started = TaskState.RUNNING, T0 + 50
+    sched.changed(waiting[0])
+    board.at(52)
+    assert timeline(dash)["w0"] == ("running", T0, T0 + 50, None)
 
 
 async def test_only_changed_parts_are_sent(board: Board) -> None:
@@ -572,13 +578,13 @@ async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
     while the summary keeps following every change."""
     from ipytasks.overview import widgets as dashboard_widgets
 
-    rows = dashboard_widgets.LiveRows.rows
+    rows = dashboard_widgets.TaskColumns.rows
 
     def slow_rows(*args: Any, **kwargs: Any) -> bytes:
         board.clock.now += 0.1  # the virtual clock also measures what refreshes cost
         return rows(*args, **kwargs)
 
-    monkeypatch.setattr(dashboard_widgets.LiveRows, "rows", slow_rows)
+    monkeypatch.setattr(dashboard_widgets.TaskColumns, "rows", slow_rows)
     sched = board.sched
     sched.add(record("a", TaskState.DONE, 0, 0, 1))
     dash = board.open()

@@ -18,16 +18,13 @@ from __future__ import annotations
 import heapq
 import html
 import math
-import sys
 import time
-from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..tasks import ACTIVE, TaskState
+from ..tasks import TaskState
 from ..views import STATE_STYLE
 from ._common import offset, records_of, run_start, seconds
 
@@ -35,7 +32,6 @@ if TYPE_CHECKING:
     from ..tasks import TaskRecord
 
 __all__ = (
-    "LiveRows",
     "PNG_NEEDS_MATPLOTLIB",
     "UNKNOWN_SUFFIX",
     "Bar",
@@ -471,94 +467,3 @@ def write_timeline(
         encoding="utf-8",
     )
     return path
-
-
-
-_FIELDS = attrgetter("submitted", "started", "ended", "state", "mode")
-_NAME = attrgetter("name")
-_NONE_AS_NAN = {None: math.nan}.get
-#: A state's number in the live timeline's rows: its place in ``TaskState``.
-STATE_CODES = {state: float(i) for i, state in enumerate(TaskState)}
-
-
-class LiveRows:
-    """What the dashboard's live timeline view is sent (read by ``timeline.js``).
-
-    - :meth:`names`: one task name per line, in registry (submission) order;
-    - :attr:`modes`: the run modes met so far, a mode's number being its place here;
-    - :meth:`rows`: five columns of ``len(records)`` little-endian float64 values:
-      submitted, started, ended (epoch seconds, NaN while not yet), the state's
-      number (:data:`STATE_CODES`), the mode's number.
-
-    Built with the interpreter's built-ins (``map`` over the records) rather than a
-    Python step per task, and kept between redraws: an ended task never changes, so
-    the columns of the longest run of ended tasks at the start are reused.
-    """
-
-    def __init__(self) -> None:
-        self.modes: list[str] = []
-        self._mode_codes: dict[str, float] = {}
-        self._names = ""
-        self._named: tuple[int, Any] = (0, None)
-        #: records[:_done] have ended; their columns are cached in _columns.
-        self._done = 0
-        self._last: Any = None
-        self._columns: tuple[array[float], ...] = tuple(array("d") for _ in range(5))
-
-    def names(self, records: list[TaskRecord]) -> str:
-        count, last = self._named
-        if count == len(records) and (not count or records[-1] is last):
-            return self._names
-        if count and count < len(records) and records[count - 1] is last:
-            # Tasks were added (the registry only grows at its end): name the new ones.
-            self._names += "\n" + "\n".join(map(_NAME, records[count:]))
-        else:
-            self._names = "\n".join(map(_NAME, records))
-        self._named = (len(records), records[-1] if records else None)
-        return self._names
-
-    def rows(self, records: list[TaskRecord]) -> bytes:
-        done = self._done
-        if done > len(records) or (done and records[done - 1] is not self._last):
-            # A name was submitted again (its record moved to the end) or the
-            # registry was cleared: the cached run no longer lines up.
-            done = self._done = 0
-            self._columns = tuple(array("d") for _ in range(5))
-        end = done
-        n = len(records)
-        while end < n and records[end].state not in ACTIVE:
-            end += 1
-        if end > done:
-            for column, values in zip(self._columns, self._values(records[done:end]),
-                                      strict=True):
-                column.extend(values)
-            self._done, self._last = end, records[end - 1]
-        rest = self._values(records[end:])
-        # The cached columns are copied as bytes; only the others are converted.
-        data = b"".join(
-            part for kept, more in zip(self._columns, rest, strict=True)
-            for part in (kept.tobytes(), array("d", more).tobytes())
-        )
-        if sys.byteorder == "big":
-            swapped = array("d", data)
-            swapped.byteswap()
-            data = swapped.tobytes()
-        return data
-
-    def _values(self, records: list[TaskRecord]) -> tuple[Any, ...]:
-        if not records:
-            return ((),) * 5
-        # One pass reads every field; zip(*...) turns the rows into columns.
-        submitted, started, ended, states, modes = zip(*map(_FIELDS, records))
-        codes = self._mode_codes
-        for mode in set(modes) - codes.keys():
-            codes[mode] = float(len(self.modes))
-            self.modes.append(mode)
-        # get(t, t): NaN for None, else t.
-        return (
-            submitted,
-            list(map(_NONE_AS_NAN, started, started)),
-            list(map(_NONE_AS_NAN, ended, ended)),
-            list(map(STATE_CODES.__getitem__, states)),
-            list(map(codes.__getitem__, modes)),
-        )

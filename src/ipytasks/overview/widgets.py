@@ -50,9 +50,9 @@ from ..output import _report_internal_error
 from ..tasks import ACTIVE, UNSUCCESSFUL, TaskState
 from .render import summarize, summary_html, table_html, text_table
 from .throttle import CallLater, Throttle
-from .totals import RunningTotals
 from ..views import STATE_STYLE
-from .timeline import LABELLED_LANES, LiveRows
+from .columns import TaskColumns
+from .timeline import LABELLED_LANES
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
@@ -115,8 +115,8 @@ def open_dashboard(
 class TimelineView(anywidget.AnyWidget):
     """The dashboard's timeline, laid out and drawn in the browser (``timeline.js``).
 
-    The kernel sends numbers (:class:`~ipytasks.overview.timeline.LiveRows`), not
-    SVG: a redraw of 1,000 tasks costs it a fraction of a millisecond, and the layout
+    The kernel sends numbers (:class:`~ipytasks.overview.columns.TaskColumns`), not
+    SVG: a redraw of 1,000 tasks costs it a few copies of memory, and the layout
     is the one of the timeline files (one lane per task up to ``labelled`` tasks, else
     packed), drawn by the front end.
     """
@@ -131,8 +131,8 @@ class TimelineView(anywidget.AnyWidget):
     rows = traitlets.Bytes(b"").tag(sync=True)
     #: Per mode number: the mode's name.
     modes = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    #: How many tasks there are. Past ``labelled`` the timeline is packed and holds only
-    #: the tasks that started; the others are counted ("+k not started").
+    #: How many tasks there are. Past ``labelled`` the timeline is packed: it draws the
+    #: tasks that started and counts the others ("+k not started").
     total = traitlets.Int(0).tag(sync=True)
     #: The run's time zero and the time running bars reach, in epoch seconds.
     t0 = traitlets.Float(0.0).tag(sync=True)
@@ -224,7 +224,6 @@ class Dashboard(widgets.VBox):
         self._timeline_at = -math.inf
         self._timeline_gap = timeline_interval
         self._timeline_cost_gap = 0.0
-        self._live = LiveRows()
         self._table_rows: dict[TaskRecord, tuple[float, bool, str]] = {}
         self._wall = wall or time.time
         self._loop = scheduler.loop
@@ -266,7 +265,7 @@ class Dashboard(widgets.VBox):
         self.retry_button.on_click(lambda _: self._post(self._retry_selected))
         self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
 
-        self._totals = RunningTotals(self._registry)
+        self._columns = TaskColumns(self._registry)
         self._feed = scheduler.subscribe(self._wake)
         # What the last render showed, to tell when a refresh has nothing new to show.
         self._seen: tuple[Any, ...] = ()
@@ -317,7 +316,8 @@ class Dashboard(widgets.VBox):
         """
         # Several changes of a task between two refreshes are applied once.
         changed = self._feed.take()
-        self._totals.update(changed)
+        columns = self._columns
+        columns.update(changed)
         records = list(self._registry.values())
         now = self._wall()
         watched = self._watched
@@ -325,7 +325,7 @@ class Dashboard(widgets.VBox):
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
-            self._render_timeline(records, now, self._shown_counts)
+            self._render_timeline(now, self._shown_counts)
             return False
         self._seen = seen
         keep = FILTERS[self.filter.value]
@@ -334,10 +334,10 @@ class Dashboard(widgets.VBox):
         self._page = page = min(self._page, pages - 1)
         visible = shown[page * self.page_size:(page + 1) * self.page_size]
 
-        summary = self._totals.summary(now)
+        summary = columns.summary(now)
         _assign(self.summary, value=summary_html(summary))
-        self._render_timeline(records, now, summary.counts)
-        _assign(self.table, value=table_html(visible, now=now, t0=self._totals.run_start(),
+        self._render_timeline(now, summary.counts)
+        _assign(self.table, value=table_html(visible, now=now, t0=columns.run_start(),
                                              selected=self._selected, cache=self._table_rows))
         if shown:
             first = page * self.page_size + 1
@@ -363,8 +363,7 @@ class Dashboard(widgets.VBox):
         self._shown_running = TaskState.RUNNING in summary.counts
         return self._shown_running
 
-    def _render_timeline(self, records: list[TaskRecord], now: float,
-                         counts: Mapping[TaskState, int]) -> None:
+    def _render_timeline(self, now: float, counts: Mapping[TaskState, int]) -> None:
         """Redraw the timeline, at most every ``timeline_interval`` and no more than
         :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due).
 
@@ -380,14 +379,10 @@ class Dashboard(widgets.VBox):
         self._timeline_at = mono
         cost = self._cost_clock()
         view = self.timeline
-        live = self._live
-        if len(records) > LABELLED_LANES:
-            # Packed: a task that never started has no bar, only a count.
-            records = [r for r in records if r.started is not None]
-        rows = live.rows(records)
+        columns = self._columns
         # One message: the view draws names and rows together.
-        _assign(view, names=live.names(records), rows=rows, modes=list(live.modes),
-                total=len(self._registry), t0=self._totals.run_start() or now,
+        _assign(view, names=columns.names(), rows=columns.rows(), modes=list(columns.modes),
+                total=len(self._registry), t0=columns.run_start() or now,
                 now=now if active else view.now)
         self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
         self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
