@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from itertools import repeat
 from operator import attrgetter, sub
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..tasks import ACTIVE, TaskState
 from .render import Summary
@@ -46,6 +46,17 @@ _NONE_AS_NAN = {None: math.nan}.get  # get(t, t): NaN for None, else t
 
 def _nan_for_none(values: list[float | None]) -> list[float]:
     return list(map(_NONE_AS_NAN, values, values))
+
+
+def _numbered(values: list[Any], numbers: Mapping[Any, float]
+              ) -> tuple[list[float], Mapping[float, int]]:
+    """Each value's number, and how many times each number occurs (the common case of
+    a batch of tasks all in one state, or one mode, is one list multiplication)."""
+    if len(set(values)) == 1:
+        number = numbers[values[0]]
+        return [number] * len(values), {number: len(values)}
+    numbered = list(map(numbers.__getitem__, values))
+    return numbered, Counter(numbered)
 
 
 def _into(column: array[float], values: list[float | None]) -> tuple[list[float], bool]:
@@ -117,15 +128,16 @@ class TaskColumns:
         records = list(records)
         if not records:
             return
-        rows = list(map(self._index.get, records))
-        new = rows.count(None)
-        if new == len(records):
+        index = self._index
+        if index.keys().isdisjoint(records):
             self._append(records)
-        elif not new:
-            self._modify(records, rows)
         else:
-            self._modify(*zip(*[(r, i) for r, i in zip(records, rows) if i is not None]))
-            self._append([r for r, i in zip(records, rows) if i is None])
+            rows = list(map(index.get, records))
+            if None not in rows:
+                self._modify(records, rows)
+            else:
+                self._modify(*zip(*[(r, i) for r, i in zip(records, rows) if i is not None]))
+                self._append([r for r, i in zip(records, rows) if i is None])
         self._check()
 
     def _check(self) -> None:
@@ -144,7 +156,7 @@ class TaskColumns:
         submitted = list(map(_SUBMITTED, records))
         started = list(map(_STARTED, records))
         ended = list(map(_ENDED, records))
-        states = list(map(STATE_CODES.__getitem__, map(_STATE, records)))
+        states, counts = _numbered(list(map(_STATE, records)), STATE_CODES)
         modes = list(map(_MODE, records))
         codes = self._mode_codes
         for mode in set(modes) - codes.keys():
@@ -154,9 +166,9 @@ class TaskColumns:
         started, complete = _into(self._started, started)
         ended, ended_complete = _into(self._ended, ended)
         self._state.fromlist(states)
-        self._mode.fromlist(list(map(codes.__getitem__, modes)))
+        self._mode.fromlist(_numbered(modes, codes)[0])
 
-        self._counts.update(states)
+        self._counts.update(counts)
         low = min(submitted)
         if self._first_submit is None or low < self._first_submit:
             self._first_submit = low
@@ -170,16 +182,15 @@ class TaskColumns:
         complete = None not in started and None not in ended
         if not complete:
             started, ended = _nan_for_none(started), _nan_for_none(ended)
-        states = list(map(STATE_CODES.__getitem__, map(_STATE, records)))
+        states, counts = _numbered(list(map(_STATE, records)), STATE_CODES)
         before = list(map(self._state.__getitem__, rows))
         started_column, ended_column, state_column = self._started, self._ended, self._state
         for i, start, end, state in zip(rows, started, ended, states):
             started_column[i] = start
             ended_column[i] = end
             state_column[i] = state
-        counts = self._counts
-        counts.subtract(before)
-        counts.update(states)
+        self._counts.subtract(Counter(before))
+        self._counts.update(counts)
         self._account(rows, started, ended, states, before, complete)
 
     def _account(self, rows: Iterable[int], started: list[float], ended: list[float],

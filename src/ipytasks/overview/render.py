@@ -7,6 +7,7 @@ and a terminal prints :func:`text_table`.
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 from collections.abc import Iterable, Mapping
@@ -33,8 +34,14 @@ __all__ = (
 
 COLUMNS = ("state", "task", "chain/group", "mode", "started", "duration", "tries", "waits for")
 
-_CELL = "padding:1px 8px;text-align:left;white-space:nowrap"
+# The table sets what cells inherit (no wrapping, left); each cell only its padding. Inline
+# styles rather than a <style> block: a saved snapshot keeps them where sanitizers strip those.
+_TABLE = ('<table style="border-collapse:collapse;font-family:sans-serif;font-size:12px;'
+          'white-space:nowrap;text-align:left">')
+_CELL = "padding:1px 8px"
 _SELECTED_BG = "#ddf4ff"
+_HEAD = "".join(f'<th style="{_CELL};text-align:left;border-bottom:1px solid #d0d7de">{c}</th>'
+                for c in COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +137,17 @@ def _waits(record: TaskRecord) -> str:
     return ", ".join(f"{n}: {record.reasons.get(n, 'after')}" for n in record.waits_for)
 
 
+@functools.lru_cache(maxsize=256)
+def _clock(second: int) -> str:
+    """The local time of day of an epoch second (tasks of a burst share a few)."""
+    return time.strftime("%H:%M:%S", time.localtime(second))
+
+
 def _row(record: TaskRecord, t0: float, now: float, selected: bool) -> str:
     icon, colour = STATE_STYLE[record.state]
     esc = html.escape
     if record.started is not None:
-        clock = time.strftime("%H:%M:%S", time.localtime(record.started))
+        clock = _clock(int(record.started))
         started = f'<td style="{_CELL}" title="{clock}">{offset(record.started - t0)}</td>'
         end = record.ended if record.ended is not None else now
         duration = seconds(end - record.started)
@@ -147,7 +160,7 @@ def _row(record: TaskRecord, t0: float, now: float, selected: bool) -> str:
     return (
         f"<tr{background}>"
         f'<td style="{_CELL};color:{colour}" title="{esc(describe(record, now))}">'
-        f"{icon} {esc(str(record.state))}</td>"
+        f"{icon} {record.state.value}</td>"
         f'<td style="{_CELL}"><b>{esc(record.name)}</b></td>'
         f'<td style="{_CELL}">{esc(lane_of(record))}</td>'
         f'<td style="{_CELL}">{esc(record.mode)}</td>'
@@ -178,7 +191,6 @@ def table_html(
     now = time.time() if now is None else now
     if t0 is None:
         t0 = run_start(records) or now
-    head = "".join(f'<th style="{_CELL};border-bottom:1px solid #d0d7de">{c}</th>' for c in COLUMNS)
     if cache is None:
         rows = "".join(_row(r, t0, now, r.name == selected) for r in records)
     else:
@@ -197,10 +209,7 @@ def table_html(
         cache.clear()
         cache.update(kept)
         rows = "".join(parts)
-    return (
-        '<table style="border-collapse:collapse;font-family:sans-serif;font-size:12px">'
-        f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-    )
+    return f"{_TABLE}<thead><tr>{_HEAD}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def _errors_html(records: list[TaskRecord]) -> str:
