@@ -112,11 +112,11 @@ def test_unreported_resubmitted_and_cleared_records_are_caught() -> None:
                        mode="process")
     registry._add(again)
     columns.update([again])
-    assert columns.names() == "a\nquiet"
+    assert columns.names() == b"a\nquiet"
     _assert_matches(columns, registry, 6.0)
     registry._clear()
     _assert_matches(columns, registry, 7.0)
-    assert columns.names() == ""
+    assert columns.names() == b""
     # A name submitted again while a record arrives unreported: the size still matches.
     b = TaskRecord(name="b", source="", options=TaskOptions(), submitted=8.0)
     registry._add(b)
@@ -125,7 +125,7 @@ def test_unreported_resubmitted_and_cleared_records_are_caught() -> None:
     b2 = TaskRecord(name="b", source="", options=TaskOptions(), submitted=9.0)
     registry._add(b2)
     columns.update([b2])
-    assert columns.names() == "item\nb"
+    assert columns.names() == b"item\nb"
     _assert_matches(columns, registry, 10.0)
 
 

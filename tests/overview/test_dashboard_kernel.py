@@ -47,7 +47,7 @@ def _dashboard_widgets(kernel: Kernel, since: set[str]) -> dict[str, str]:
 def _timeline(kernel: Kernel, cid: str) -> dict[str, str]:
     """Task name → state, as the browser reads them from the timeline view's numbers."""
     state = kernel.widget_states()[cid]["state"]
-    tasks = timeline_tasks(state.get("names", ""), bytes(state.get("rows", b"")))
+    tasks = timeline_tasks(bytes(state.get("names", b"")), bytes(state.get("rows", b"")))
     return {name: entry[0] for name, entry in tasks.items()}
 
 

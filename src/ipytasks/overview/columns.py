@@ -78,7 +78,7 @@ class TaskColumns:
     does at each refresh); then :meth:`summary`, :meth:`run_start`, :meth:`names`,
     :meth:`rows` and :attr:`modes` describe the registry.
 
-    - :meth:`names`: one task name per line, in registry (submission) order;
+    - :meth:`names`: one task name per line, in registry (submission) order, as UTF-8;
     - :meth:`rows`: five columns of ``len(registry)`` little-endian float64 values:
       submitted, started, ended (epoch seconds, NaN while not yet), the state's
       number (:data:`STATE_CODES`), the mode's number (its place in :attr:`modes`).
@@ -98,7 +98,7 @@ class TaskColumns:
         self._index: dict[TaskRecord, int] = {}
         self._removals = getattr(self._registry, "_removals", 0)
         self._names: list[str] = []
-        self._joined: str | None = ""
+        self._joined: bytes | None = b""
         self._submitted = array("d")
         self._started = array("d")
         self._ended = array("d")
@@ -280,10 +280,10 @@ class TaskColumns:
             return started
         return submitted if started is None or submitted <= started else started
 
-    def names(self) -> str:
-        """One task name per line, in registry order."""
+    def names(self) -> bytes:
+        """One task name per line, in registry order, as UTF-8."""
         if self._joined is None:
-            self._joined = "\n".join(self._names)
+            self._joined = "\n".join(self._names).encode()
         return self._joined
 
     def rows(self) -> bytes:

@@ -139,13 +139,13 @@ class WidgetMessages:
         return best
 
 
-def timeline_tasks(names: str, rows: bytes) -> dict[str, tuple[str, float, float | None,
+def timeline_tasks(names: bytes, rows: bytes) -> dict[str, tuple[str, float, float | None,
                                                               float | None]]:
     """Decode a live timeline's ``names`` and ``rows`` (as ``timeline.js`` reads them):
     name → (state, submitted, started, ended), times in epoch seconds or ``None``."""
     from ..tasks import TaskState
 
-    lines = names.split("\n") if names else []
+    lines = bytes(names).decode().split("\n") if names else []
     n = len(lines)
     values = struct.unpack(f"<{5 * n}d", rows) if n else ()
     states = list(TaskState)

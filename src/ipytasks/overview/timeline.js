@@ -1,7 +1,7 @@
 // The dashboard's live timeline, drawn in the browser (an anywidget view).
 //
 // The kernel sends numbers, not markup (see TimelineView in widgets.py): `names`, one
-// task name per line in submission order; `rows`, float64 little-endian in five columns
+// task name per line in submission order (UTF-8 bytes); `rows`, float64 little-endian in five columns
 // of n values (submitted, started, ended as epoch seconds, NaN when not yet; the state's
 // index in `states`; the mode's index in `modes`); `t0` and `now` in epoch seconds;
 // `total`, the number of tasks (past `labelled`, only those that started are sent).
@@ -111,7 +111,8 @@ function title(task, states) {
 
 // Everything the view draws, from the model's numbers.
 export function layout(names, rows, modes, t0, now, states, labelled, total) {
-  const lines = names ? names.split("\n") : [];
+  const text = names && names.byteLength ? new TextDecoder().decode(names) : "";
+  const lines = text ? text.split("\n") : [];
   const n = lines.length;
   if (!n || rows.byteLength < 40 * n) return null;
   const at = (i) => rows.getFloat64(8 * i, true);

@@ -124,8 +124,9 @@ class TimelineView(anywidget.AnyWidget):
     # The source itself, not its path: anywidget watches a path for changes by holding
     # every view made from it, so no view could ever be freed.
     _esm = Path(__file__).with_name("timeline.js").read_text(encoding="utf-8")
-    #: One task name per line, in submission order.
-    names = traitlets.Unicode("").tag(sync=True)
+    #: One task name per line, in submission order, as UTF-8 (bytes travel beside the
+    #: message's JSON, not inside it).
+    names = traitlets.Bytes(b"").tag(sync=True)
     #: Five float64 columns: submitted, started, ended (epoch seconds, NaN: not yet),
     #: state number, mode number.
     rows = traitlets.Bytes(b"").tag(sync=True)
