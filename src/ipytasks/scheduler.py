@@ -660,10 +660,13 @@ class Scheduler:
     def _changed(self, record: TaskRecord) -> None:
         """Tell the feeds and the task's views; keep running ones ticking."""
         for feed in self._feeds:
-            feed.add(record)
-        sink = record.sink
-        if sink is None or not sink.views:
-            return
+            # A feed that already holds changes has its follower woken: a plain dict
+            # insert, without the call (this runs several times per task).
+            records = feed._records
+            if records:
+                records[record] = None
+            else:
+                feed.add(record)
         sink = record.sink
         if sink is None or not sink.views:
             return
