@@ -18,7 +18,7 @@ each ``await asyncio.sleep(0.003)``, so changes keep coming for several seconds)
 Usage: ``python bench/bench_dashboard.py [--quick] [--tasks N] [--repeat R] [--json] [--check]``
 (``--check``: exit 1 when a goal is not met).
 
-The tasks do nothing, so the run's own CPU time is tiny (about 0.3 ms per task, the
+The tasks do nothing, so the run's own CPU time is tiny (0.04 to 0.16 ms per task, the
 scheduler's bookkeeping): the share of CPU is a worst case. The share of the tasks'
 wall time says how much of the kernel's time the dashboard took.
 """
