@@ -139,7 +139,8 @@ class _LoopHost:
 class ChangeFeed:
     """The tasks submitted or changed since a follower (a dashboard) last took them.
 
-    The scheduler adds each change as it happens, which costs a dict insert; it calls
+    The scheduler adds each change as it happens, which costs a dict insert into the
+    feed's records (no call: this runs several times per task); it calls
     ``wake(False)`` only when the feed goes from empty to not empty, and ``wake(True)``
     when the last unfinished task has ended (before anything awaiting that task
     resumes). The follower takes the records when it is ready, e.g. at its next
@@ -152,13 +153,10 @@ class ChangeFeed:
         self._wake = wake
         self._records: dict[TaskRecord, None] = {}
 
-    def add(self, record: TaskRecord) -> None:
-        records = self._records
-        if records:
-            records[record] = None
-        else:
-            records[record] = None
-            self._call(False)
+    def _add_first(self, record: TaskRecord) -> None:
+        """Keep the first change since the follower last took them, and wake it."""
+        self._records[record] = None
+        self._call(False)
 
     def idle(self) -> None:
         self._call(True)
@@ -660,13 +658,11 @@ class Scheduler:
     def _changed(self, record: TaskRecord) -> None:
         """Tell the feeds and the task's views; keep running ones ticking."""
         for feed in self._feeds:
-            # A feed that already holds changes has its follower woken: a plain dict
-            # insert, without the call (this runs several times per task).
             records = feed._records
-            if records:
+            if records:  # its follower is woken already
                 records[record] = None
             else:
-                feed.add(record)
+                feed._add_first(record)
         sink = record.sink
         if sink is None or not sink.views:
             return

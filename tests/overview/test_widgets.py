@@ -12,7 +12,7 @@ import asyncio
 import gc
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -48,23 +48,25 @@ def record(name: str, state: TaskState = TaskState.PENDING, submitted: float = 0
 
 
 class FakeScheduler:
-    """What the dashboard uses of a Scheduler; the test plays the scheduler's part."""
+    """What the dashboard uses of a Scheduler; the test plays the scheduler's part.
+
+    Following changes is the Scheduler's own code (feeds, and telling them of a change).
+    """
+
+    subscribe = Scheduler.subscribe
+    unsubscribe = Scheduler.unsubscribe
+    _changed = Scheduler._changed
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks = TaskRegistry()
         self.loop = loop
-        self.feeds: list[ChangeFeed] = []
+        self._feeds: list[ChangeFeed] = []
+        self._ticking: set[TaskRecord] = set()  # what _changed keeps for output views
         self.cancelled: list[tuple[str, int]] = []
         self.loop_thread = threading.get_ident()
 
-    def subscribe(self, wake: Callable[[bool], None]) -> ChangeFeed:
-        feed = ChangeFeed(wake)
-        self.feeds.append(feed)
-        return feed
-
-    def unsubscribe(self, feed: ChangeFeed) -> None:
-        if feed in self.feeds:
-            self.feeds.remove(feed)
+    def _arm_tick(self) -> None:
+        pass  # the test flushes outputs itself
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self.loop_thread
@@ -81,10 +83,9 @@ class FakeScheduler:
         return rec
 
     def changed(self, rec: TaskRecord) -> None:
-        for feed in list(self.feeds):
-            feed.add(rec)
+        self._changed(rec)
         if rec.state.ended and all(r.state.ended for r in self.tasks.values()):
-            for feed in list(self.feeds):
+            for feed in list(self._feeds):
                 feed.idle()
 
 
@@ -411,7 +412,7 @@ async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board
     assert html(a.table) == html(b.table) and "▶ running" in html(a.table)
     a.close()
     assert a.comm is None and all(w.comm is None for w in [a.summary, a.table, a.task])
-    assert len(sched.feeds) == 1
+    assert len(sched._feeds) == 1
     rec.state, rec.ended = TaskState.DONE, T0 + 1.5
     with WidgetMessages() as sent:
         sched.changed(rec)
