@@ -137,37 +137,53 @@ def _waits(record: TaskRecord) -> str:
     return ", ".join(f"{n}: {record.reasons.get(n, 'after')}" for n in record.waits_for)
 
 
+_SPECIAL = frozenset('&<>"\'')
+
+
+def _esc(text: str) -> str:
+    # Most names, modes and lanes have nothing to escape; checking is cheaper than escaping.
+    return text if _SPECIAL.isdisjoint(text) else html.escape(text)
+
+
 @functools.lru_cache(maxsize=256)
 def _clock(second: int) -> str:
     """The local time of day of an epoch second (tasks of a burst share a few)."""
     return time.strftime("%H:%M:%S", time.localtime(second))
 
 
+#: Per state: the opening of its cell (up to its title) and the rest of the cell.
+_STATE_CELL = {
+    state: (f'<td style="{_CELL};color:{colour}" title="', f'">{icon} {state.value}</td>')
+    for state, (icon, colour) in STATE_STYLE.items()
+}
+_TD = f'<td style="{_CELL}">'
+_TD_RIGHT = f'<td style="{_CELL};text-align:right">'
+_TD_DIM = f'<td style="{_CELL};color:#6e7781">'
+
+
 def _row(record: TaskRecord, t0: float, now: float, selected: bool) -> str:
-    icon, colour = STATE_STYLE[record.state]
-    esc = html.escape
-    if record.started is not None:
-        clock = _clock(int(record.started))
-        started = f'<td style="{_CELL}" title="{clock}">{offset(record.started - t0)}</td>'
-        end = record.ended if record.ended is not None else now
-        duration = seconds(end - record.started)
+    state = record.state
+    opening, closing = _STATE_CELL[state]
+    start = record.started
+    if start is not None:
+        end = record.ended
+        started = (f'<td style="{_CELL}" title="{_clock(int(start))}">{offset(start - t0)}</td>'
+                   f"{_TD_RIGHT}{seconds((now if end is None else end) - start)}</td>")
     else:
-        started = f'<td style="{_CELL}"></td>'
-        duration = ""
-    waits = _waits(record)
-    waits_style = _CELL if record.state is TaskState.PENDING else _CELL + ";color:#6e7781"
-    background = f' style="background:{_SELECTED_BG}"' if selected else ""
+        started = f"{_TD}</td>{_TD_RIGHT}</td>"
+    waits = _esc(_waits(record)) if record.waits_for else ""
+    lane = lane_of(record)
+    name = _esc(record.name)
     return (
-        f"<tr{background}>"
-        f'<td style="{_CELL};color:{colour}" title="{esc(describe(record, now))}">'
-        f"{icon} {record.state.value}</td>"
-        f'<td style="{_CELL}"><b>{esc(record.name)}</b></td>'
-        f'<td style="{_CELL}">{esc(lane_of(record))}</td>'
-        f'<td style="{_CELL}">{esc(record.mode)}</td>'
+        f'<tr data-task="{name}"'
+        + (' style="background:' + _SELECTED_BG + '">' if selected else ">")
+        + f"{opening}{_esc(describe(record, now))}{closing}"
+        f"{_TD}<b>{name}</b></td>"
+        f"{_TD}{_esc(lane) if lane else ''}</td>"
+        f"{_TD}{_esc(record.mode)}</td>"
         f"{started}"
-        f'<td style="{_CELL};text-align:right">{duration}</td>'
-        f'<td style="{_CELL};text-align:right">{record.attempts}</td>'
-        f'<td style="{waits_style}">{esc(waits)}</td>'
+        f"{_TD_RIGHT}{record.attempts}</td>"
+        f"{_TD if state is TaskState.PENDING else _TD_DIM}{waits}</td>"
         "</tr>"
     )
 
@@ -180,7 +196,8 @@ def table_html(
     selected: str | None = None,
     cache: dict[TaskRecord, tuple[float, bool, str]] | None = None,
 ) -> str:
-    """An HTML table with one row per record (all of them: page before calling).
+    """An HTML table with one row per record (all of them: page before calling); each
+    row's ``data-task`` is its task's name (the live table picks a task by its row).
 
     :param t0: the time ``started`` counts from (default: the first submission of ``records``).
     :param selected: the name of a task to highlight.
