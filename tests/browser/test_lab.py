@@ -8,8 +8,9 @@ includes the cells' sources, so a check on the whole page would pass by itself):
   timeline, drawn in the browser from the numbers the kernel sends, whose bars name their
   task and times when hovered;
 - after the tour, a cell of our own (added to the open notebook, the file is not saved) submits
-  a long task; picking it in the dashboard's ``task`` list and clicking Cancel turns it
-  ``cancelled`` in the dashboard's table and in that cell's status line.
+  a long task; turning the dashboard's table to its last page, clicking the task's row and
+  clicking Cancel turns it ``cancelled`` in the dashboard's table and in that cell's status
+  line.
 
 Screenshots go to ``test-output/browser/`` (``dashboard.png``, ``final.png``, and
 ``failure.png`` when something goes wrong), with the server's log ``jupyterlab.log``. The
@@ -418,7 +419,7 @@ def _drive(page, lab: Lab, expect) -> None:
 
     # The dashboard: the speedup and the timeline.
     dashboard = page.locator('[data-ipytasks-test="dashboard"] .jp-OutputArea-output').first
-    summary = dashboard.locator(".widget-html-content").first
+    summary = dashboard.locator(".ipytasks-summary")
     expect(summary).to_contain_text(re.compile(r"of work in .+×"))
     expect(dashboard.locator("svg").first).to_be_visible()
 
@@ -454,9 +455,10 @@ def _drive(page, lab: Lab, expect) -> None:
     expect(status).to_contain_text(f"{LONG_TASK} running")
 
     # It is the newest task, the only one running: on the table's last page once the
-    # dashboard counts it (the summary and the page label change in one refresh).
+    # dashboard counts it (the summary and the table change in one refresh).
     expect(summary).to_contain_text(re.compile(r"\b1 running\b"))
-    pages = dashboard.locator(".widget-label", has_text=re.compile(r"^\d+–\d+ of \d+$"))
+    pages = dashboard.locator(".ipytasks-page-label")
+    expect(pages).to_have_text(re.compile(r"^\d+–\d+ of \d+$"))
     next_page = dashboard.locator('button[title="next page"]')
     while next_page.is_enabled():
         before = pages.inner_text()
@@ -466,11 +468,11 @@ def _drive(page, lab: Lab, expect) -> None:
         has=page.locator("b", has_text=re.compile(f"^{LONG_TASK}$")))
     expect(row.locator("td").first).to_contain_text("running")
 
-    task = dashboard.locator(".widget-dropdown").filter(
-        has=page.locator("label", has_text=re.compile("^task$"))).locator("select")
-    task.select_option(label=LONG_TASK)
     cancel = dashboard.locator("button", has_text="Cancel")
-    expect(cancel).to_be_enabled()
+    expect(cancel).to_be_disabled()  # no task picked yet
+    row.click()
+    expect(dashboard.locator(".ipytasks-picked")).to_contain_text(f"picked: {LONG_TASK}")
+    expect(cancel).to_be_enabled()  # the kernel got the pick
     cancel.click()
 
     expect(row.locator("td").first).to_contain_text("cancelled")

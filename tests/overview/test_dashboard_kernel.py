@@ -1,8 +1,8 @@
 """The dashboard in a real kernel: it follows tasks, obeys clicks, and keeps its traffic low.
 
 ``%tasks`` is not wired to the dashboard yet, so the cell opens it through its entry
-point. Front-end events (picking a task, clicking Cancel) are sent as the comm
-messages a browser would send.
+point. Front-end events (clicking a task's row, clicking Cancel) are sent as the
+comm messages a browser would send.
 """
 
 from __future__ import annotations
@@ -29,14 +29,9 @@ def _dashboard_widgets(kernel: Kernel, since: set[str]) -> dict[str, str]:
         if cid in since:
             continue
         state = widget["state"]
-        value = state.get("value", "")
         kind = widget["model_name"]
-        if kind == "HTMLModel" and isinstance(value, str) and "<th" in value:
+        if kind == "AnyModel" and "html" in state:
             parts["table"] = cid
-        elif kind == "HTMLModel" and "summary" not in parts and "task" in value and "<b>" in value:
-            parts["summary"] = cid
-        elif kind == "DropdownModel" and state.get("description") == "task":
-            parts["task"] = cid
         elif kind == "ButtonModel" and state.get("description") == "Cancel":
             parts["cancel"] = cid
         elif kind == "AnyModel" and "rows" in state:
@@ -51,8 +46,9 @@ def _timeline(kernel: Kernel, cid: str) -> dict[str, str]:
     return {name: entry[0] for name, entry in tasks.items()}
 
 
-def _value(kernel: Kernel, cid: str) -> Any:
-    return kernel.widget_states()[cid]["state"].get("value", "")
+def _value(kernel: Kernel, cid: str, key: str = "html") -> Any:
+    """What a part shows: the table's rows, the timeline's ``summary`` line."""
+    return kernel.widget_states()[cid]["state"].get(key, "")
 
 
 def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> None:
@@ -60,7 +56,7 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
     before = set(kernel.widget_states())
     kernel.execute(OPEN.format(var="_dash1"))
     parts = _dashboard_widgets(kernel, before)
-    assert {"table", "summary", "task", "cancel", "timeline"} <= set(parts), parts
+    assert {"table", "cancel", "timeline"} <= set(parts), parts
     kernel.execute("%%parallel dash_ok\nimport asyncio\nawait asyncio.sleep(0.1)\nprint('hi')")
     kernel.execute("%%parallel dash_bad\nraise ValueError('nope')")
     kernel.execute("%%parallel dash_slow\nimport asyncio\nawait asyncio.sleep(60)")
@@ -78,12 +74,17 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
         == {"dash_ok": "done", "dash_bad": "failed", "dash_slow": "running"},
         what="the timeline view to hold the three tasks in their states",
     )
-    summary = _value(kernel, parts["summary"])
+    summary = _value(kernel, parts["timeline"], "summary")
     assert "✔ 1 done" in summary and "✖ 1 failed" in summary and "▶ 1 running" in summary
 
-    labels = kernel.widget_states()[parts["task"]]["state"]["_options_labels"]
-    kernel.send_comm_msg(parts["task"], {"method": "update", "buffer_paths": [],
-                                       "state": {"index": labels.index("dash_slow")}})
+    # A click on the task's row picks it.
+    assert '<tr data-task="dash_slow"' in _value(kernel, parts["table"])
+    kernel.send_comm_msg(parts["table"], {"method": "update", "buffer_paths": [],
+                                        "state": {"selected": "dash_slow"}})
+    kernel.wait_until(
+        lambda: "background:#ddf4ff" in _value(kernel, parts["table"]),
+        what="the picked row to be highlighted",
+    )
     kernel.send_comm_msg(parts["cancel"], {"method": "custom", "content": {"event": "click"}})
     kernel.wait_until(
         lambda: "⊘ cancelled" in _value(kernel, parts["table"])
@@ -115,7 +116,7 @@ def test_many_quick_tasks_send_few_messages(kernel: Kernel) -> None:
     assert total >= 300
 
     def all_ended() -> bool:
-        summary = _value(kernel, parts["summary"])
+        summary = _value(kernel, parts["timeline"], "summary")
         return f"<b>{total} tasks</b>" in summary and "running" not in summary and (
             "pending" not in summary
         )

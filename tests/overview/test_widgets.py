@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -124,7 +125,35 @@ async def settle() -> None:
 
 
 def html(widget: Any) -> str:
-    return widget.get_state()["value"]
+    """What the front end is sent to show: an HTML widget's value, the table's rows."""
+    state = widget.get_state()
+    return state["html"] if "html" in state else state["value"]
+
+
+def summary(dash: Dashboard) -> str:
+    """The summary line the front end is sent (it comes with the timeline)."""
+    return dash.timeline.get_state()["summary"]
+
+
+def from_front_end(widget: Any, **state: Any) -> None:
+    """Apply ``state`` to ``widget`` the way a front end's update message does."""
+    widget._handle_msg({"content": {"data": {"method": "update", "state": state}},
+                        "buffers": []})
+
+
+def pick(dash: Dashboard, name: str) -> None:
+    """Click the row of task ``name``, in the browser."""
+    from_front_end(dash.table, selected=name)
+
+
+def turn_page(dash: Dashboard, step: int = 1) -> None:
+    """Click the table's next (or previous) page button, in the browser."""
+    from_front_end(dash.table, page=dash.table.page + step)
+
+
+def rows(dash: Dashboard) -> list[str]:
+    """The tasks of the table's rows, in order (what a click on each would pick)."""
+    return re.findall(r'<tr data-task="([^"]*)"', html(dash.table))
 
 
 def timeline(dash: Dashboard) -> dict[str, tuple[str, float, float | None, float | None]]:
@@ -171,13 +200,14 @@ async def test_rows_show_every_column(board: Board) -> None:
     assert "+2.50 s" in table  # fit started 2.5 s after the first submission
     assert "0.50 s" in table  # and has run for 0.5 s
     assert "fit: chain main, load: after" in table
-    assert "3 tasks" in html(dash.summary)
+    assert "3 tasks" in summary(dash)
     drawn = timeline(dash)
     assert list(drawn) == ["load", "fit", "plot"]  # in submission order
     assert drawn["fit"] == ("running", T0, T0 + 2.5, None)
     assert drawn["load"][0] == "done" and drawn["plot"][0] == "pending"
     assert dash.timeline.modes == ["thread"]
-    assert dash.page_label.get_state()["value"] == "1–3 of 3"
+    assert dash.table.get_state()["label"] == "1–3 of 3"
+    assert 'data-task="load"' in table  # a click on the row picks the task
 
 
 async def test_duration_ticks_while_running_and_stops_after(board: Board) -> None:
@@ -212,8 +242,8 @@ async def test_no_work_at_all_when_nothing_changes(board: Board) -> None:
 async def test_burst_of_1000_changes_sends_a_bounded_number_of_messages(board: Board) -> None:
     """1,000 tasks submitted, started and ended within 3 s: few messages per simulated second.
 
-    Each refresh sends at most one message per part that changed (summary, timeline,
-    table, page, task list), and refreshes come at most every 0.5 s.
+    Each refresh sends at most one message per part that changed (the summary with the
+    timeline, the table with its pager), and refreshes come at most every 0.5 s.
     """
     sched = board.sched
     dash = board.open()
@@ -230,7 +260,7 @@ async def test_burst_of_1000_changes_sends_a_bounded_number_of_messages(board: B
     assert dash._throttle.flushes <= 2 * 3 + 2
     assert sent.max_in_window(1.0) <= 12
     assert len(sent) <= 30
-    assert "1000 tasks" in html(dash.summary) and "✔ 1000 done" in html(dash.summary)
+    assert "1000 tasks" in summary(dash) and "✔ 1000 done" in summary(dash)
     assert board.clock.pending == []
 
 
@@ -254,7 +284,8 @@ async def test_a_packed_timeline_holds_every_task(board: Board) -> None:
 
 
 async def test_only_changed_parts_are_sent(board: Board) -> None:
-    """A change to a task on another page re-sends the summary and timeline, not the table."""
+    """A change to a task on another page re-sends the summary and timeline (one message),
+    not the table."""
     sched = board.sched
     for i in range(29):
         sched.add(record(f"t{i}", TaskState.DONE, 0, i, i + 0.5))
@@ -265,10 +296,8 @@ async def test_only_changed_parts_are_sent(board: Board) -> None:
     with WidgetMessages(only=dash.all_widgets) as sent:
         sched.changed(last)
         board.at(101)
-    changed = {dash.summary.model_id, dash.timeline.model_id}
-    assert {model for model, _, _ in sent.sent} == changed
-    keys = {model: keys for model, keys, _ in sent.sent}
-    assert keys == {dash.summary.model_id: ("value",), dash.timeline.model_id: ("rows",)}
+    assert [(model, keys) for model, keys, _ in sent.sent] == [
+        (dash.timeline.model_id, ("rows", "summary"))]
     assert timeline(dash)["t29"] == ("skipped", T0, None, T0 + 100)
 
 
@@ -282,20 +311,25 @@ async def test_pages_and_filter(board: Board) -> None:
         state = TaskState.FAILED if i % 10 == 0 else TaskState.DONE
         sched.add(record(f"t{i}", state, 0, 0, 1))
     dash = board.open()
-    assert dash.page_label.value == "1–20 of 45" and dash.prev_page.disabled
-    dash.next_page.click()
-    dash.next_page.click()
+    table = dash.table
+    assert (table.label, table.page, table.pages) == ("1–20 of 45", 0, 3)
+    turn_page(dash)
     await settle()
-    assert dash.page_label.value == "41–45 of 45" and dash.next_page.disabled
-    assert html(dash.table).count("<tr") == 1 + 5
-    assert dash.task.options == ("t40", "t41", "t42", "t43", "t44")
+    turn_page(dash)
+    await settle()
+    assert (table.label, table.page) == ("41–45 of 45", 2)
+    assert html(table).count("<tr") == 1 + 5
+    assert rows(dash) == ["t40", "t41", "t42", "t43", "t44"]
+    turn_page(dash)  # past the last page: the table stays on it
+    await settle()
+    assert (table.label, table.page) == ("41–45 of 45", 2)
     dash.filter.value = "unsuccessful"
     await settle()
-    assert dash.page_label.value == "1–5 of 5"
-    assert dash.task.options == ("t0", "t10", "t20", "t30", "t40")
+    assert (table.label, table.page, table.pages) == ("1–5 of 5", 0, 1)
+    assert rows(dash) == ["t0", "t10", "t20", "t30", "t40"]
     dash.filter.value = "running"
     await settle()
-    assert dash.page_label.value == "no running tasks" and dash.task.options == ()
+    assert table.label == "no running tasks" and rows(dash) == []
 
 
 async def test_pick_then_cancel_calls_the_scheduler_on_the_loop(board: Board) -> None:
@@ -305,9 +339,11 @@ async def test_pick_then_cancel_calls_the_scheduler_on_the_loop(board: Board) ->
     sched.add(record("b", TaskState.RUNNING, 0, 0))
     dash = board.open()
     assert dash.cancel_button.disabled  # nothing picked yet
-    dash.task.value = "b"  # as the front end would set it
+    picker = threading.Thread(target=pick, args=(dash, "b"))  # a subshell thread
+    picker.start()
+    picker.join(10)
     await settle()
-    assert not dash.cancel_button.disabled
+    assert dash._selected == "b" and not dash.cancel_button.disabled
     assert "background:#ddf4ff" in html(dash.table)  # the picked row is highlighted
     clicker = threading.Thread(target=dash.cancel_button.click)  # a subshell thread
     clicker.start()
@@ -315,22 +351,26 @@ async def test_pick_then_cancel_calls_the_scheduler_on_the_loop(board: Board) ->
     await settle()
     assert sched.cancelled == [("b", sched.loop_thread)]
     assert "cancelling <b>b</b>" in dash.message.value
-    dash.task.value = "a"
+    pick(dash, "a")
     await settle()
     assert dash.cancel_button.disabled  # a has ended
 
 
-async def test_picked_task_stays_listed_when_the_page_changes(board: Board) -> None:
-    """The picked task stays in the task list (and picked) after turning the page."""
+async def test_picked_task_stays_picked_when_the_page_changes(board: Board) -> None:
+    """The picked task stays picked (the actions apply to it) after turning the page."""
     for i in range(25):
-        board.sched.add(record(f"t{i}", TaskState.DONE, 0, 0, 1))
+        board.sched.add(record(f"t{i}", TaskState.DONE if i != 3 else TaskState.RUNNING, 0, 0,
+                               None if i == 3 else 1))
     dash = board.open()
-    dash.task.value = "t3"
+    pick(dash, "t3")
     await settle()
-    dash.next_page.click()
+    turn_page(dash)
     await settle()
-    assert dash.task.options == (*(f"t{i}" for i in range(20, 25)), "t3")
-    assert dash.task.value == "t3"
+    assert rows(dash) == [f"t{i}" for i in range(20, 25)]
+    assert dash.table.selected == "t3" and not dash.cancel_button.disabled
+    dash.cancel_button.click()
+    await settle()
+    assert [name for name, _ in board.sched.cancelled] == ["t3"]
 
 
 async def test_retry_hidden_without_api_retry(board: Board) -> None:
@@ -355,16 +395,16 @@ async def test_retry_button_calls_retry_for_unsuccessful_tasks(board: Board) -> 
     sched.add(record("c", TaskState.TIMED_OUT, 0, 0, 1))
     dash = board.open(retry=retry)
     assert dash.retry_button.layout.display != "none"
-    dash.task.value = "a"
+    pick(dash, "a")
     await settle()
     assert dash.retry_button.disabled
-    dash.task.value = "b"
+    pick(dash, "b")
     await settle()
     assert not dash.retry_button.disabled
     dash.retry_button.click()
     await settle()
     assert calls == ["b"] and "retrying <b>b</b>" in dash.message.value
-    dash.task.value = "c"
+    pick(dash, "c")
     await settle()
     dash.retry_button.click()
     await settle()
@@ -379,7 +419,7 @@ async def test_output_of_the_picked_task_is_shown_and_follows_it(board: Board) -
     rec.sink.write("stdout", "hello\n")
     board.sched.add(rec)
     dash = board.open()
-    dash.task.value = "talk"
+    pick(dash, "talk")
     dash.output_button.value = True
     await settle()
     assert dash.output.layout.display is None
@@ -411,7 +451,7 @@ async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board
     board.at(1)
     assert html(a.table) == html(b.table) and "▶ running" in html(a.table)
     a.close()
-    assert a.comm is None and all(w.comm is None for w in [a.summary, a.table, a.task])
+    assert a.comm is None and all(w.comm is None for w in [a.timeline, a.table, a.filter])
     assert len(sched._feeds) == 1
     rec.state, rec.ended = TaskState.DONE, T0 + 1.5
     with WidgetMessages() as sent:
@@ -512,7 +552,7 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
         table = html(dash.table)
         assert "✔ done" in table and "✖ failed" in table and "▶ running" in table
         assert "slow: after" in table  # 'after' waits for slow
-        dash.task.value = "slow"
+        pick(dash, "slow")
         await settle()
         dash.cancel_button.click()
         await asyncio.wait_for(asyncio.gather(slow._ended_event.wait(),
@@ -521,7 +561,7 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
         assert slow.state is TaskState.CANCELLED and after.state is TaskState.DONE
         table = html(dash.table)
         assert "⊘ cancelled" in table and table.count("✔ done") == 2
-        assert "4 tasks" in html(dash.summary)
+        assert "4 tasks" in summary(dash)
         assert clock.pending == []  # nothing runs: no tick timer left
     finally:
         dash.close()
@@ -566,10 +606,10 @@ async def test_last_task_ending_refreshes_at_once(board: Board) -> None:
     board.at(1.0)
     other.state, other.ended = TaskState.DONE, T0 + 1.1
     board.sched.changed(other)
-    assert "running" in html(dash.summary)
+    assert "running" in summary(dash)
     running.state, running.ended = TaskState.DONE, T0 + 1.2
     board.sched.changed(running)  # no clock advance: the refresh must happen now
-    assert "running" not in html(dash.summary) and "2 done" in html(dash.summary)
+    assert "running" not in summary(dash) and "2 done" in summary(dash)
     assert timeline(dash) == {"a": ("done", T0, T0, T0 + 1.2), "b": ("done", T0, T0, T0 + 1.1)}
 
 
@@ -594,7 +634,7 @@ async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
     for i, at in enumerate((2, 3, 4)):
         sched.add(record(f"b{i}", TaskState.DONE, at, at, at + 0.5))
         board.at(at + 0.6)
-        assert f"{i + 1 + 1} tasks" in dash.summary.value
+        assert f"{i + 1 + 1} tasks" in summary(dash)
         assert timeline(dash) == drawn, f"redrawn {at} s after a 0.1 s redraw"
     board.at(6)
     assert timeline(dash)["b2"][0] == "done"

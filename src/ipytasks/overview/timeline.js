@@ -1,6 +1,8 @@
-// The dashboard's live timeline, drawn in the browser (an anywidget view).
+// The dashboard's summary line and live timeline, drawn in the browser (an anywidget view).
 //
-// The kernel sends numbers, not markup (see TimelineView in widgets.py): `names`, one
+// `summary`: the line above the timeline, HTML made by the kernel (counts per state, work
+// against wall time). For the timeline the kernel sends numbers, not markup (see
+// TimelineView in widgets.py): `names`, one
 // task name per line in submission order (UTF-8 bytes); `rows`, float64 little-endian in five columns
 // of n values (submitted, started, ended as epoch seconds, NaN when not yet; the state's
 // index in `states`; the mode's index in `modes`); `t0` and `now` in epoch seconds;
@@ -253,11 +255,18 @@ export function svg(model) {
 const TRAITS = ["names", "rows", "modes", "total", "t0", "now"];
 
 function render({ model, el }) {
+  // The summary line comes in the same model (one message per refresh for both), and is
+  // redrawn on its own: the kernel sends it more often than the timeline.
+  const summary = document.createElement("div");
+  summary.className = "ipytasks-summary";
+  const showSummary = () => { summary.innerHTML = model.get("summary"); };
   const box = document.createElement("div");
   box.className = "ipytasks-timeline";
   box.style.overflow = "auto";
   box.style.maxHeight = "400px";
-  el.appendChild(box);
+  el.append(summary, box);
+  showSummary();
+  model.on("change:summary", showSummary);
   // One redraw per frame, however many traits one update changed.
   let queued = false;
   const draw = () => {
@@ -273,6 +282,7 @@ function render({ model, el }) {
   draw();
   for (const name of TRAITS) model.on(`change:${name}`, request);
   return () => {
+    model.off("change:summary", showSummary);
     for (const name of TRAITS) model.off(`change:${name}`, request);
   };
 }

@@ -2,24 +2,24 @@
 
 Layout, top to bottom::
 
-    summary     12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
-    timeline     a bar per task on one time axis, idle stretches shaded (TimelineView:
-                 drawn by the browser from numbers the kernel sends)
-    [show ▾] ◀ 1–20 of 1000 ▶
-    table        one HTML table: the tasks of the current page
-    [task ▾] [Cancel] [Retry] [Output]
+    timeline     12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
+                 a bar per task on one time axis, idle stretches shaded (TimelineView:
+                 the summary line, and bars drawn by the browser from numbers)
+    [show ▾] [Cancel] [Retry] [Output]
+    table        ◀ 1–20 of 1000 ▶ · picked: fit      (TaskTable: the pager, and one
+                 HTML table of the tasks of the current page; a click on a row picks it)
     message      what the last action did
-    output       the selected task's output (an ``Output`` widget fed from its TaskOutput)
+    output       the picked task's output (an ``Output`` widget fed from its TaskOutput)
 
 Why one HTML table and not a row of widgets per task: each widget is a model the
 front end must create and each changed widget is a message of its own, so 1,000
 tasks would mean thousands of models (several buttons each) and, while they run,
 one message per changed row. Here a refresh sends at most one message per part
-that changed (summary, timeline, table, the page's task list), whatever the number
-of tasks, and only the page being looked at is rendered. Refreshes and timeline
+that changed (the summary with the timeline, the table with its pager), whatever
+the number of tasks, and only the page being looked at is rendered. Refreshes and timeline
 redraws also space out with their own cost (:data:`MAX_SHARE`), so a session of
 10,000 tasks is drawn less often rather than slowing the kernel down. Actions apply
-to the task picked in the ``task`` dropdown, which lists the tasks of the page.
+to the task picked by clicking its row.
 
 Updates: the scheduler puts every change in the dashboard's
 :class:`~ipytasks.scheduler.ChangeFeed` and wakes it when the feed was empty; the
@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = (
     "TICK_INTERVAL",
     "TIMELINE_INTERVAL",
     "Dashboard",
+    "TaskTable",
     "TimelineView",
     "open_dashboard",
 )
@@ -95,7 +97,7 @@ FILTERS: dict[str, frozenset[TaskState] | None] = {
     **{str(state): frozenset({state}) for state in TaskState},
 }
 
-NO_SELECTION = "pick a task first (the <b>task</b> list holds the tasks of this page)"
+NO_SELECTION = "pick a task first: click its row in the table"
 _MISSING: Any = object()
 
 
@@ -113,17 +115,22 @@ def open_dashboard(
 
 
 class TimelineView(anywidget.AnyWidget):
-    """The dashboard's timeline, laid out and drawn in the browser (``timeline.js``).
+    """The dashboard's summary line and its timeline, laid out and drawn in the browser
+    (``timeline.js``).
 
     The kernel sends numbers (:class:`~ipytasks.overview.columns.TaskColumns`), not
     SVG: a redraw of 1,000 tasks costs it a few copies of memory, and the layout
     is the one of the timeline files (one lane per task up to ``labelled`` tasks, else
-    packed), drawn by the front end.
+    packed), drawn by the front end. The summary is in the same model so that a
+    refresh that changes both sends one message.
     """
 
     # The source itself, not its path: anywidget watches a path for changes by holding
     # every view made from it, so no view could ever be freed.
     _esm = Path(__file__).with_name("timeline.js").read_text(encoding="utf-8")
+    #: The line above the timeline (:func:`~ipytasks.overview.render.summary_html`):
+    #: counts per state, and work against wall time.
+    summary = traitlets.Unicode("").tag(sync=True)
     #: One task name per line, in submission order, as UTF-8 (bytes travel beside the
     #: message's JSON, not inside it).
     names = traitlets.Bytes(b"").tag(sync=True)
@@ -141,6 +148,27 @@ class TimelineView(anywidget.AnyWidget):
     #: Per state number: its name, icon and colour.
     states = traitlets.List([[str(s), *STATE_STYLE[s]] for s in TaskState]).tag(sync=True)
     labelled = traitlets.Int(LABELLED_LANES).tag(sync=True)
+
+
+class TaskTable(anywidget.AnyWidget):
+    """The dashboard's task table and its pager (``table.js``).
+
+    The kernel renders the page's rows (:func:`~ipytasks.overview.render.table_html`)
+    and the page it is on; the front end sets :attr:`page` when a pager button is
+    clicked and :attr:`selected` when a row is. One model, so a refresh that changes
+    the rows, the page and the pick sends one message.
+    """
+
+    _esm = Path(__file__).with_name("table.js").read_text(encoding="utf-8")
+    #: The rows of the current page, as an HTML table (each row's ``data-task``: its name).
+    html = traitlets.Unicode("").tag(sync=True)
+    #: ``1–20 of 45``, ``no tasks``, ``no running tasks``.
+    label = traitlets.Unicode("").tag(sync=True)
+    #: The page shown (from 0), and how many there are.
+    page = traitlets.Int(0).tag(sync=True)
+    pages = traitlets.Int(1).tag(sync=True)
+    #: The picked task's name: the one Cancel, Retry and Output apply to.
+    selected = traitlets.Unicode(None, allow_none=True).tag(sync=True)
 
 
 class _OutputView:
@@ -187,31 +215,23 @@ class Dashboard(widgets.VBox):
         call_later: CallLater | None = None,
     ) -> None:
         Layout = widgets.Layout
-        self.summary = widgets.HTML()
         self.timeline = TimelineView()
-        self.table = widgets.HTML(layout=Layout(overflow="auto"))
+        self.table = TaskTable()
         self.filter = widgets.Dropdown(options=list(FILTERS), value="all", description="show",
                                        layout=Layout(width="190px"))
-        self.prev_page = widgets.Button(description="◀", tooltip="previous page",
-                                        layout=Layout(width="36px"))
-        self.next_page = widgets.Button(description="▶", tooltip="next page",
-                                        layout=Layout(width="36px"))
-        self.page_label = widgets.Label()
-        self.task = widgets.Dropdown(options=(), description="task", layout=Layout(width="260px"))
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
-                                            tooltip="cancel the selected task")
+                                            tooltip="cancel the picked task")
         self.retry_button = widgets.Button(description="Retry", icon="redo", disabled=True,
-                                           tooltip="run the selected task's cell again")
+                                           tooltip="run the picked task's cell again")
         self.output_button = widgets.ToggleButton(description="Output", icon="align-left",
-                                                  tooltip="show the selected task's output")
+                                                  tooltip="show the picked task's output")
         self.message = widgets.HTML()
         self.output = widgets.Output(layout=Layout(
             display="none", max_height="320px", overflow="auto", border="1px solid #d0d7de"))
-        controls = widgets.HBox([self.filter, self.prev_page, self.page_label, self.next_page])
-        actions = widgets.HBox([self.task, self.cancel_button, self.retry_button,
-                                self.output_button])
-        super().__init__(children=(self.summary, self.timeline, controls, self.table, actions,
-                                   self.message, self.output))
+        controls = widgets.HBox([self.filter, self.cancel_button, self.retry_button,
+                                 self.output_button])
+        super().__init__(children=(self.timeline, controls, self.table, self.message,
+                                   self.output))
 
         self._scheduler = scheduler
         self._registry: Mapping[str, TaskRecord] = (
@@ -255,13 +275,13 @@ class Dashboard(widgets.VBox):
         self._view = _OutputView(self)
         self._watched: TaskOutput | None = None
         self._shown_version = -1
-        self._rendering = False
+        #: The thread rendering, if any: what the kernel itself sets on the table is
+        #: not a front-end event (one from a subshell thread meanwhile still is).
+        self._rendering: int | None = None
         self._closed = False
 
         self.filter.observe(lambda c: self._post(self._set_filter, c["new"]), "value")
-        self.prev_page.on_click(lambda _: self._post(self._turn, -1))
-        self.next_page.on_click(lambda _: self._post(self._turn, 1))
-        self.task.observe(self._on_pick, "value")
+        self.table.observe(self._on_table, ("page", "selected"))
         self.cancel_button.on_click(lambda _: self._post(self._cancel_selected))
         self.retry_button.on_click(lambda _: self._post(self._retry_selected))
         self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
@@ -326,7 +346,7 @@ class Dashboard(widgets.VBox):
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
-            self._render_timeline(now, self._shown_counts)
+            self._render_timeline(now, self._shown_counts, self.timeline.summary)
             return False
         self._seen = seen
         keep = FILTERS[self.filter.value]
@@ -336,24 +356,20 @@ class Dashboard(widgets.VBox):
         visible = shown[page * self.page_size:(page + 1) * self.page_size]
 
         summary = columns.summary(now)
-        _assign(self.summary, value=summary_html(summary))
-        self._render_timeline(now, summary.counts)
-        _assign(self.table, value=table_html(visible, now=now, t0=columns.run_start(),
-                                             selected=self._selected, cache=self._table_rows))
+        self._render_timeline(now, summary.counts, summary_html(summary))
         if shown:
             first = page * self.page_size + 1
             label = f"{first}–{first + len(visible) - 1} of {len(shown)}"
         else:
             label = "no tasks" if keep is None else f"no {self.filter.value} tasks"
-        _assign(self.page_label, value=label)
-        _assign(self.prev_page, disabled=page == 0)
-        _assign(self.next_page, disabled=page >= pages - 1)
-
-        names = tuple(r.name for r in visible)
         selected = self._selected
-        if selected is not None and selected not in names and selected in self._registry:
-            names += (selected,)
-        self._set_task_options(names, selected if selected in names else None)
+        self._rendering = threading.get_ident()
+        try:
+            _assign(self.table, html=table_html(visible, now=now, t0=columns.run_start(),
+                                                selected=selected, cache=self._table_rows),
+                    label=label, page=page, pages=pages, selected=selected)
+        finally:
+            self._rendering = None
 
         record = self._registry.get(selected) if selected is not None else None
         _assign(self.cancel_button, disabled=record is None or record.state.ended)
@@ -364,9 +380,11 @@ class Dashboard(widgets.VBox):
         self._shown_running = TaskState.RUNNING in summary.counts
         return self._shown_running
 
-    def _render_timeline(self, now: float, counts: Mapping[TaskState, int]) -> None:
-        """Redraw the timeline, at most every ``timeline_interval`` and no more than
-        :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due).
+    def _render_timeline(self, now: float, counts: Mapping[TaskState, int],
+                         summary: str) -> None:
+        """Show ``summary``, and redraw the timeline at most every ``timeline_interval``
+        and no more than :data:`MAX_SHARE` of the time (else a refresh is asked for when
+        it is due).
 
         Once no task is pending or running only the second bound applies: the final
         picture goes out with the final summary (a ``%wait`` that returns finds it sent).
@@ -374,32 +392,20 @@ class Dashboard(widgets.VBox):
         active = any(s in ACTIVE for s in counts)
         mono = self._clock()
         due = self._timeline_at + (self._timeline_gap if active else self._timeline_cost_gap)
+        view = self.timeline
         if mono < due:
             self._throttle.request(due - mono)
+            _assign(view, summary=summary)
             return
         self._timeline_at = mono
         cost = self._cost_clock()
-        view = self.timeline
         columns = self._columns
-        # One message: the view draws names and rows together.
-        _assign(view, names=columns.names(), rows=columns.rows(), modes=list(columns.modes),
-                total=len(self._registry), t0=columns.run_start() or now,
-                now=now if active else view.now)
+        # One message: the view draws names and rows together, the summary with them.
+        _assign(view, summary=summary, names=columns.names(), rows=columns.rows(),
+                modes=list(columns.modes), total=len(self._registry),
+                t0=columns.run_start() or now, now=now if active else view.now)
         self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
         self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
-
-    def _set_task_options(self, names: tuple[str, ...], value: str | None) -> None:
-        if tuple(self.task.options) == names and self.task.value == value:
-            return
-        self._rendering = True
-        try:
-            with self.task.hold_sync():
-                self.task.index = None  # so new options do not select their first item
-                self.task.options = names
-                if value is not None:
-                    self.task.value = value
-        finally:
-            self._rendering = False
 
     def _render_output(self, record: TaskRecord | None) -> None:
         sink = record.sink if record is not None and self.output_button.value else None
@@ -448,8 +454,12 @@ class Dashboard(widgets.VBox):
         else:
             self._post(fn)
 
-    def _on_pick(self, change: dict[str, Any]) -> None:
-        if not self._rendering:
+    def _on_table(self, change: dict[str, Any]) -> None:
+        if self._rendering == threading.get_ident():
+            return
+        if change["name"] == "page":
+            self._post(self._goto, change["new"])
+        else:
             self._post(self._select, change["new"])
 
     def _select(self, name: str | None) -> None:
@@ -464,8 +474,8 @@ class Dashboard(widgets.VBox):
         self._page = 0
         self._throttle.flush_now()
 
-    def _turn(self, pages: int) -> None:
-        self._page = max(0, self._page + pages)
+    def _goto(self, page: int) -> None:
+        self._page = max(0, page)
         self._throttle.flush_now()
 
     def _selected_record(self) -> TaskRecord | None:
