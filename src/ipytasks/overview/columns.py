@@ -20,7 +20,7 @@ import sys
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from itertools import repeat
+from itertools import islice, repeat
 from operator import attrgetter, sub
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +94,9 @@ class TaskColumns:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        #: Each record's row.
+        #: Each row's record; and the row of each record of the first ``len(_index)``
+        #: rows, extended only when a record is looked up (see :meth:`_are_new`).
+        self._records: list[TaskRecord] = []
         self._index: dict[TaskRecord, int] = {}
         self._removals = getattr(self._registry, "_removals", 0)
         self._names: list[str] = []
@@ -128,10 +130,10 @@ class TaskColumns:
         records = list(records)
         if not records:
             return
-        index = self._index
-        if index.keys().isdisjoint(records):
+        if self._are_new(records) or self._indexed().keys().isdisjoint(records):
             self._append(records)
         else:
+            index = self._index
             rows = list(map(index.get, records))
             if None not in rows:
                 self._modify(records, rows)
@@ -140,9 +142,32 @@ class TaskColumns:
                 self._append([r for r, i in zip(records, rows) if i is None])
         self._check()
 
+    def _are_new(self, records: list[TaskRecord]) -> bool:
+        """Whether ``records`` are the registry's newest ones, in its order and none
+        of them seen yet: the common case (the tasks a cell submitted since the last
+        update), told without a lookup per record."""
+        registry = self._registry
+        count = len(records)
+        if len(registry) != len(self._records) + count:
+            return False
+        try:
+            newest = list(islice(reversed(registry.values()), count))
+        except TypeError:  # a mapping whose values cannot be read backwards
+            return False
+        newest.reverse()
+        return newest == records  # records compare by identity
+
+    def _indexed(self) -> dict[TaskRecord, int]:
+        """Each record's row, for every row."""
+        index = self._index
+        if len(index) < len(self._records):
+            start = len(index)
+            index.update(zip(self._records[start:], range(start, len(self._records))))
+        return index
+
     def _check(self) -> None:
         registry = self._registry
-        if (len(self._index) != len(registry)
+        if (len(self._records) != len(registry)
                 or getattr(registry, "_removals", 0) != self._removals):
             self._rebuild()
 
@@ -150,7 +175,7 @@ class TaskColumns:
         if not records:
             return
         first = len(self._names)
-        self._index.update(zip(records, range(first, first + len(records))))
+        self._records.extend(records)
         self._names.extend(map(_NAME, records))
         self._joined = None
         submitted = list(map(_SUBMITTED, records))
