@@ -177,7 +177,7 @@ async def run(shell: Any, scenario: str, n: int, with_dashboard: bool,
                     await asyncio.sleep(0.05)
             wall = time.monotonic() - wall0
             cpu = time.process_time() - cpu0
-        summary = dash.timeline.summary if dash is not None else ""
+        summary = dash.view.summary if dash is not None else ""
     finally:
         if dash is not None:
             dash.close()

@@ -30,12 +30,10 @@ def _dashboard_widgets(kernel: Kernel, since: set[str]) -> dict[str, str]:
             continue
         state = widget["state"]
         kind = widget["model_name"]
-        if kind == "AnyModel" and "html" in state:
-            parts["table"] = cid
+        if kind == "AnyModel" and "html" in state and "rows" in state:
+            parts["view"] = cid
         elif kind == "ButtonModel" and state.get("description") == "Cancel":
             parts["cancel"] = cid
-        elif kind == "AnyModel" and "rows" in state:
-            parts["timeline"] = cid
     return parts
 
 
@@ -47,7 +45,7 @@ def _timeline(kernel: Kernel, cid: str) -> dict[str, str]:
 
 
 def _value(kernel: Kernel, cid: str, key: str = "html") -> Any:
-    """What a part shows: the table's rows, the timeline's ``summary`` line."""
+    """What the view shows: the table's rows, or its ``summary`` line."""
     return kernel.widget_states()[cid]["state"].get(key, "")
 
 
@@ -56,39 +54,39 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
     before = set(kernel.widget_states())
     kernel.execute(OPEN.format(var="_dash1"))
     parts = _dashboard_widgets(kernel, before)
-    assert {"table", "cancel", "timeline"} <= set(parts), parts
+    assert {"view", "cancel"} <= set(parts), parts
     kernel.execute("%%parallel dash_ok\nimport asyncio\nawait asyncio.sleep(0.1)\nprint('hi')")
     kernel.execute("%%parallel dash_bad\nraise ValueError('nope')")
     kernel.execute("%%parallel dash_slow\nimport asyncio\nawait asyncio.sleep(60)")
     kernel.wait_until(
         lambda: all(
-            s in _value(kernel, parts["table"])
+            s in _value(kernel, parts["view"])
             for s in ("<b>dash_ok</b>", "✔ done", "✖ failed", "▶ running")
         ),
         what="the dashboard's table to show done, failed and running tasks",
     )
     # The timeline view is sent numbers, not a picture: it names the tasks and their states.
     kernel.wait_until(
-        lambda: {k: v for k, v in _timeline(kernel, parts["timeline"]).items()
+        lambda: {k: v for k, v in _timeline(kernel, parts["view"]).items()
                  if k.startswith("dash_")}
         == {"dash_ok": "done", "dash_bad": "failed", "dash_slow": "running"},
         what="the timeline view to hold the three tasks in their states",
     )
-    summary = _value(kernel, parts["timeline"], "summary")
+    summary = _value(kernel, parts["view"], "summary")
     assert "✔ 1 done" in summary and "✖ 1 failed" in summary and "▶ 1 running" in summary
 
     # A click on the task's row picks it.
-    assert '<tr data-task="dash_slow"' in _value(kernel, parts["table"])
-    kernel.send_comm_msg(parts["table"], {"method": "update", "buffer_paths": [],
+    assert '<tr data-task="dash_slow"' in _value(kernel, parts["view"])
+    kernel.send_comm_msg(parts["view"], {"method": "update", "buffer_paths": [],
                                         "state": {"selected": "dash_slow"}})
     kernel.wait_until(
-        lambda: "background:#ddf4ff" in _value(kernel, parts["table"]),
+        lambda: "background:#ddf4ff" in _value(kernel, parts["view"]),
         what="the picked row to be highlighted",
     )
     kernel.send_comm_msg(parts["cancel"], {"method": "custom", "content": {"event": "click"}})
     kernel.wait_until(
-        lambda: "⊘ cancelled" in _value(kernel, parts["table"])
-        and _timeline(kernel, parts["timeline"]).get("dash_slow") == "cancelled",
+        lambda: "⊘ cancelled" in _value(kernel, parts["view"])
+        and _timeline(kernel, parts["view"]).get("dash_slow") == "cancelled",
         what="the cancelled task to show as cancelled, in the table and the timeline",
     )
     out = kernel.execute("print(api.tasks['dash_slow'].state)").stdout
@@ -116,7 +114,7 @@ def test_many_quick_tasks_send_few_messages(kernel: Kernel) -> None:
     assert total >= 300
 
     def all_ended() -> bool:
-        summary = _value(kernel, parts["timeline"], "summary")
+        summary = _value(kernel, parts["view"], "summary")
         return f"<b>{total} tasks</b>" in summary and "running" not in summary and (
             "pending" not in summary
         )

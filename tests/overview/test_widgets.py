@@ -124,15 +124,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def html(widget: Any) -> str:
-    """What the front end is sent to show: an HTML widget's value, the table's rows."""
-    state = widget.get_state()
-    return state["html"] if "html" in state else state["value"]
+def table(dash: Dashboard) -> str:
+    """The table's rows, as the front end is sent them."""
+    return dash.view.get_state()["html"]
 
 
 def summary(dash: Dashboard) -> str:
-    """The summary line the front end is sent (it comes with the timeline)."""
-    return dash.timeline.get_state()["summary"]
+    """The summary line, as the front end is sent it."""
+    return dash.view.get_state()["summary"]
 
 
 def from_front_end(widget: Any, **state: Any) -> None:
@@ -143,22 +142,22 @@ def from_front_end(widget: Any, **state: Any) -> None:
 
 def pick(dash: Dashboard, name: str) -> None:
     """Click the row of task ``name``, in the browser."""
-    from_front_end(dash.table, selected=name)
+    from_front_end(dash.view, selected=name)
 
 
 def turn_page(dash: Dashboard, step: int = 1) -> None:
     """Click the table's next (or previous) page button, in the browser."""
-    from_front_end(dash.table, page=dash.table.page + step)
+    from_front_end(dash.view, page=dash.view.page + step)
 
 
 def rows(dash: Dashboard) -> list[str]:
     """The tasks of the table's rows, in order (what a click on each would pick)."""
-    return re.findall(r'<tr data-task="([^"]*)"', html(dash.table))
+    return re.findall(r'<tr data-task="([^"]*)"', table(dash))
 
 
 def timeline(dash: Dashboard) -> dict[str, tuple[str, float, float | None, float | None]]:
     """The tasks the dashboard's timeline view holds, as the front end reads them."""
-    return timeline_tasks(dash.timeline.names, dash.timeline.rows)
+    return timeline_tasks(dash.view.names, dash.view.rows)
 
 
 # -- content ----------------------------------------------------------------------------
@@ -192,22 +191,22 @@ async def test_rows_show_every_column(board: Board) -> None:
     sched.add(plot)
     board.at(3.0)
     dash = board.open()
-    table = html(dash.table)
-    assert table.count("<tr") == 4
-    assert "✔ done" in table and "▶ running" in table and "⏳ pending" in table
-    assert "#1a7f37" in table  # done's colour, beside its icon
-    assert "<b>load</b>" in table and ">io<" in table and ">main<" in table and ">thread<" in table
-    assert "+2.50 s" in table  # fit started 2.5 s after the first submission
-    assert "0.50 s" in table  # and has run for 0.5 s
-    assert "fit: chain main, load: after" in table
+    shown = table(dash)
+    assert shown.count("<tr") == 4
+    assert "✔ done" in shown and "▶ running" in shown and "⏳ pending" in shown
+    assert "#1a7f37" in shown  # done's colour, beside its icon
+    assert "<b>load</b>" in shown and ">io<" in shown and ">main<" in shown and ">thread<" in shown
+    assert "+2.50 s" in shown  # fit started 2.5 s after the first submission
+    assert "0.50 s" in shown  # and has run for 0.5 s
+    assert "fit: chain main, load: after" in shown
     assert "3 tasks" in summary(dash)
     drawn = timeline(dash)
     assert list(drawn) == ["load", "fit", "plot"]  # in submission order
     assert drawn["fit"] == ("running", T0, T0 + 2.5, None)
     assert drawn["load"][0] == "done" and drawn["plot"][0] == "pending"
-    assert dash.timeline.modes == ["thread"]
-    assert dash.table.get_state()["label"] == "1–3 of 3"
-    assert 'data-task="load"' in table  # a click on the row picks the task
+    assert dash.view.modes == ["thread"]
+    assert dash.view.get_state()["label"] == "1–3 of 3"
+    assert 'data-task="load"' in shown  # a click on the row picks the task
 
 
 async def test_duration_ticks_while_running_and_stops_after(board: Board) -> None:
@@ -215,16 +214,16 @@ async def test_duration_ticks_while_running_and_stops_after(board: Board) -> Non
     sched = board.sched
     fit = sched.add(record("fit", TaskState.RUNNING, 0, 0))
     dash = board.open()
-    assert "0.00 s" in html(dash.table)
+    assert "0.00 s" in table(dash)
     board.at(1.0)
-    assert "1.0 s" in html(dash.table)
+    assert "1.0 s" in table(dash)
     board.at(2.0)
-    assert "2.0 s" in html(dash.table)
+    assert "2.0 s" in table(dash)
     assert len(board.clock.pending) == 1  # exactly one timer: the next tick
     fit.state, fit.ended = TaskState.DONE, T0 + 2.2
     sched.changed(fit)
     board.at(3.0)
-    assert "✔ done" in html(dash.table) and "2.2 s" in html(dash.table)
+    assert "✔ done" in table(dash) and "2.2 s" in table(dash)
     assert board.clock.pending == []
 
 
@@ -275,7 +274,7 @@ async def test_a_packed_timeline_holds_every_task(board: Board) -> None:
     drawn = timeline(dash)
     assert list(drawn) == [f"s{i}" for i in range(45)] + [f"w{i}" for i in range(5)]
     assert drawn["w0"] == ("pending", T0, None, None)
-    assert dash.timeline.total == 50
+    assert dash.view.total == 50
     board.at(50)
     waiting[0].state, waiting[0].started = TaskState.RUNNING, T0 + 50
     sched.changed(waiting[0])
@@ -284,8 +283,7 @@ async def test_a_packed_timeline_holds_every_task(board: Board) -> None:
 
 
 async def test_only_changed_parts_are_sent(board: Board) -> None:
-    """A change to a task on another page re-sends the summary and timeline (one message),
-    not the table."""
+    """A change to a task on another page sends the summary and the timeline, not the table."""
     sched = board.sched
     for i in range(29):
         sched.add(record(f"t{i}", TaskState.DONE, 0, i, i + 0.5))
@@ -297,7 +295,7 @@ async def test_only_changed_parts_are_sent(board: Board) -> None:
         sched.changed(last)
         board.at(101)
     assert [(model, keys) for model, keys, _ in sent.sent] == [
-        (dash.timeline.model_id, ("rows", "summary"))]
+        (dash.view.model_id, ("rows", "summary"))]
     assert timeline(dash)["t29"] == ("skipped", T0, None, T0 + 100)
 
 
@@ -311,25 +309,28 @@ async def test_pages_and_filter(board: Board) -> None:
         state = TaskState.FAILED if i % 10 == 0 else TaskState.DONE
         sched.add(record(f"t{i}", state, 0, 0, 1))
     dash = board.open()
-    table = dash.table
-    assert (table.label, table.page, table.pages) == ("1–20 of 45", 0, 3)
+    view = dash.view
+    assert (view.label, view.page, view.pages) == ("1–20 of 45", 0, 3)
     turn_page(dash)
     await settle()
     turn_page(dash)
     await settle()
-    assert (table.label, table.page) == ("41–45 of 45", 2)
-    assert html(table).count("<tr") == 1 + 5
+    assert (view.label, view.page) == ("41–45 of 45", 2)
+    assert table(dash).count("<tr") == 1 + 5
     assert rows(dash) == ["t40", "t41", "t42", "t43", "t44"]
     turn_page(dash)  # past the last page: the table stays on it
     await settle()
-    assert (table.label, table.page) == ("41–45 of 45", 2)
-    dash.filter.value = "unsuccessful"
+    assert (view.label, view.page) == ("41–45 of 45", 2)
+    from_front_end(view, show="unsuccessful")
     await settle()
-    assert (table.label, table.page, table.pages) == ("1–5 of 5", 0, 1)
+    assert (view.label, view.page, view.pages, view.show) == ("1–5 of 5", 0, 1, "unsuccessful")
     assert rows(dash) == ["t0", "t10", "t20", "t30", "t40"]
-    dash.filter.value = "running"
+    from_front_end(view, show="timed_out")
     await settle()
-    assert table.label == "no running tasks" and rows(dash) == []
+    assert view.label == "no timed out tasks" and rows(dash) == []
+    from_front_end(view, show="nonsense")  # not a choice: the filter in use stays
+    await settle()
+    assert view.show == "timed_out" and view.label == "no timed out tasks"
 
 
 async def test_pick_then_cancel_calls_the_scheduler_on_the_loop(board: Board) -> None:
@@ -344,7 +345,7 @@ async def test_pick_then_cancel_calls_the_scheduler_on_the_loop(board: Board) ->
     picker.join(10)
     await settle()
     assert dash._selected == "b" and not dash.cancel_button.disabled
-    assert "background:#ddf4ff" in html(dash.table)  # the picked row is highlighted
+    assert "background:#ddf4ff" in table(dash)  # the picked row is highlighted
     clicker = threading.Thread(target=dash.cancel_button.click)  # a subshell thread
     clicker.start()
     clicker.join(10)
@@ -367,7 +368,7 @@ async def test_picked_task_stays_picked_when_the_page_changes(board: Board) -> N
     turn_page(dash)
     await settle()
     assert rows(dash) == [f"t{i}" for i in range(20, 25)]
-    assert dash.table.selected == "t3" and not dash.cancel_button.disabled
+    assert dash.view.selected == "t3" and not dash.cancel_button.disabled
     dash.cancel_button.click()
     await settle()
     assert [name for name, _ in board.sched.cancelled] == ["t3"]
@@ -449,16 +450,16 @@ async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board
     a, b = board.open(), board.open()
     rec = sched.add(record("x", TaskState.RUNNING, 0, 0))
     board.at(1)
-    assert html(a.table) == html(b.table) and "▶ running" in html(a.table)
+    assert table(a) == table(b) and "▶ running" in table(a)
     a.close()
-    assert a.comm is None and all(w.comm is None for w in [a.timeline, a.table, a.filter])
+    assert a.comm is None and all(w.comm is None for w in [a.view, a.cancel_button, a.output])
     assert len(sched._feeds) == 1
     rec.state, rec.ended = TaskState.DONE, T0 + 1.5
     with WidgetMessages() as sent:
         sched.changed(rec)
         board.at(3)
     assert {m for m, _, _ in sent.sent} <= {w.model_id for w in b.all_widgets()}
-    assert "✔ done" in html(b.table)
+    assert "✔ done" in table(b)
     assert not a._throttle.armed
     assert board.clock.pending == []
     a.close()  # closing twice is harmless
@@ -477,7 +478,7 @@ async def test_closed_dashboard_leaves_no_widget_behind(board: Board) -> None:
     assert not (made & set(_instances))
     # Nothing holds on to it once closed: its widgets (the timeline view and the data it
     # was sent included) can be freed.
-    gone = [weakref.ref(dash), weakref.ref(dash.timeline), weakref.ref(dash.table)]
+    gone = [weakref.ref(dash), weakref.ref(dash.view), weakref.ref(dash.output)]
     board.opened.remove(dash)
     del dash
     gc.collect()
@@ -549,9 +550,9 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
         after = sched.submit("1", "after", TaskOptions(after=("slow",), on_error="continue"))
         await asyncio.wait_for(asyncio.gather(ok._ended_event.wait(), bad._ended_event.wait()), 10)
         clock.advance(1)
-        table = html(dash.table)
-        assert "✔ done" in table and "✖ failed" in table and "▶ running" in table
-        assert "slow: after" in table  # 'after' waits for slow
+        shown = table(dash)
+        assert "✔ done" in shown and "✖ failed" in shown and "▶ running" in shown
+        assert "slow: after" in shown  # 'after' waits for slow
         pick(dash, "slow")
         await settle()
         dash.cancel_button.click()
@@ -559,8 +560,8 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
                                               after._ended_event.wait()), 10)
         clock.advance(2)
         assert slow.state is TaskState.CANCELLED and after.state is TaskState.DONE
-        table = html(dash.table)
-        assert "⊘ cancelled" in table and table.count("✔ done") == 2
+        shown = table(dash)
+        assert "⊘ cancelled" in shown and shown.count("✔ done") == 2
         assert "4 tasks" in summary(dash)
         assert clock.pending == []  # nothing runs: no tick timer left
     finally:
@@ -587,10 +588,10 @@ async def test_default_timer_runs_on_the_scheduler_loop_in_an_empty_context(shel
         rec = sched.submit("await asyncio.sleep(0)", "t", TaskOptions())
         await sched.wait([rec])
         for _ in range(100):
-            if seen and "✔ done" in html(dash.table):
+            if seen and "✔ done" in table(dash):
                 break
             await asyncio.sleep(0.01)
-        assert "✔ done" in html(dash.table)
+        assert "✔ done" in table(dash)
         assert seen and all(value is None for value in seen)
     finally:
         dash.close()

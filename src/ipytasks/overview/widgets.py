@@ -2,24 +2,23 @@
 
 Layout, top to bottom::
 
-    timeline     12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
-                 a bar per task on one time axis, idle stretches shaded (TimelineView:
-                 the summary line, and bars drawn by the browser from numbers)
-    [show ▾] [Cancel] [Retry] [Output]
-    table        ◀ 1–20 of 1000 ▶ · picked: fit      (TaskTable: the pager, and one
-                 HTML table of the tasks of the current page; a click on a row picks it)
+    view         12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
+                 a bar per task on one time axis, idle stretches shaded
+                 show [all ▾] ◀ 1–20 of 1000 ▶ · picked: fit
+                 one HTML table: the tasks of the current page; a click on a row picks it
+                 (TasksView: one model, drawn by the browser; the timeline from numbers)
+    [Cancel] [Retry] [Output]   for the picked task
     message      what the last action did
     output       the picked task's output (an ``Output`` widget fed from its TaskOutput)
 
 Why one HTML table and not a row of widgets per task: each widget is a model the
 front end must create and each changed widget is a message of its own, so 1,000
 tasks would mean thousands of models (several buttons each) and, while they run,
-one message per changed row. Here a refresh sends at most one message per part
-that changed (the summary with the timeline, the table with its pager), whatever
-the number of tasks, and only the page being looked at is rendered. Refreshes and timeline
-redraws also space out with their own cost (:data:`MAX_SHARE`), so a session of
-10,000 tasks is drawn less often rather than slowing the kernel down. Actions apply
-to the task picked by clicking its row.
+one message per changed row. Here what a refresh changes (summary, timeline, table,
+page) goes out as one message of one model, whatever the number of tasks, and only
+the page being looked at is rendered. Refreshes and timeline redraws also space out
+with their own cost (:data:`MAX_SHARE`), so a session of 10,000 tasks is drawn less
+often rather than slowing the kernel down.
 
 Updates: the scheduler puts every change in the dashboard's
 :class:`~ipytasks.scheduler.ChangeFeed` and wakes it when the feed was empty; the
@@ -68,8 +67,7 @@ __all__ = (
     "TICK_INTERVAL",
     "TIMELINE_INTERVAL",
     "Dashboard",
-    "TaskTable",
-    "TimelineView",
+    "TasksView",
     "open_dashboard",
 )
 
@@ -114,23 +112,27 @@ def open_dashboard(
     return Dashboard(scheduler, registry, **options)
 
 
-class TimelineView(anywidget.AnyWidget):
-    """The dashboard's summary line and its timeline, laid out and drawn in the browser
-    (``timeline.js``).
+class TasksView(anywidget.AnyWidget):
+    """The dashboard's view of its tasks, drawn in the browser (``dashboard.js``): the
+    summary line, the timeline, and the task table with its filter and pager.
 
-    The kernel sends numbers (:class:`~ipytasks.overview.columns.TaskColumns`), not
-    SVG: a redraw of 1,000 tasks costs it a few copies of memory, and the layout
-    is the one of the timeline files (one lane per task up to ``labelled`` tasks, else
-    packed), drawn by the front end. The summary is in the same model so that a
-    refresh that changes both sends one message.
+    One model, so that a refresh sends one message with whatever changed. For the
+    timeline the kernel sends numbers (:class:`~ipytasks.overview.columns.TaskColumns`),
+    not SVG: a redraw of 1,000 tasks costs it a few copies of memory, and the layout is
+    the one of the timeline files (one lane per task up to ``labelled`` tasks, else
+    packed). The table's rows are HTML (:func:`~ipytasks.overview.render.table_html`),
+    of the page shown only. The front end sets :attr:`show`, :attr:`page` and
+    :attr:`selected` when the user picks a filter, turns the page or clicks a row.
     """
 
     # The source itself, not its path: anywidget watches a path for changes by holding
     # every view made from it, so no view could ever be freed.
-    _esm = Path(__file__).with_name("timeline.js").read_text(encoding="utf-8")
-    #: The line above the timeline (:func:`~ipytasks.overview.render.summary_html`):
-    #: counts per state, and work against wall time.
+    _esm = Path(__file__).with_name("dashboard.js").read_text(encoding="utf-8")
+    #: The line on top (:func:`~ipytasks.overview.render.summary_html`): counts per
+    #: state, and work against wall time.
     summary = traitlets.Unicode("").tag(sync=True)
+
+    # -- the timeline
     #: One task name per line, in submission order, as UTF-8 (bytes travel beside the
     #: message's JSON, not inside it).
     names = traitlets.Bytes(b"").tag(sync=True)
@@ -149,17 +151,7 @@ class TimelineView(anywidget.AnyWidget):
     states = traitlets.List([[str(s), *STATE_STYLE[s]] for s in TaskState]).tag(sync=True)
     labelled = traitlets.Int(LABELLED_LANES).tag(sync=True)
 
-
-class TaskTable(anywidget.AnyWidget):
-    """The dashboard's task table and its pager (``table.js``).
-
-    The kernel renders the page's rows (:func:`~ipytasks.overview.render.table_html`)
-    and the page it is on; the front end sets :attr:`page` when a pager button is
-    clicked and :attr:`selected` when a row is. One model, so a refresh that changes
-    the rows, the page and the pick sends one message.
-    """
-
-    _esm = Path(__file__).with_name("table.js").read_text(encoding="utf-8")
+    # -- the table
     #: The rows of the current page, as an HTML table (each row's ``data-task``: its name).
     html = traitlets.Unicode("").tag(sync=True)
     #: ``1–20 of 45``, ``no tasks``, ``no running tasks``.
@@ -167,6 +159,9 @@ class TaskTable(anywidget.AnyWidget):
     #: The page shown (from 0), and how many there are.
     page = traitlets.Int(0).tag(sync=True)
     pages = traitlets.Int(1).tag(sync=True)
+    #: Which tasks the table lists: one of ``filters`` (:data:`FILTERS`).
+    show = traitlets.Unicode("all").tag(sync=True)
+    filters = traitlets.List(traitlets.Unicode(), list(FILTERS)).tag(sync=True)
     #: The picked task's name: the one Cancel, Retry and Output apply to.
     selected = traitlets.Unicode(None, allow_none=True).tag(sync=True)
 
@@ -215,10 +210,7 @@ class Dashboard(widgets.VBox):
         call_later: CallLater | None = None,
     ) -> None:
         Layout = widgets.Layout
-        self.timeline = TimelineView()
-        self.table = TaskTable()
-        self.filter = widgets.Dropdown(options=list(FILTERS), value="all", description="show",
-                                       layout=Layout(width="190px"))
+        self.view = TasksView()
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
                                             tooltip="cancel the picked task")
         self.retry_button = widgets.Button(description="Retry", icon="redo", disabled=True,
@@ -228,10 +220,8 @@ class Dashboard(widgets.VBox):
         self.message = widgets.HTML()
         self.output = widgets.Output(layout=Layout(
             display="none", max_height="320px", overflow="auto", border="1px solid #d0d7de"))
-        controls = widgets.HBox([self.filter, self.cancel_button, self.retry_button,
-                                 self.output_button])
-        super().__init__(children=(self.timeline, controls, self.table, self.message,
-                                   self.output))
+        actions = widgets.HBox([self.cancel_button, self.retry_button, self.output_button])
+        super().__init__(children=(self.view, actions, self.message, self.output))
 
         self._scheduler = scheduler
         self._registry: Mapping[str, TaskRecord] = (
@@ -271,17 +261,17 @@ class Dashboard(widgets.VBox):
             cpu_clock=self._cost_clock,
         )
         self._page = 0
+        self._show = "all"
         self._selected: str | None = None
-        self._view = _OutputView(self)
+        self._output_view = _OutputView(self)
         self._watched: TaskOutput | None = None
         self._shown_version = -1
-        #: The thread rendering, if any: what the kernel itself sets on the table is
+        #: The thread rendering, if any: what the kernel itself sets on the view is
         #: not a front-end event (one from a subshell thread meanwhile still is).
         self._rendering: int | None = None
         self._closed = False
 
-        self.filter.observe(lambda c: self._post(self._set_filter, c["new"]), "value")
-        self.table.observe(self._on_table, ("page", "selected"))
+        self.view.observe(self._on_view, ("show", "page", "selected"))
         self.cancel_button.on_click(lambda _: self._post(self._cancel_selected))
         self.retry_button.on_click(lambda _: self._post(self._retry_selected))
         self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
@@ -342,34 +332,32 @@ class Dashboard(widgets.VBox):
         records = list(self._registry.values())
         now = self._wall()
         watched = self._watched
-        seen = (self._page, self.filter.value, self._selected, self.output_button.value,
+        seen = (self._page, self._show, self._selected, self.output_button.value,
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
-            self._render_timeline(now, self._shown_counts, self.timeline.summary)
+            self._send({}, self._shown_counts, now)
             return False
         self._seen = seen
-        keep = FILTERS[self.filter.value]
+        keep = FILTERS[self._show]
         shown = records if keep is None else [r for r in records if r.state in keep]
         pages = max(1, math.ceil(len(shown) / self.page_size))
         self._page = page = min(self._page, pages - 1)
         visible = shown[page * self.page_size:(page + 1) * self.page_size]
-
-        summary = columns.summary(now)
-        self._render_timeline(now, summary.counts, summary_html(summary))
         if shown:
             first = page * self.page_size + 1
             label = f"{first}–{first + len(visible) - 1} of {len(shown)}"
         else:
-            label = "no tasks" if keep is None else f"no {self.filter.value} tasks"
+            label = "no tasks" if keep is None else f"no {self._show.replace('_', ' ')} tasks"
         selected = self._selected
-        self._rendering = threading.get_ident()
-        try:
-            _assign(self.table, html=table_html(visible, now=now, t0=columns.run_start(),
-                                                selected=selected, cache=self._table_rows),
-                    label=label, page=page, pages=pages, selected=selected)
-        finally:
-            self._rendering = None
+        summary = columns.summary(now)
+        self._send(
+            {"summary": summary_html(summary),
+             "html": table_html(visible, now=now, t0=columns.run_start(), selected=selected,
+                                cache=self._table_rows),
+             "label": label, "page": page, "pages": pages, "show": self._show,
+             "selected": selected},
+            summary.counts, now)
 
         record = self._registry.get(selected) if selected is not None else None
         _assign(self.cancel_button, disabled=record is None or record.state.ended)
@@ -380,39 +368,48 @@ class Dashboard(widgets.VBox):
         self._shown_running = TaskState.RUNNING in summary.counts
         return self._shown_running
 
-    def _render_timeline(self, now: float, counts: Mapping[TaskState, int],
-                         summary: str) -> None:
-        """Show ``summary``, and redraw the timeline at most every ``timeline_interval``
-        and no more than :data:`MAX_SHARE` of the time (else a refresh is asked for when
-        it is due).
+    def _send(self, values: dict[str, Any], counts: Mapping[TaskState, int], now: float) -> None:
+        """Give the view ``values`` and, when a redraw is due, the timeline's numbers:
+        one message with those that changed.
 
-        Once no task is pending or running only the second bound applies: the final
-        picture goes out with the final summary (a ``%wait`` that returns finds it sent).
+        The timeline is redrawn at most every ``timeline_interval`` and no more than
+        :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due). Once
+        no task is pending or running only the second bound applies: the final picture
+        goes out with the final summary (a ``%wait`` that returns finds it sent).
         """
         active = any(s in ACTIVE for s in counts)
         mono = self._clock()
         due = self._timeline_at + (self._timeline_gap if active else self._timeline_cost_gap)
-        view = self.timeline
-        if mono < due:
-            self._throttle.request(due - mono)
-            _assign(view, summary=summary)
-            return
-        self._timeline_at = mono
+        redraw = mono >= due
         cost = self._cost_clock()
-        columns = self._columns
-        # One message: the view draws names and rows together, the summary with them.
-        _assign(view, summary=summary, names=columns.names(), rows=columns.rows(),
-                modes=list(columns.modes), total=len(self._registry),
-                t0=columns.run_start() or now, now=now if active else view.now)
-        self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
-        self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
+        if redraw:
+            self._timeline_at = mono
+            columns = self._columns
+            values.update(names=columns.names(), rows=columns.rows(), modes=list(columns.modes),
+                          total=len(self._registry), t0=columns.run_start() or now,
+                          now=now if active else self.view.now)
+        else:
+            self._throttle.request(due - mono)
+        self._set_view(values)
+        if redraw:
+            # What the redraw cost, with the message it went in.
+            self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
+            self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
+
+    def _set_view(self, values: dict[str, Any]) -> None:
+        """Assign ``values`` to the view, in one message (not taken for user events)."""
+        self._rendering = threading.get_ident()
+        try:
+            _assign(self.view, **values)
+        finally:
+            self._rendering = None
 
     def _render_output(self, record: TaskRecord | None) -> None:
         sink = record.sink if record is not None and self.output_button.value else None
         if sink is not self._watched:
             self._unwatch()
             if sink is not None:
-                sink.attach(self._view)
+                sink.attach(self._output_view)
                 self._watched = sink
         if sink is None:
             return
@@ -422,7 +419,7 @@ class Dashboard(widgets.VBox):
 
     def _unwatch(self) -> None:
         if self._watched is not None:
-            self._watched.detach(self._view)
+            self._watched.detach(self._output_view)
             self._watched = None
             self._shown_version = -1
             if self.output.outputs:
@@ -454,13 +451,11 @@ class Dashboard(widgets.VBox):
         else:
             self._post(fn)
 
-    def _on_table(self, change: dict[str, Any]) -> None:
+    def _on_view(self, change: dict[str, Any]) -> None:
         if self._rendering == threading.get_ident():
             return
-        if change["name"] == "page":
-            self._post(self._goto, change["new"])
-        else:
-            self._post(self._select, change["new"])
+        action = {"show": self._set_filter, "page": self._goto, "selected": self._select}
+        self._post(action[change["name"]], change["new"])
 
     def _select(self, name: str | None) -> None:
         """Make ``name`` the task that the action buttons and the output area apply to."""
@@ -471,6 +466,10 @@ class Dashboard(widgets.VBox):
         self._throttle.flush_now()
 
     def _set_filter(self, value: str) -> None:
+        if value not in FILTERS:  # show the front end the filter in use
+            self._set_view({"show": self._show})
+            return
+        self._show = value
         self._page = 0
         self._throttle.flush_now()
 
@@ -545,7 +544,7 @@ class Dashboard(widgets.VBox):
                 except RuntimeError:  # the loop is closed: so is its timer
                     pass
             if self._watched is not None:
-                self._watched.detach(self._view)
+                self._watched.detach(self._output_view)
             self._watched = None
             for widget in list(self.all_widgets()):
                 if widget is not self:

@@ -1,8 +1,15 @@
-// The dashboard's summary line and live timeline, drawn in the browser (an anywidget view).
+// The dashboard's view of its tasks, in the browser (an anywidget view; TasksView in
+// widgets.py): the summary line, the live timeline, and the task table with its filter
+// and pager.
 //
-// `summary`: the line above the timeline, HTML made by the kernel (counts per state, work
-// against wall time). For the timeline the kernel sends numbers, not markup (see
-// TimelineView in widgets.py): `names`, one
+// `summary`: HTML made by the kernel (counts per state, work against wall time).
+// `html`: the rows of the table's current page, made by the kernel, each row's
+// `data-task` its task's name; `label`, `page`, `pages`: where that page is; `show`,
+// `filters`: which tasks the table lists, and the choices. What the user does is set on
+// the model and sent: `show` (the filter), `page` (the pager's buttons), `selected` (a
+// click on a row, or Enter on a focused one, picks its task for the actions).
+//
+// For the timeline the kernel sends numbers, not markup: `names`, one
 // task name per line in submission order (UTF-8 bytes); `rows`, float64 little-endian in five columns
 // of n values (submitted, started, ended as epoch seconds, NaN when not yet; the state's
 // index in `states`; the mode's index in `modes`); `t0` and `now` in epoch seconds;
@@ -252,38 +259,113 @@ export function svg(model) {
   return out.join("");
 }
 
-const TRAITS = ["names", "rows", "modes", "total", "t0", "now"];
+function button(text, title) {
+  const b = document.createElement("button");
+  b.className = "jupyter-button ipytasks-page";
+  b.textContent = text;
+  b.title = title;
+  b.style.width = "36px";
+  return b;
+}
 
+// The summary line, the timeline, and the task table with its filter and pager.
 function render({ model, el }) {
-  // The summary line comes in the same model (one message per refresh for both), and is
-  // redrawn on its own: the kernel sends it more often than the timeline.
   const summary = document.createElement("div");
   summary.className = "ipytasks-summary";
-  const showSummary = () => { summary.innerHTML = model.get("summary"); };
-  const box = document.createElement("div");
-  box.className = "ipytasks-timeline";
-  box.style.overflow = "auto";
-  box.style.maxHeight = "400px";
-  el.append(summary, box);
-  showSummary();
-  model.on("change:summary", showSummary);
-  // One redraw per frame, however many traits one update changed.
-  let queued = false;
-  const draw = () => {
-    queued = false;
-    box.innerHTML = svg(model);
+  const timeline = document.createElement("div");
+  timeline.className = "ipytasks-timeline";
+  timeline.style.overflow = "auto";
+  timeline.style.maxHeight = "400px";
+
+  const bar = document.createElement("div");
+  bar.className = "ipytasks-pager";
+  bar.style.cssText = "display:flex;align-items:center;gap:6px;margin:2px 0;" +
+                      "font-family:sans-serif;font-size:12px";
+  const showLabel = document.createElement("label");
+  showLabel.textContent = "show ";
+  const show = document.createElement("select");
+  show.className = "ipytasks-show";
+  show.title = "which tasks the table lists";
+  showLabel.append(show);
+  const prev = button("◀", "previous page");
+  const next = button("▶", "next page");
+  const label = document.createElement("span");
+  label.className = "ipytasks-page-label";
+  const picked = document.createElement("span");
+  picked.className = "ipytasks-picked";
+  picked.style.color = TEXT;
+  bar.append(showLabel, prev, label, next, picked);
+  const table = document.createElement("div");
+  table.className = "ipytasks-table";
+  table.style.overflow = "auto";
+  el.append(summary, timeline, bar, table);
+
+  // What the user does is sent to the kernel, which answers with what to show.
+  const send = (name, value) => {
+    model.set(name, value);
+    model.save_changes();
   };
-  const request = () => {
-    if (!queued) {
-      queued = true;
-      requestAnimationFrame(draw);
+  show.addEventListener("change", () => send("show", show.value));
+  prev.addEventListener("click", () => send("page", model.get("page") - 1));
+  next.addEventListener("click", () => send("page", model.get("page") + 1));
+  const pick = (row) => {
+    if (row && row.dataset.task !== model.get("selected")) send("selected", row.dataset.task);
+  };
+  table.addEventListener("click", (event) => pick(event.target.closest("tr[data-task]")));
+  table.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      pick(event.target.closest("tr[data-task]"));
     }
+  });
+
+  const parts = {
+    summary: () => { summary.innerHTML = model.get("summary"); },
+    timeline: () => { timeline.innerHTML = svg(model); },
+    table: () => {
+      const filters = model.get("filters");
+      if (show.options.length !== filters.length) {
+        show.replaceChildren(...filters.map((f) => new Option(f.replaceAll("_", " "), f)));
+      }
+      show.value = model.get("show");
+      const page = model.get("page");
+      label.textContent = model.get("label");
+      prev.disabled = page <= 0;
+      next.disabled = page >= model.get("pages") - 1;
+      const selected = model.get("selected");
+      picked.textContent = selected ? `· picked: ${selected}` : "· click a row to pick its task";
+      table.innerHTML = model.get("html");
+      for (const row of table.querySelectorAll("tr[data-task]")) {
+        row.tabIndex = 0;
+        row.style.cursor = "pointer";
+      }
+    },
   };
-  draw();
-  for (const name of TRAITS) model.on(`change:${name}`, request);
+  // Which part each trait belongs to; a message changes several traits at once, so each
+  // part is redrawn once, at the next frame.
+  const owner = {
+    summary: "summary",
+    names: "timeline", rows: "timeline", modes: "timeline", total: "timeline",
+    t0: "timeline", now: "timeline",
+    html: "table", label: "table", page: "table", pages: "table", selected: "table",
+    show: "table", filters: "table",
+  };
+  const due = new Set();
+  const drawDue = () => {
+    for (const part of due) parts[part]();
+    due.clear();
+  };
+  const handlers = Object.entries(owner).map(([trait, part]) => {
+    const handler = () => {
+      if (!due.size) requestAnimationFrame(drawDue);
+      due.add(part);
+    };
+    model.on(`change:${trait}`, handler);
+    return [trait, handler];
+  });
+  for (const part of Object.values(parts)) part();
   return () => {
-    model.off("change:summary", showSummary);
-    for (const name of TRAITS) model.off(`change:${name}`, request);
+    for (const [trait, handler] of handlers) model.off(`change:${trait}`, handler);
   };
 }
 
