@@ -10,7 +10,7 @@ field, and keeps from it both:
 - the summary: counts per state, work done, the run's first start and last end
   (what :func:`~ipytasks.overview.render.summarize` would give, in O(changed));
 - the timeline view's data: task names and five float64 columns per task, in
-  registry order (what ``timeline.js`` draws).
+  registry order (what ``dashboard.js`` draws).
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class WidgetMessages:
 
 def timeline_tasks(names: bytes, rows: bytes) -> dict[str, tuple[str, float, float | None,
                                                               float | None]]:
-    """Decode a live timeline's ``names`` and ``rows`` (as ``timeline.js`` reads them):
+    """Decode a live timeline's ``names`` and ``rows`` (as ``dashboard.js`` reads them):
     name → (state, submitted, started, ended), times in epoch seconds or ``None``."""
     from ..tasks import TaskState
 

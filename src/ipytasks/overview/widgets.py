@@ -87,7 +87,7 @@ PAGE_SIZE = 20
 #: The most tasks the plain-text form of a dashboard lists one per line.
 REPR_ROWS = 50
 
-#: What the ``show`` dropdown offers: the states each choice keeps (``None``: all).
+#: What the ``show`` filter offers: the states each choice keeps (``None``: all).
 FILTERS: dict[str, frozenset[TaskState] | None] = {
     "all": None,
     "active": ACTIVE,
