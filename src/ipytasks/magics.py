@@ -443,7 +443,8 @@ class TaskMagics(Magics):
         The dashboard has a row per task (state, chain/group, mode, start, duration,
         attempts, what it waits for and why), a timeline of all tasks on one time
         axis, a summary with the speedup, and cancel / retry / output actions for
-        the task picked. It keeps following the tasks until it is closed.
+        the task picked (click its row). It keeps following the tasks until it is
+        closed.
 
         Examples
         --------
