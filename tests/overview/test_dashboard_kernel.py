@@ -30,7 +30,7 @@ def _dashboard_widgets(kernel: Kernel, since: set[str]) -> dict[str, str]:
             continue
         state = widget["state"]
         kind = widget["model_name"]
-        if kind == "AnyModel" and "html" in state and "rows" in state:
+        if kind == "AnyModel" and "table" in state and "timeline" in state:
             parts["view"] = cid
         elif kind == "ButtonModel" and state.get("description") == "Cancel":
             parts["cancel"] = cid
@@ -38,15 +38,17 @@ def _dashboard_widgets(kernel: Kernel, since: set[str]) -> dict[str, str]:
 
 
 def _timeline(kernel: Kernel, cid: str) -> dict[str, str]:
-    """Task name → state, as the browser reads them from the timeline view's numbers."""
+    """Task name → state, as the browser reads them from the timeline's numbers."""
     state = kernel.widget_states()[cid]["state"]
-    tasks = timeline_tasks(bytes(state.get("names", b"")), bytes(state.get("rows", b"")))
+    timeline = state.get("timeline", {})
+    tasks = timeline_tasks(bytes(timeline.get("names", b"")), bytes(timeline.get("rows", b"")))
     return {name: entry[0] for name, entry in tasks.items()}
 
 
-def _value(kernel: Kernel, cid: str, key: str = "html") -> Any:
+def _value(kernel: Kernel, cid: str, key: str = "table") -> Any:
     """What the view shows: the table's rows, or its ``summary`` line."""
-    return kernel.widget_states()[cid]["state"].get(key, "")
+    value = kernel.widget_states()[cid]["state"].get(key, "")
+    return value.get("html", "") if key == "table" else value
 
 
 def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> None:
@@ -65,7 +67,7 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
         ),
         what="the dashboard's table to show done, failed and running tasks",
     )
-    # The timeline view is sent numbers, not a picture: it names the tasks and their states.
+    # The timeline is sent numbers, not a picture: it names the tasks and their states.
     kernel.wait_until(
         lambda: {k: v for k, v in _timeline(kernel, parts["view"]).items()
                  if k.startswith("dash_")}

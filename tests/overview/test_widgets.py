@@ -126,7 +126,7 @@ async def settle() -> None:
 
 def table(dash: Dashboard) -> str:
     """The table's rows, as the front end is sent them."""
-    return dash.view.get_state()["html"]
+    return dash.view.get_state()["table"]["html"]
 
 
 def summary(dash: Dashboard) -> str:
@@ -157,7 +157,7 @@ def rows(dash: Dashboard) -> list[str]:
 
 def timeline(dash: Dashboard) -> dict[str, tuple[str, float, float | None, float | None]]:
     """The tasks the dashboard's timeline view holds, as the front end reads them."""
-    return timeline_tasks(dash.view.names, dash.view.rows)
+    return timeline_tasks(dash.view.timeline["names"], dash.view.timeline["rows"])
 
 
 # -- content ----------------------------------------------------------------------------
@@ -204,8 +204,8 @@ async def test_rows_show_every_column(board: Board) -> None:
     assert list(drawn) == ["load", "fit", "plot"]  # in submission order
     assert drawn["fit"] == ("running", T0, T0 + 2.5, None)
     assert drawn["load"][0] == "done" and drawn["plot"][0] == "pending"
-    assert dash.view.modes == ["thread"]
-    assert dash.view.get_state()["label"] == "1–3 of 3"
+    assert dash.view.timeline["modes"] == ["thread"]
+    assert dash.view.table["label"] == "1–3 of 3"
     assert 'data-task="load"' in shown  # a click on the row picks the task
 
 
@@ -274,7 +274,7 @@ async def test_a_packed_timeline_holds_every_task(board: Board) -> None:
     drawn = timeline(dash)
     assert list(drawn) == [f"s{i}" for i in range(45)] + [f"w{i}" for i in range(5)]
     assert drawn["w0"] == ("pending", T0, None, None)
-    assert dash.view.total == 50
+    assert dash.view.timeline["total"] == 50
     board.at(50)
     waiting[0].state, waiting[0].started = TaskState.RUNNING, T0 + 50
     sched.changed(waiting[0])
@@ -295,7 +295,7 @@ async def test_only_changed_parts_are_sent(board: Board) -> None:
         sched.changed(last)
         board.at(101)
     assert [(model, keys) for model, keys, _ in sent.sent] == [
-        (dash.view.model_id, ("rows", "summary"))]
+        (dash.view.model_id, ("summary", "timeline"))]
     assert timeline(dash)["t29"] == ("skipped", T0, None, T0 + 100)
 
 
@@ -310,27 +310,31 @@ async def test_pages_and_filter(board: Board) -> None:
         sched.add(record(f"t{i}", state, 0, 0, 1))
     dash = board.open()
     view = dash.view
-    assert (view.label, view.page, view.pages) == ("1–20 of 45", 0, 3)
+
+    def where() -> tuple[str, int, int]:
+        return view.table["label"], view.page, view.table["pages"]
+
+    assert where() == ("1–20 of 45", 0, 3)
     turn_page(dash)
     await settle()
     turn_page(dash)
     await settle()
-    assert (view.label, view.page) == ("41–45 of 45", 2)
+    assert where() == ("41–45 of 45", 2, 3)
     assert table(dash).count("<tr") == 1 + 5
     assert rows(dash) == ["t40", "t41", "t42", "t43", "t44"]
     turn_page(dash)  # past the last page: the table stays on it
     await settle()
-    assert (view.label, view.page) == ("41–45 of 45", 2)
+    assert where() == ("41–45 of 45", 2, 3)
     from_front_end(view, show="unsuccessful")
     await settle()
-    assert (view.label, view.page, view.pages, view.show) == ("1–5 of 5", 0, 1, "unsuccessful")
+    assert where() == ("1–5 of 5", 0, 1) and view.show == "unsuccessful"
     assert rows(dash) == ["t0", "t10", "t20", "t30", "t40"]
     from_front_end(view, show="timed_out")
     await settle()
-    assert view.label == "no timed out tasks" and rows(dash) == []
+    assert where()[0] == "no timed out tasks" and rows(dash) == []
     from_front_end(view, show="nonsense")  # not a choice: the filter in use stays
     await settle()
-    assert view.show == "timed_out" and view.label == "no timed out tasks"
+    assert view.show == "timed_out" and where()[0] == "no timed out tasks"
 
 
 async def test_pick_then_cancel_calls_the_scheduler_on_the_loop(board: Board) -> None:

@@ -3,17 +3,18 @@
 // and pager.
 //
 // `summary`: HTML made by the kernel (counts per state, work against wall time).
-// `html`: the rows of the table's current page, made by the kernel, each row's
-// `data-task` its task's name; `label`, `page`, `pages`: where that page is; `show`,
+// `table`: `html`, the rows of the table's current page, made by the kernel, each row's
+// `data-task` its task's name; `label` and `pages`, and `page`: where that page is; `show`,
 // `filters`: which tasks the table lists, and the choices. What the user does is set on
 // the model and sent: `show` (the filter), `page` (the pager's buttons), `selected` (a
 // click on a row, or Enter on a focused one, picks its task for the actions).
 //
-// For the timeline the kernel sends numbers, not markup: `names`, one
+// For the timeline the kernel sends numbers, not markup, in `timeline`: `names`, one
 // task name per line in submission order (UTF-8 bytes); `rows`, float64 little-endian in five columns
 // of n values (submitted, started, ended as epoch seconds, NaN when not yet; the state's
 // index in `states`; the mode's index in `modes`); `t0` and `now` in epoch seconds;
-// `total`, the number of tasks (past `labelled`, only those that started are sent).
+// `total`, the number of tasks (past `labelled` the timeline is packed: a bar for each task
+// that started, the others counted).
 // The layout is that of the SVG files ipytasks writes (timeline.py): up to `labelled`
 // tasks one lane each, labelled, with a dashed line for their wait; beyond, packed first
 // fit by start time into as few lanes as hold them; idle stretches shaded; every bar
@@ -176,10 +177,9 @@ export function layout(names, rows, modes, t0, now, states, labelled, total) {
 
 export function svg(model) {
   const states = model.get("states");
-  const rows = model.get("rows");
-  const view = rows && layout(model.get("names"), rows, model.get("modes"), model.get("t0"),
-                              model.get("now"), states, model.get("labelled"),
-                              model.get("total"));
+  const { names, rows, modes, t0, total } = model.get("timeline");
+  const view = rows && layout(names, rows, modes, t0, model.get("now"), states,
+                              model.get("labelled"), total);
   if (!view) return "";
   const { bars, packed, omitted, span, idle, running } = view;
   const lanes = Math.max(view.lanes, 1);
@@ -328,13 +328,14 @@ function render({ model, el }) {
         show.replaceChildren(...filters.map((f) => new Option(f.replaceAll("_", " "), f)));
       }
       show.value = model.get("show");
+      const { html, label: where, pages } = model.get("table");
       const page = model.get("page");
-      label.textContent = model.get("label");
+      label.textContent = where || "";
       prev.disabled = page <= 0;
-      next.disabled = page >= model.get("pages") - 1;
+      next.disabled = page >= (pages || 1) - 1;
       const selected = model.get("selected");
       picked.textContent = selected ? `· picked: ${selected}` : "· click a row to pick its task";
-      table.innerHTML = model.get("html");
+      table.innerHTML = html || "";
       for (const row of table.querySelectorAll("tr[data-task]")) {
         row.tabIndex = 0;
         row.style.cursor = "pointer";
@@ -345,10 +346,8 @@ function render({ model, el }) {
   // part is redrawn once, at the next frame.
   const owner = {
     summary: "summary",
-    names: "timeline", rows: "timeline", modes: "timeline", total: "timeline",
-    t0: "timeline", now: "timeline",
-    html: "table", label: "table", page: "table", pages: "table", selected: "table",
-    show: "table", filters: "table",
+    timeline: "timeline", now: "timeline",
+    table: "table", page: "table", selected: "table", show: "table", filters: "table",
   };
   const due = new Set();
   const drawDue = () => {

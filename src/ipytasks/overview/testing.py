@@ -101,7 +101,7 @@ class WidgetMessages:
                 state = msg.get("state", {}) if isinstance(msg, dict) else {}
                 # Binary values travel as buffers beside the JSON, named by buffer_paths.
                 paths = msg.get("buffer_paths", []) if isinstance(msg, dict) else []
-                keys = tuple(sorted([*state, *(str(p[0]) for p in paths)]))
+                keys = tuple(sorted({*state, *(str(p[0]) for p in paths)}))
                 size = len(json.dumps(msg, default=str)) + sum(
                     memoryview(b).nbytes for b in buffers or ())
                 recorder.sent.append((widget.model_id, keys, size))

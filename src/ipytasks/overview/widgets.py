@@ -132,33 +132,31 @@ class TasksView(anywidget.AnyWidget):
     #: state, and work against wall time.
     summary = traitlets.Unicode("").tag(sync=True)
 
-    # -- the timeline
-    #: One task name per line, in submission order, as UTF-8 (bytes travel beside the
-    #: message's JSON, not inside it).
-    names = traitlets.Bytes(b"").tag(sync=True)
-    #: Five float64 columns: submitted, started, ended (epoch seconds, NaN: not yet),
-    #: state number, mode number.
-    rows = traitlets.Bytes(b"").tag(sync=True)
-    #: Per mode number: the mode's name.
-    modes = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    #: How many tasks there are. Past ``labelled`` the timeline is packed: it draws the
-    #: tasks that started and counts the others ("+k not started").
-    total = traitlets.Int(0).tag(sync=True)
-    #: The run's time zero and the time running bars reach, in epoch seconds.
-    t0 = traitlets.Float(0.0).tag(sync=True)
+    #: The timeline's data, in one trait (each trait set costs the kernel as much as
+    #: a small message, whatever its size):
+    #:
+    #: - ``names``: one task name per line, in submission order, as UTF-8 (bytes travel
+    #:   beside the message's JSON, not inside it);
+    #: - ``rows``: five float64 columns: submitted, started, ended (epoch seconds, NaN:
+    #:   not yet), state number, mode number;
+    #: - ``modes``: per mode number, the mode's name;
+    #: - ``total``: how many tasks there are. Past ``labelled`` the timeline is packed:
+    #:   it draws the tasks that started and counts the others ("+k not started");
+    #: - ``t0``: the run's time zero, in epoch seconds.
+    timeline = traitlets.Dict().tag(sync=True)
+    #: The time running bars reach, in epoch seconds (alone: it moves while the rest
+    #: of the timeline may not).
     now = traitlets.Float(0.0).tag(sync=True)
     #: Per state number: its name, icon and colour.
     states = traitlets.List([[str(s), *STATE_STYLE[s]] for s in TaskState]).tag(sync=True)
     labelled = traitlets.Int(LABELLED_LANES).tag(sync=True)
 
-    # -- the table
-    #: The rows of the current page, as an HTML table (each row's ``data-task``: its name).
-    html = traitlets.Unicode("").tag(sync=True)
-    #: ``1–20 of 45``, ``no tasks``, ``no running tasks``.
-    label = traitlets.Unicode("").tag(sync=True)
-    #: The page shown (from 0), and how many there are.
+    #: The table: ``html``, the rows of the current page as an HTML table (each row's
+    #: ``data-task``: its name); ``label``, ``1–20 of 45`` (or ``no tasks``, ``no
+    #: running tasks``); ``pages``, how many pages there are.
+    table = traitlets.Dict().tag(sync=True)
+    #: The page shown, from 0.
     page = traitlets.Int(0).tag(sync=True)
-    pages = traitlets.Int(1).tag(sync=True)
     #: Which tasks the table lists: one of ``filters`` (:data:`FILTERS`).
     show = traitlets.Unicode("all").tag(sync=True)
     filters = traitlets.List(traitlets.Unicode(), list(FILTERS)).tag(sync=True)
@@ -353,10 +351,10 @@ class Dashboard(widgets.VBox):
         summary = columns.summary(now)
         self._send(
             {"summary": summary_html(summary),
-             "html": table_html(visible, now=now, t0=columns.run_start(), selected=selected,
-                                cache=self._table_rows),
-             "label": label, "page": page, "pages": pages, "show": self._show,
-             "selected": selected},
+             "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
+                                          selected=selected, cache=self._table_rows),
+                       "label": label, "pages": pages},
+             "page": page, "show": self._show, "selected": selected},
             summary.counts, now)
 
         record = self._registry.get(selected) if selected is not None else None
@@ -385,9 +383,11 @@ class Dashboard(widgets.VBox):
         if redraw:
             self._timeline_at = mono
             columns = self._columns
-            values.update(names=columns.names(), rows=columns.rows(), modes=list(columns.modes),
-                          total=len(self._registry), t0=columns.run_start() or now,
-                          now=now if active else self.view.now)
+            values["timeline"] = {
+                "names": columns.names(), "rows": columns.rows(), "modes": list(columns.modes),
+                "total": len(self._registry), "t0": columns.run_start() or now}
+            if active:
+                values["now"] = now
         else:
             self._throttle.request(due - mono)
         self._set_view(values)
