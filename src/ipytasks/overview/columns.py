@@ -130,15 +130,16 @@ class TaskColumns:
         records = list(records)
         if not records:
             return
-        if self._are_new(records) or self._indexed().keys().isdisjoint(records):
+        if self._are_new(records):
             self._append(records)
         else:
-            index = self._index
-            rows = list(map(index.get, records))
+            rows = list(map(self._indexed().get, records))
             if None not in rows:
                 self._modify(records, rows)
             else:
-                self._modify(*zip(*[(r, i) for r, i in zip(records, rows) if i is not None]))
+                known = [(r, i) for r, i in zip(records, rows) if i is not None]
+                if known:
+                    self._modify(*zip(*known))
                 self._append([r for r, i in zip(records, rows) if i is None])
         self._check()
 

@@ -1,9 +1,9 @@
 """The timeline (Gantt chart) of a run: geometry once, drawn as SVG or as a PNG file.
 
 :func:`timeline_geometry` decides where every bar goes, in seconds since the run
-began and lane numbers; :func:`render_svg` (the dashboard's timeline, the HTML
-snapshot, ``.svg`` files) and :func:`render_png` (``.png`` files, with matplotlib)
-only draw what it decided, so the widget and the files always agree.
+began and lane numbers; :func:`render_svg` (the HTML snapshot, ``.svg`` files) and
+:func:`render_png` (``.png`` files, with matplotlib) only draw what it decided, so the
+files always agree. The live dashboard's ``dashboard.js`` lays out by the same rules.
 
 Up to :data:`LABELLED_LANES` tasks get a lane each, labelled with the task's name
 and state icon, and a dashed line for the time they waited before starting. More
@@ -154,15 +154,14 @@ def timeline_geometry(
         free: list[int] = []  # lane numbers free at the current start time (a heap)
         busy: list[tuple[float, int]] = []  # (end, lane) of lanes in use (a heap)
         count = 0
-        push, pop = heapq.heappush, heapq.heappop
         for start, _, record, end in started:
             while busy and busy[0][0] <= start:
-                push(free, pop(busy)[1])
+                heapq.heappush(free, heapq.heappop(busy)[1])
             if free:
-                lane = pop(free)
+                lane = heapq.heappop(free)
             else:
                 lane, count = count, count + 1
-            push(busy, (end, lane))
+            heapq.heappush(busy, (end, lane))
             bars.append(Bar(record, lane, t0, end, False))
         lanes = ("",) * count
     return Timeline(
@@ -171,7 +170,7 @@ def timeline_geometry(
         now=now - t0,
         lanes=lanes,
         bars=tuple(bars),
-        idle=_idle(bars, span, in_start_order=packed),
+        idle=_idle(bars, span),
         packed=packed,
         ticks=_ticks(span),
         omitted=omitted,
@@ -192,28 +191,15 @@ def _title(record: TaskRecord, t0: float, end: float) -> str:
                 f"{n} ({record.reasons.get(n, 'after')})" for n in record.waits_for
             )
         return since
-    if state is not TaskState.RUNNING:
-        first, last, span = started - t0, end - t0, end - started
-        if last < 60 and span < 1:
-            # The common case of a packed timeline, in one formatting step (it runs once per
-            # task): what offset() and seconds() give for these ranges.
-            return "%s (%s)\n+%.2f s to +%.2f s (%.2f s)" % (
-                head, record.mode, max(first, 0.0), last, span if span > 0 else 0.0)
     took = seconds(end - started)
     if state is TaskState.RUNNING:
         return f"{head} ({record.mode})\nstarted {offset(started - t0)}, running for {took}"
     return f"{head} ({record.mode})\n{offset(started - t0)} to {offset(end - t0)} ({took})"
 
 
-def _idle(bars: list[Bar], span: float, in_start_order: bool = False,
-          ) -> tuple[tuple[float, float], ...]:
-    """Stretches between the first start and the last end where no task ran.
-
-    ``in_start_order``: the bars come sorted by start already (the packed layout).
-    """
-    spans = [(b.start, b.end) for b in bars if b.start is not None]
-    if not in_start_order:
-        spans.sort()
+def _idle(bars: list[Bar], span: float) -> tuple[tuple[float, float], ...]:
+    """Stretches between the first start and the last end where no task ran."""
+    spans = sorted((b.start, b.end) for b in bars if b.start is not None)
     gaps: list[tuple[float, float]] = []
     if not spans:
         return ()
@@ -376,23 +362,11 @@ def _bar_svg(bar: Bar, least: float, digits: int) -> str:
     title = bar.title
     if "<" in title or "&" in title or ">" in title:
         title = html.escape(title, quote=False)
-    width = bar.end - start
-    return _RECT[digits] % (start, bar.lane, width if width > least else least, title)
-
-
-class _RectFormats(dict[int, str]):
-    """``%``-formats of a bar's ``<rect>`` by decimals: faster than an f-string with a
-    nested precision, for the one call per task."""
-
-    def __missing__(self, digits: int) -> str:
-        self[digits] = fmt = (
-            f'<rect x="%.{digits}f" y="%d.15" width="%.{digits}f" height="0.7">'
-            "<title>%s</title></rect>"
-        )
-        return fmt
-
-
-_RECT = _RectFormats()
+    return (
+        f'<rect x="{start:.{digits}f}" y="{bar.lane}.15" '
+        f'width="{max(least, bar.end - start):.{digits}f}" height="0.7">'
+        f"<title>{title}</title></rect>"
+    )
 
 
 def render_png(timeline: Timeline, path: str | Path, *, dpi: int = 100) -> Path:

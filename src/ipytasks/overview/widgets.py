@@ -77,7 +77,7 @@ MININTERVAL = 0.5
 SETTLE = 0.1
 #: Seconds between two refreshes while tasks run and nothing else changes.
 TICK_INTERVAL = 1.0
-#: Least seconds between two redraws of the timeline (its SVG is the largest message).
+#: Least seconds between two redraws of the timeline (its data is the largest part of a message).
 TIMELINE_INTERVAL = 1.0
 #: The most of the kernel's time the dashboard's refreshes may take: a refresh (or a
 #: timeline redraw) that took ``c`` seconds of CPU is followed by none for ``c / MAX_SHARE``.
