@@ -93,6 +93,14 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
     )
     out = kernel.execute("print(api.tasks['dash_slow'].state)").stdout
     assert out.strip() == "cancelled"
+    # The filter, as the browser sets it: the table keeps the tasks that did not succeed.
+    kernel.send_comm_msg(parts["view"], {"method": "update", "buffer_paths": [],
+                                        "state": {"show": "unsuccessful"}})
+    kernel.wait_until(
+        lambda: "<b>dash_ok</b>" not in (shown := _value(kernel, parts["view"]))
+        and "<b>dash_bad</b>" in shown and "<b>dash_slow</b>" in shown,
+        what="the table to list only the failed and the cancelled task",
+    )
     kernel.execute("_dash1.close()")
     still = kernel.execute("print(_dash1._feed in api._current().scheduler._feeds)")
     assert still.stdout.strip() == "False"
