@@ -491,6 +491,27 @@ class Kernel:
         """Interrupt the kernel as the Stop button does (SIGINT to its process group)."""
         self._km.interrupt_kernel()
 
+    def interrupt_cell(
+        self, execution: Execution, timeout: float = 60, *, again_after: float = 10
+    ) -> int:
+        """Interrupt the kernel until ``execution`` has ended, as a user presses Stop again when
+        a press did nothing; returns how many interrupts it took (raises at ``timeout``).
+
+        An interrupt can be lost to a cell blocked in a system call: the kernel gets SIGINT as
+        a process and CPython runs the handler in the main thread only, so a signal taken by
+        another of the kernel's threads leaves the cell blocking (seen once in CI, ipykernel 6,
+        a cell blocked reading a pipe)."""
+        deadline = time.monotonic() + timeout
+        presses = 0
+        while True:
+            self.interrupt()
+            presses += 1
+            left = deadline - time.monotonic()
+            if self._wait_done(
+                execution, min(again_after, max(left, 0)), strict=left <= again_after
+            ):
+                return presses
+
     def is_alive(self) -> bool:
         return bool(self._km.is_alive())
 
@@ -601,7 +622,9 @@ class Kernel:
         if parent:
             self._replies[parent] = reply
 
-    def _wait_done(self, execution: Execution, timeout: float) -> None:
+    def _wait_done(self, execution: Execution, timeout: float, *, strict: bool = True) -> bool:
+        """True once ``execution``'s reply and idle status are in; at ``timeout``, raise (or,
+        not ``strict``, return False)."""
         deadline = time.monotonic() + timeout
         next_alive_check = time.monotonic() + 0.5
         while True:
@@ -610,8 +633,10 @@ class Kernel:
             with self._lock:
                 idle = execution.msg_id in self._idle
             if execution.reply and idle:
-                return
+                return True
             now = time.monotonic()
+            if now >= deadline and not strict:
+                return False
             if now >= deadline:
                 raise AssertionError(
                     f"cell did not finish within {timeout:g} s (reply: "

@@ -119,16 +119,25 @@ def test_wait_until_times_out_clearly(kernel: Kernel) -> None:
 
 
 def test_interrupt_death_and_shutdown(fresh_kernel: Kernel) -> None:
-    """interrupt() stops a blocking cell with KeyboardInterrupt; a kernel that dies makes
-    execute() fail at once saying so; shutdown() leaves no process of the kernel's process
-    group and is idempotent."""
+    """interrupt_cell() stops a blocking cell with KeyboardInterrupt, pressing again when a
+    press did nothing; a kernel that dies makes execute() fail at once saying so; shutdown()
+    leaves no process of the kernel's process group and is idempotent."""
     assert fresh_kernel.is_alive()
     running = fresh_kernel.submit("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
     fresh_kernel.wait_until(lambda: "sleeping" in running.stdout, timeout=20, what="cell start")
-    fresh_kernel.interrupt()
-    running.wait(timeout=20, allow_errors=True)
+    fresh_kernel.interrupt_cell(running)
     assert running.status == "error"
     assert "KeyboardInterrupt" in strip_ansi(running.error_text)
+    # A press the cell does not act on (its handler swallows the first SIGINT) is repeated.
+    deaf = fresh_kernel.submit(
+        "import signal, time\nheard = []\n"
+        "signal.signal(signal.SIGINT, lambda *a: heard.append(1) if not heard "
+        "else signal.default_int_handler(*a))\n"
+        "print('deaf', flush=True)\ntime.sleep(60)"
+    )
+    fresh_kernel.wait_until(lambda: "deaf" in deaf.stdout, timeout=20, what="cell start")
+    assert fresh_kernel.interrupt_cell(deaf, again_after=1) == 2
+    assert "KeyboardInterrupt" in strip_ansi(deaf.error_text)
 
     start = time.monotonic()
     with pytest.raises(AssertionError, match=r"kernel died \(exit code 3\)"):

@@ -266,8 +266,7 @@ def test_interrupt_ends_only_the_wait(fresh_kernel: Kernel) -> None:
     # arrives before that); the wait starts right after it.
     waiting = k.submit("print('waiting now', flush=True)\n%wait long11")
     k.wait_until(lambda: "waiting now" in waiting.stdout, what="the %wait cell to run")
-    k.interrupt()
-    waiting.wait(20, allow_errors=True)
+    k.interrupt_cell(waiting)
     assert waiting.status == "error"
     assert "the wait was interrupted; the tasks keep running" in waiting.error_text
     assert value(k, "ipytasks.tasks['long11'].state") == "'running'"
@@ -341,8 +340,7 @@ def test_interrupt_of_a_blocking_cell_spares_the_tasks(fresh_kernel: Kernel) -> 
     k.execute("%%parallel as17\nwhile not go.is_set():\n    await asyncio.sleep(0.02)\n'async done'")
     blocking = k.submit("print('blocking', flush=True)\ntime.sleep(30)")
     k.wait_until(lambda: "blocking" in blocking.stdout, what="the blocking cell to run")
-    k.interrupt()
-    blocking.wait(20, allow_errors=True)
+    k.interrupt_cell(blocking)
     assert error_of(blocking)[0] == "KeyboardInterrupt"
     k.execute("go.set()\n%wait th17 as17")
     assert value(k, "(ipytasks.result('th17'), ipytasks.result('as17'))") == "('thread done', 'async done')"

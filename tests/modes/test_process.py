@@ -764,8 +764,7 @@ def test_in_a_kernel_interrupts_spare_process_tasks(fresh_kernel: Any, tmp_path:
         k.interrupt()  # the kernel is idle
         blocked = k.submit(f"open({str(entered)!r}, 'w').close()\nopen({str(cell_gate)!r}).read()")
         k.wait_until(entered.exists, what="the blocking cell to start")
-        k.interrupt()  # the kernel raises KeyboardInterrupt in the blocking cell
-        blocked.wait(WAIT, allow_errors=True)
+        k.interrupt_cell(blocked, WAIT)  # KeyboardInterrupt in the blocking cell
         assert blocked.status == "error" and "KeyboardInterrupt" in blocked.error_text
         assert process_exists(pid)
         os.close(held_fd)
