@@ -40,6 +40,7 @@ The worker
 from __future__ import annotations
 
 import builtins
+import collections
 import faulthandler
 import io
 import marshal
@@ -234,6 +235,10 @@ class _PlainPickler(pickle.Pickler):
         return _out_of_band(obj)
 
 
+def _code_by_marshal(code: types.CodeType) -> tuple[Any, tuple[bytes]]:
+    return marshal.loads, (marshal.dumps(code),)
+
+
 _cloud_pickler_class: Any = None
 
 
@@ -244,6 +249,14 @@ def _cloud_pickler() -> type:
         import cloudpickle
 
         class CloudPickler(cloudpickle.Pickler):
+            # Code objects keep their file name, which cloudpickle >= 3.1.3 replaces by
+            # "<dynamic-code>": the kernel shows a worker's traceback through a notebook
+            # function with that cell's lines, found by that name. marshal keeps the whole
+            # code object, and its loads is a builtin the other side already has.
+            dispatch_table = collections.ChainMap(
+                {types.CodeType: _code_by_marshal}, cloudpickle.Pickler.dispatch_table
+            )
+
             def reducer_override(self, obj: Any) -> Any:
                 reduced = _out_of_band(obj)
                 if reduced is NotImplemented:
