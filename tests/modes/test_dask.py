@@ -119,6 +119,10 @@ def dask_client() -> Iterator[Any]:
 
     from ipytasks.modes._dask import IGNORE_SIGINT
 
+    main = sys.modules["__main__"]
+    if not hasattr(main, "__spec__"):
+        # The ip fixture's reset of an earlier module drops it; multiprocessing needs it.
+        main.__spec__ = None
     before = descendants(os.getpid())
     cluster = LocalCluster(
         n_workers=2,
