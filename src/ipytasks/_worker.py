@@ -235,8 +235,16 @@ class _PlainPickler(pickle.Pickler):
         return _out_of_band(obj)
 
 
-def _code_by_marshal(code: types.CodeType) -> tuple[Any, tuple[bytes]]:
-    return marshal.loads, (marshal.dumps(code),)
+class _Reduced:
+    """Pickles as the reduction it holds (this class itself never travels)."""
+
+    __slots__ = ("reduced",)
+
+    def __init__(self, reduced: Any) -> None:
+        self.reduced = reduced
+
+    def __reduce__(self) -> Any:
+        return self.reduced
 
 
 _cloud_pickler_class: Any = None
@@ -246,15 +254,24 @@ def _cloud_pickler() -> type:
     """cloudpickle's pickler with the same extras (imported on first use)."""
     global _cloud_pickler_class
     if _cloud_pickler_class is None:
+        import operator
+
         import cloudpickle
+
+        cloud_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+        def code_with_its_name(code: types.CodeType) -> Any:
+            rename = operator.methodcaller("replace", co_filename=code.co_filename)
+            return rename, (_Reduced(cloud_code(code)),)
 
         class CloudPickler(cloudpickle.Pickler):
             # Code objects keep their file name, which cloudpickle >= 3.1.3 replaces by
             # "<dynamic-code>": the kernel shows a worker's traceback through a notebook
-            # function with that cell's lines, found by that name. marshal keeps the whole
-            # code object, and its loads is a builtin the other side already has.
+            # function with that cell's lines, found by that name. The code travels as
+            # cloudpickle sends it and is renamed on arrival by the standard library alone
+            # (a Dask worker has no ipytasks to import).
             dispatch_table = collections.ChainMap(
-                {types.CodeType: _code_by_marshal}, cloudpickle.Pickler.dispatch_table
+                {types.CodeType: code_with_its_name}, cloudpickle.Pickler.dispatch_table
             )
 
             def reducer_override(self, obj: Any) -> Any:
