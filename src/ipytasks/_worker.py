@@ -40,7 +40,6 @@ The worker
 from __future__ import annotations
 
 import builtins
-import collections
 import faulthandler
 import io
 import marshal
@@ -270,8 +269,8 @@ def _cloud_pickler() -> type:
             # function with that cell's lines, found by that name. The code travels as
             # cloudpickle sends it and is renamed on arrival by the standard library alone
             # (a Dask worker has no ipytasks to import).
-            dispatch_table = collections.ChainMap(
-                {types.CodeType: code_with_its_name}, cloudpickle.Pickler.dispatch_table
+            dispatch_table = cloudpickle.Pickler.dispatch_table.new_child(
+                {types.CodeType: code_with_its_name}
             )
 
             def reducer_override(self, obj: Any) -> Any:
