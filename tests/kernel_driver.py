@@ -635,9 +635,9 @@ class Kernel:
             if execution.reply and idle:
                 return True
             now = time.monotonic()
-            if now >= deadline and not strict:
-                return False
             if now >= deadline:
+                if not strict:
+                    return False
                 raise AssertionError(
                     f"cell did not finish within {timeout:g} s (reply: "
                     f"{execution.status}, idle: {idle}):\n{_indent(execution.code)}\n"

@@ -117,12 +117,9 @@ def dask_client() -> Iterator[Any]:
     pytest.importorskip("distributed")
     from distributed import Client, LocalCluster
 
-    from ipytasks.modes._dask import IGNORE_SIGINT
+    from ipytasks.modes._dask import IGNORE_SIGINT, give_main_a_spec
 
-    main = sys.modules["__main__"]
-    if not hasattr(main, "__spec__"):
-        # The ip fixture's reset of an earlier module drops it; multiprocessing needs it.
-        main.__spec__ = None
+    give_main_a_spec()  # an earlier module's ip fixture may have reset the namespace
     before = descendants(os.getpid())
     cluster = LocalCluster(
         n_workers=2,

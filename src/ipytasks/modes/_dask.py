@@ -144,6 +144,14 @@ IGNORE_SIGINT = (
 )
 
 
+def give_main_a_spec() -> None:
+    """Give ``__main__`` back the ``__spec__`` that IPython's ``%reset`` drops:
+    multiprocessing needs it to start a ``LocalCluster``'s workers."""
+    main = sys.modules.get("__main__")
+    if main is not None and not hasattr(main, "__spec__"):
+        main.__spec__ = None
+
+
 @functools.cache
 def _sources() -> tuple[str, bytes, bytes]:
     """The runtime sent to the workers: ``(key, _dask_worker source, _worker source)``."""
@@ -454,10 +462,7 @@ class DaskMode(Mode):
 
         from distributed import Client, LocalCluster
 
-        main = sys.modules.get("__main__")
-        if main is not None and not hasattr(main, "__spec__"):
-            # IPython's %reset drops it, and multiprocessing needs it to start the workers.
-            main.__spec__ = None
+        give_main_a_spec()
         cluster = LocalCluster(
             n_workers=self.n_workers,
             threads_per_worker=self.threads_per_worker,
