@@ -219,6 +219,16 @@ class Execution:
         ]
 
     @property
+    def display_ids(self) -> list[str]:
+        """The display id of each display_data of this request that has one, in order."""
+        return [
+            m["content"]["transient"]["display_id"]
+            for m in self.messages
+            if m["msg_type"] == "display_data"
+            and (m["content"].get("transient") or {}).get("display_id")
+        ]
+
+    @property
     def error_text(self) -> str:
         """Every error of this request as plain text: ``ename: evalue`` and the traceback."""
         errors = self.errors
@@ -281,6 +291,7 @@ class Kernel:
         self._by_parent: dict[str, list[dict[str, Any]]] = {}
         self._idle: set[str] = set()
         self._widgets: dict[str, dict[str, Any]] = {}
+        self._displays: dict[str, dict[str, Any]] = {}
         self._replies: dict[str, dict[str, Any]] = {}
         self._shell_lock = threading.Lock()
         self._stop = threading.Event()
@@ -361,6 +372,11 @@ class Kernel:
         content = msg.get("content", {})
         if kind == "status" and content.get("execution_state") == "idle" and parent:
             self._idle.add(parent)
+        elif kind in ("display_data", "update_display_data"):
+            display_id = (content.get("transient") or {}).get("display_id")
+            # A front end updates only displays it has shown.
+            if display_id and (kind == "display_data" or display_id in self._displays):
+                self._displays[display_id] = copy.deepcopy(content.get("data", {}))
         elif kind == "comm_open":
             if content.get("target_name") != "jupyter.widget":
                 return
@@ -396,6 +412,14 @@ class Kernel:
         """Every IOPub message received so far (after start-up), in order."""
         with self._lock:
             return list(self._messages)
+
+    def display(self, display_id: str) -> dict[str, Any]:
+        """The mime bundle a front end shows for ``display_id`` now: the data of the last
+        ``display_data`` or ``update_display_data`` with that id."""
+        with self._lock:
+            if display_id not in self._displays:
+                raise AssertionError(f"no display {display_id!r}; known: {list(self._displays)}")
+            return copy.deepcopy(self._displays[display_id])
 
     def widget_states(self) -> dict[str, dict[str, Any]]:
         """comm_id -> ``{"model_name", "state"}`` (plus ``"closed": True`` once closed)."""

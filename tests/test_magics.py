@@ -1,8 +1,8 @@
 """%%parallel, %%sequential, %wait, %cancel, %result through a real ipykernel (6 and 7).
 
 Each test reads what the front end would see: the execute replies, the iopub
-streams and errors of every cell, and the widget state of each task's status line
-and output area. Progress is gated by events the test sets from a later cell.
+streams and errors of every cell, and the display each task's cell shows (its status
+line and outputs, updated in place by display id). Progress is gated by events the test sets from a later cell.
 """
 
 from __future__ import annotations
@@ -20,36 +20,30 @@ def kernel(kernel: Kernel) -> Kernel:
     return kernel
 
 
-def task_view(kernel: Kernel, execution: Execution) -> dict[str, str | None]:
-    """The model ids of the status line and output area a submitting cell shows."""
-    views = [
-        d["application/vnd.jupyter.widget-view+json"]["model_id"]
-        for d in execution.displays
-        if "application/vnd.jupyter.widget-view+json" in d
-    ]
-    assert len(views) == 1, f"expected one task view in the cell, got {execution.displays}"
-    box = kernel.widget_states()[views[0]]["state"]
-    children = [c.removeprefix("IPY_MODEL_") for c in box["children"]]
-    found: dict[str, str | None] = {"box": views[0], "status": None, "output": None}
-    for child in children:
-        model = kernel.widget_states()[child]["model_name"]
-        found["status" if model == "HTMLModel" else "output"] = child
-    return found
+def task_display(execution: Execution) -> str:
+    """The display id of the one task display a submitting cell shows."""
+    ids = [i for i in execution.display_ids if i.startswith("ipytasks-")]
+    assert len(ids) == 1, f"expected one task display in the cell, got {execution.displays}"
+    return ids[0]
+
+
+def shown(kernel: Kernel, execution: Execution) -> dict:
+    """What the cell's task display shows now (its mime bundle)."""
+    return kernel.display(task_display(execution))
 
 
 def status_text(kernel: Kernel, execution: Execution) -> str:
-    status = task_view(kernel, execution)["status"]
-    return re.sub(r"<[^>]+>", "", kernel.widget_states()[status]["state"]["value"])
+    """The status line: the first line of the display's text."""
+    return shown(kernel, execution)["text/plain"].partition("\n")[0]
 
 
 def area_text(kernel: Kernel, execution: Execution) -> str:
-    output = task_view(kernel, execution)["output"]
-    return kernel.output_widget_text(output) if output else ""
+    """Everything the display shows under the status line, as text."""
+    return shown(kernel, execution)["text/plain"].partition("\n")[2]
 
 
-def area_outputs(kernel: Kernel, execution: Execution) -> list[dict]:
-    output = task_view(kernel, execution)["output"]
-    return kernel.widget_states()[output]["state"].get("outputs", []) if output else []
+def area_html(kernel: Kernel, execution: Execution) -> str:
+    return shown(kernel, execution)["text/html"]
 
 
 def streams_containing(kernel: Kernel, text: str) -> list[dict]:
@@ -88,12 +82,13 @@ def test_output_lands_in_the_tasks_own_area(kernel: Kernel) -> None:
     assert other.stdout == "other cell running\n"
     kernel.execute("gate1.set()")
     kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="status line says done")
-    outputs = area_outputs(kernel, sub)
-    assert [o.get("name") or o["output_type"] for o in outputs] == [
-        "stdout", "stderr", "display_data", "display_data"
-    ]
-    assert outputs[2]["data"]["text/html"] == "<i>own1 html</i>"
-    assert outputs[3]["data"]["text/plain"] == "42"
+    assert area_text(kernel, sub) == (
+        "own1 before\nown1 warn\n<IPython.core.display.HTML object>\n42\n"
+    )
+    page = area_html(kernel, sub)
+    # In order: the print, the warning (shaded), the HTML as it was displayed, the result.
+    assert re.search(r"own1 before\n</pre><pre [^>]*rgba\(255,0,0[^>]*>own1 warn\n</pre>"
+                     r"<div><i>own1 html</i></div><pre [^>]*>42</pre>$", page), page
     assert streams_containing(kernel, "own1") == []
     assert status_text(kernel, sub).startswith("✔ own1 done in ")
     assert value(kernel, "ipytasks.tasks['own1'].output") == repr("own1 before\nown1 warn\n")
@@ -114,10 +109,9 @@ def test_thread_prints_stay_in_their_cell(kernel: Kernel) -> None:
     kernel.wait_until(lambda: "thr1 one" in area_text(kernel, sub), what="thread print in area")
     later = kernel.execute("go_on.set()\nprint('later cell')")
     kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="thread task done")
-    assert area_text(kernel, sub) == "thr1 one\nthr1 two\n"
+    assert area_text(kernel, sub).startswith("thr1 one\nthr1 two\n'ipytasks-thread")
     assert later.stdout == "later cell\n"
     assert streams_containing(kernel, "thr1") == []
-    assert "ipytasks-thread" in area_outputs(kernel, sub)[-1]["data"]["text/plain"]
     assert value(kernel, "ipytasks.tasks['thr1'].mode") == "'thread'"
 
 
@@ -223,7 +217,7 @@ def test_magics_and_shell_commands_inside_a_task(kernel: Kernel) -> None:
     kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="magic task done")
     text = area_text(kernel, sub)
     assert "Wall time" in text and "shell-says-hi" in text
-    assert area_outputs(kernel, sub)[-1]["data"]["text/plain"] == "45"
+    assert text.endswith("\n45\n")
     assert streams_containing(kernel, "shell-says-hi") == []
 
 
@@ -374,7 +368,8 @@ def test_retries_and_map_through_the_magic(kernel: Kernel) -> None:
     assert value(kernel, "ipytasks.result('m19')") == "[0, 1, 4, 9]"
     kernel.wait_until(lambda: "done" in status_text(kernel, mapped), what="map status line done")
     assert status_text(kernel, mapped).startswith("✔ m19 done in ") and "4 items" in status_text(kernel, mapped)
-    assert sorted(area_text(kernel, mapped).splitlines()) == [f"[{i}] item {i}" for i in range(4)]
+    *printed, result = area_text(kernel, mapped).splitlines()
+    assert sorted(printed) == [f"[{i}] item {i}" for i in range(4)] and result == "[0, 1, 4, 9]"
 
 
 def test_inferred_wait_is_shown_in_the_status_line(kernel: Kernel) -> None:
@@ -385,4 +380,4 @@ def test_inferred_wait_is_shown_in_the_status_line(kernel: Kernel) -> None:
     assert "pending: waits for load20: reads df20" in status_text(kernel, report)
     kernel.execute("gate20.set()")
     kernel.wait_until(lambda: "done" in status_text(kernel, report), what="report done")
-    assert area_outputs(kernel, report)[-1]["data"]["text/plain"] == "6"
+    assert area_text(kernel, report) == "6\n"

@@ -229,7 +229,7 @@ async def test_output_is_kept_per_task(capsys: pytest.CaptureFixture[str], sched
             await scheduler.wait([a, t])
     assert a.output == "a 0\na 1\na 2\n"
     assert t.output == "t out\nt err\n"
-    assert [o["name"] for o in t.sink.outputs] == ["stdout", "stderr"]
+    assert [o["name"] for o in t.sink.notebook_outputs()] == ["stdout", "stderr"]
     captured = capsys.readouterr()
     assert "a 0" not in captured.out and "t out" not in captured.out
     print("outside any task")

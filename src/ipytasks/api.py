@@ -14,6 +14,7 @@ from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
 from .scheduler import Scheduler
 from .tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from .views import CellDisplays, CellView, TextView
 
 __all__ = (
     "submit", "wait", "cancel", "retry", "result", "results", "tasks", "dashboard", "timeline",
@@ -47,12 +48,15 @@ class _Session:
         self.mode_settings = mode_settings
         self.in_kernel = getattr(shell, "kernel", None) is not None
         self.capture = OutputCapture(shell)
+        self.displays = CellDisplays(shell) if self.in_kernel else None
         self._scheduler: Scheduler | None = None
 
     @property
     def scheduler(self) -> Scheduler:
         if self._scheduler is None:
             self.capture.install()
+            if self.displays is not None:
+                self.displays.install()
             echo = None if self.in_kernel else self._echo
             self._scheduler = Scheduler(
                 self.shell, tasks, mode_settings=self.mode_settings, echo=echo
@@ -66,16 +70,14 @@ class _Session:
             target.write(text)
             target.flush()
 
-    def attach_view(self, record: TaskRecord) -> Any:
-        """Give a non-quiet task its view; return what to display (or ``None``)."""
+    def attach_view(self, record: TaskRecord) -> CellView | None:
+        """Give a non-quiet task its view; return the one to show in the cell (or ``None``)."""
         if record.options.quiet or record.sink is None:
             return None
-        from .views import CellView, TextView
-
-        if self.in_kernel:
-            view = CellView(record)
+        if self.displays is not None:
+            view = self.displays.view(record)
             record.sink.attach(view)
-            return view.widget
+            return view
         record.sink.attach(TextView(record, lambda text: self._echo("stdout", text)))
         return None
 
@@ -85,6 +87,8 @@ class _Session:
             cancelled = self._scheduler.close()
             self._scheduler = None
         self.capture.uninstall()
+        if self.displays is not None:
+            self.displays.uninstall()
         tasks._clear()
         return cancelled
 
@@ -249,23 +253,15 @@ def _submit(
             "wait=True would block the event loop the task runs on: "
             f"submit it, then `await ipytasks.wait({name!r})`"
         )
-    shown: list[Any] = []
+    shown: list[CellView | None] = []
     record = scheduler.submit(
         code, name, opts, number=number, attach=lambda r: shown.append(session.attach_view(r))
     )
     if display and shown and shown[0] is not None:
-        _show_widget(shown[0])
+        shown[0].show()
     if opts.wait:
         scheduler.run_blocking(scheduler.wait([record]))
     return record
-
-
-def _show_widget(widget: Any) -> None:
-    # The widget's own bundle, published directly: display() would first try every
-    # formatter IPython has, which costs more than making the widget.
-    from IPython.core.display_functions import publish_display_data
-
-    publish_display_data(widget._repr_mimebundle_())
 
 
 async def wait(*targets: str, timeout: float | None = None) -> None:
@@ -319,13 +315,13 @@ def _resubmit(record: TaskRecord) -> TaskRecord:
     session = _current()
     scheduler = session.scheduler
     number = record.cell.number if record.cell is not None else 0
-    shown: list[Any] = []
+    shown: list[CellView | None] = []
     new = scheduler.submit(
         record.source, record.name, record.options, number=number,
         attach=lambda r: shown.append(session.attach_view(r)),
     )
     if shown and shown[0] is not None:
-        _show_widget(shown[0])
+        shown[0].show()
     return new
 
 

@@ -3,12 +3,13 @@
 Everything a task prints or displays is caught where it is produced, keyed by a
 context variable that the scheduler sets for the task, and kept in the task's
 :class:`TaskOutput`. Routing therefore never depends on which cell the kernel
-thinks is current (FACTS.md: a print from a thread goes to the *latest* cell on
-ipykernel 7, and front ends drop output for a cell that has gone idle).
+thinks is current (a print from a thread goes to the *latest* cell on ipykernel 7,
+and headless clients drop output for a cell that has gone idle).
 
-Views (the cell's status line and output area, a dashboard row) attach to a
-``TaskOutput`` and are refreshed on the event loop, batched and throttled,
-because every update of an ``Output`` widget re-sends its whole output list.
+Views (the cell's display, the dashboard's output area) attach to a
+``TaskOutput`` and are refreshed on the event loop, batched and throttled:
+every refresh re-sends what the view shows, so what it shows is bounded (a long
+stream is shown as its start and its end) and refreshes are spaced out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextvars
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
@@ -24,6 +26,9 @@ __all__ = ("TaskOutput", "OutputCapture", "current_output")
 
 #: Seconds between two refreshes of a task's views while it produces output.
 FLUSH_INTERVAL = 0.2
+#: Characters of a run of stream text shown from its start, and from its end.
+HEAD_CHARS = 20_000
+TAIL_CHARS = 40_000
 
 #: The output of the task whose code is running in this context, if any.
 current_output: contextvars.ContextVar[TaskOutput | None] = contextvars.ContextVar(
@@ -35,12 +40,81 @@ class View(Protocol):
     def update(self, output: TaskOutput) -> None: ...
 
 
+class _Stream:
+    """A run of text written to one stream, kept as a window: its start and its end.
+
+    The task keeps every character (:attr:`TaskOutput.text`); what a cell shows is
+    bounded, so refreshing it costs the same after 10 lines or 10 million.
+    """
+
+    __slots__ = ("name", "head", "head_size", "tail", "tail_size", "size", "lines")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.head: list[str] = []
+        self.head_size = 0
+        self.tail: deque[str] = deque()
+        self.tail_size = 0
+        self.size = 0
+        self.lines = 0
+
+    def add(self, text: str) -> None:
+        self.size += len(text)
+        self.lines += text.count("\n")
+        room = HEAD_CHARS - self.head_size
+        if room > 0:
+            piece = text[:room]
+            self.head.append(piece)
+            self.head_size += len(piece)
+            text = text[room:]
+            if not text:
+                return
+        if len(text) >= TAIL_CHARS:
+            self.tail.clear()
+            self.tail_size = 0
+            text = text[-TAIL_CHARS:]
+        self.tail.append(text)
+        self.tail_size += len(text)
+        while self.tail_size - len(self.tail[0]) >= TAIL_CHARS:
+            self.tail_size -= len(self.tail.popleft())
+
+    def window(self) -> tuple[str, int, int, str]:
+        """``(start, characters left out, lines left out, end)`` of what was written."""
+        head = "".join(self.head)
+        tail = "".join(self.tail)[-TAIL_CHARS:]
+        left_out = self.size - len(head) - len(tail)
+        if left_out <= 0:
+            return head + tail, 0, 0, ""
+        # Whole lines only on both sides of the gap.
+        cut = head.rfind("\n") + 1
+        if cut:
+            left_out += len(head) - cut
+            head = head[:cut]
+        start = tail.find("\n") + 1
+        if 0 < start < len(tail):
+            left_out += start
+            tail = tail[start:]
+        lines = self.lines - head.count("\n") - tail.count("\n")
+        return head, left_out, lines, tail
+
+    def shown_text(self, note: str) -> str:
+        """The window as one text, with ``note`` (formatted with the counts) in the gap."""
+        head, chars, lines, tail = self.window()
+        if not chars:
+            return head
+        return head + note.format(chars=chars, lines=lines) + tail
+
+
 class TaskOutput:
     """What one task printed and displayed, as notebook outputs, plus its views.
 
     ``write`` and ``display`` may be called from any thread; views are refreshed on
     ``loop`` only. ``echo``, when given, receives stream text as it comes (the
-    terminal, where there is no widget to refresh).
+    terminal, where there is no cell to refresh).
+
+    ``outputs`` holds, in order, the task's streams (:class:`_Stream`: a bounded
+    window of each run of text), displays and tracebacks; ``version`` grows with
+    every change, so a view redraws only what changed.
     """
 
     def __init__(
@@ -50,7 +124,7 @@ class TaskOutput:
     ) -> None:
         self.loop = loop
         self.echo = echo
-        self.outputs: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any] | _Stream] = []
         self.version = 0
         self.views: list[View] = []
         self.owner: Any = None  # the TaskRecord, set by the scheduler
@@ -75,11 +149,10 @@ class TaskOutput:
             self._take_pending_clear()
             self._text.append(text)
             last = self.outputs[-1] if self.outputs else None
-            if last is not None and last.get("output_type") == "stream" and last["name"] == name:
-                # A new dict, never an in-place change: widget traits compare by value.
-                self.outputs[-1] = {**last, "text": last["text"] + text}
-            else:
-                self.outputs.append({"output_type": "stream", "name": name, "text": text})
+            if not isinstance(last, _Stream) or last.name != name:
+                last = _Stream(name)
+                self.outputs.append(last)
+            last.add(text)
             self.version += 1
         if self.echo is not None:
             self.echo(name, text)
@@ -93,7 +166,7 @@ class TaskOutput:
             self._take_pending_clear()
             if update and display_id is not None:
                 for i, old in enumerate(self.outputs):
-                    if old.get("_display_id") == display_id:
+                    if isinstance(old, dict) and old.get("_display_id") == display_id:
                         self.outputs[i] = {**item, "_display_id": display_id}
                         break
             else:
@@ -127,13 +200,25 @@ class TaskOutput:
             self._clear_pending = False
             self.outputs.clear()
 
-    def notebook_outputs(self) -> tuple[dict[str, Any], ...]:
-        """The outputs in nbformat's shape (what an ``Output`` widget takes)."""
+    def snapshot(self) -> tuple[int, list[dict[str, Any] | _Stream]]:
+        """``(version, outputs)`` as they are now; streams are to be read as windows."""
         with self._lock:
-            return tuple(
-                {k: v for k, v in o.items() if k != "_display_id"} if "_display_id" in o else o
-                for o in self.outputs
-            )
+            return self.version, list(self.outputs)
+
+    def notebook_outputs(self) -> tuple[dict[str, Any], ...]:
+        """The outputs in nbformat's shape (what an ``Output`` widget takes).
+
+        A stream longer than its window shows its start and end, with a line in
+        between saying how much is left out and where the whole of it is.
+        """
+        note = _left_out_note(self.owner)
+        _, outputs = self.snapshot()
+        return tuple(
+            {"output_type": "stream", "name": o.name, "text": o.shown_text(note)}
+            if isinstance(o, _Stream)
+            else {k: v for k, v in o.items() if k != "_display_id"} if "_display_id" in o else o
+            for o in outputs
+        )
 
     # -- refreshing views ---------------------------------------------------------
 
@@ -162,7 +247,7 @@ class TaskOutput:
     def flush(self) -> None:
         """Refresh every view now. Runs on the loop.
 
-        Run it in an empty context: widget messages then carry the kernel's latest
+        Run it in an empty context: messages then carry the kernel's latest
         request as their parent, which is the cell a headless client listens to.
         """
         with self._lock:
@@ -172,6 +257,19 @@ class TaskOutput:
                 view.update(self)
             except Exception as exc:  # a broken view must not break the task
                 _report_internal_error("refreshing a task's view", exc)
+
+
+#: Between the start and the end of a stream too long to show whole.
+LEFT_OUT_NOTE = (
+    "\n… {{lines:,}} lines ({{chars:,}} characters) left out here; "
+    "{where} has all of it …\n"
+)
+
+
+def _left_out_note(record: Any) -> str:
+    name = getattr(record, "name", None)
+    where = f"ipytasks.tasks[{name!r}].output" if name else "the task's .output"
+    return LEFT_OUT_NOTE.format(where=where)
 
 
 def _report_internal_error(what: str, exc: BaseException) -> None:

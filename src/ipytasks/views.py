@@ -1,24 +1,30 @@
 """What the submitting cell shows of its task.
 
-In a kernel: a live status line (name, state, elapsed time ticking) above the
-task's own output area, both ipywidgets, refreshed from the task's
-:class:`~ipytasks.output.TaskOutput`. In a terminal: the task's output as it
+In a kernel: one display output with a live status line (name, state, elapsed
+time ticking) above everything the task produced, updated in place from the
+task's :class:`~ipytasks.output.TaskOutput`; it is an ordinary output, so the
+saved notebook keeps it. In a terminal: the task's output as it
 comes, and one line when it ends (``[load] done in 1.02s``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
+import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
+from .bundle import WIDGET_MIME, is_widget, merge
+from .output import FLUSH_INTERVAL, _left_out_note
 from .tasks import TaskState
 
 if TYPE_CHECKING:
     from .output import TaskOutput
     from .tasks import TaskRecord
 
-__all__ = ("describe", "CellView", "TextView", "STATE_STYLE")
+__all__ = ("describe", "CellView", "CellDisplays", "TextView", "STATE_STYLE")
 
 #: Per state: an icon that does not rely on colour alone, and a colour.
 STATE_STYLE: dict[TaskState, tuple[str, str]] = {
@@ -66,88 +72,198 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
     return f"{name} failed in {took_text}: {detail}".rstrip(": ")
 
 
-def _status_html(record: TaskRecord) -> str:
+def status_text(record: TaskRecord) -> str:
+    """The status line as text: ``✔ fetch done in 1.00s``."""
+    return f"{STATE_STYLE[record.state][0]} {describe(record)}"
+
+
+def status_html(record: TaskRecord) -> str:
+    """The status line as HTML: icon and outcome in the state's colour, the name in bold."""
     icon, colour = STATE_STYLE[record.state]
     text = describe(record)
     name, _, rest = text.partition(" ")
     return (
-        f'<span style="color:{colour}" title="{record.state}">{icon}</span> '
-        f"<b>{html.escape(name)}</b> "
-        f'<span style="color:{colour}">{html.escape(rest)}</span>'
+        f'<div class="ipytasks-status"><span style="color:{colour}" title="{record.state}">'
+        f"{icon}</span> <b>{html.escape(name)}</b> "
+        f'<span style="color:{colour}">{html.escape(rest)}</span></div>'
     )
 
 
-class CellView:
-    """The status line and output area of one task, as ipywidgets.
+#: Status of a task whose kernel shut down while it had not ended.
+SHUT_DOWN = "cancelled: the kernel shut down"
 
-    The output area is made when the task first has output: a task that prints
-    nothing costs two widgets (and two comm messages) instead of three.
+
+class CellView:
+    """A task's place in the cell that submitted it: one display output, kept current.
+
+    The display holds the status line and everything the task produced (see
+    :mod:`ipytasks.bundle`), and is updated in place by its display id, at most
+    every :data:`~ipytasks.output.FLUSH_INTERVAL` seconds and at once when the task
+    ends. A widget the task displays goes to the cell as a display of its own.
     """
 
-    def __init__(self, record: TaskRecord) -> None:
-        import ipywidgets as widgets
-
-        layout, style = _shared_layout()
+    def __init__(self, record: TaskRecord, displays: CellDisplays) -> None:
         self.record = record
-        self.status = widgets.HTML(value=_status_html(record), layout=layout, style=style)
-        self.area: Any = None
-        self.widget = _task_box(children=(self.status,), layout=layout)
-        self.widget._ipytasks_record = record
-        self._shown_version = 0
+        self.display_id = f"ipytasks-{uuid.uuid4().hex}"
+        self._displays = displays
+        self._parent = displays.current_parent()
+        self._output_version = -1
+        self._output_parts = ("", "")
+        self._widgets: set[str] = set()
+        self._sent: dict[str, Any] | None = None
+        self._sent_at = 0.0
+        self._due: asyncio.TimerHandle | None = None
+        self.final = False
+
+    def bundle(self, output: TaskOutput | None = None) -> dict[str, Any]:
+        """The display's data now: status line, then the task's outputs."""
+        record = self.record
+        output = output if output is not None else record.sink
+        if output is not None:
+            version, outputs = output.snapshot()
+            if version != self._output_version:
+                self._output_version = version
+                self._output_parts = merge(outputs, _left_out_note(record))
+                self._forward_widgets(outputs)
+        text, rich = self._output_parts
+        return {
+            "text/plain": status_text(record) + ("\n" + text if text else ""),
+            "text/html": status_html(record) + rich,
+        }
+
+    def show(self) -> None:
+        """Make the display, in the cell that runs now."""
+        self._sent = self.bundle()
+        self._sent_at = time.monotonic()
+        self._displays.publish(self._sent, self.display_id)
 
     def update(self, output: TaskOutput) -> None:
-        # Outputs first: once the status line says a task ended, its output is there.
-        if output.version != self._shown_version:
-            self._shown_version = output.version
-            if self.area is None:
-                import ipywidgets as widgets
+        """Send what changed; runs on the loop. A task that ended is sent at once."""
+        if self.final:
+            return
+        ended = self.record.state.ended
+        wait = self._sent_at + FLUSH_INTERVAL - time.monotonic()
+        if wait > 0 and not ended:
+            if self._due is None:
+                self._due = output.loop.call_later(wait, self._send_due, output)
+            return
+        self._send(output, ended)
 
-                self.area = widgets.Output(layout=self.status.layout)
-                self.area.outputs = output.notebook_outputs()
-                self.widget.children = (self.status, self.area)
-            else:
-                self.area.outputs = output.notebook_outputs()
-        status = _status_html(self.record)
-        if self.status.value != status:
-            self.status.value = status
+    def _send_due(self, output: TaskOutput) -> None:
+        self._due = None
+        if not self.final:
+            self._send(output, self.record.state.ended)
+
+    def _send(self, output: TaskOutput, ended: bool) -> None:
+        bundle = self.bundle(output)
+        if ended:
+            self.final = True
+            if self._due is not None:
+                self._due.cancel()
+                self._due = None
+        if bundle != self._sent:
+            self._sent = bundle
+            self._sent_at = time.monotonic()
+            self._displays.publish(bundle, self.display_id, update=True, view=self)
+
+    def resend(self) -> None:
+        """Send the last state again (a headless client may have missed it)."""
+        if self._sent is not None:
+            self._displays.publish(self._sent, self.display_id, update=True)
+
+    def shut_down(self) -> None:
+        """The kernel is going away with this task unfinished: say so, for good."""
+        if self.final or self.record.state.ended:
+            return
+        self.final = True
+        icon, colour = STATE_STYLE[TaskState.CANCELLED]
+        name = html.escape(self.record.name)
+        text, rich = self._output_parts
+        self._displays.publish({
+            "text/plain": f"{icon} {self.record.name} {SHUT_DOWN}" + ("\n" + text if text else ""),
+            "text/html": f'<div class="ipytasks-status"><span style="color:{colour}">{icon}</span> '
+                         f'<b>{name}</b> <span style="color:{colour}">{SHUT_DOWN}</span></div>'
+                         + rich,
+        }, self.display_id, update=True)
+
+    def _forward_widgets(self, outputs: list[Any]) -> None:
+        for item in outputs:
+            if is_widget(item):
+                model = str(item["data"][WIDGET_MIME].get("model_id", ""))
+                if model not in self._widgets:
+                    self._widgets.add(model)
+                    self._displays.publish(item["data"], None, parent=self._parent,
+                                           metadata=item.get("metadata"))
 
 
-def _task_box_class() -> type:
-    import ipywidgets as widgets
+class CellDisplays:
+    """Sends the task cells' displays, and sends again what a headless client missed.
 
-    class TaskBox(widgets.VBox):
-        """A VBox whose plain-text form names the task, for front ends without widgets."""
+    An update parented to the request that runs now reaches every client;
+    JupyterLab also applies one sent between requests, but nbclient and papermill
+    only listen while a cell runs. So an update sent while no cell ran is sent again
+    when the next cell starts (a closing ``%wait`` then saves every task's final
+    state). When the kernel shuts down, tasks that have not ended say so in their cells.
+    """
 
-        def __repr__(self) -> str:
-            record = getattr(self, "_ipytasks_record", None)
-            return f"[{describe(record)}]" if record is not None else super().__repr__()
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self._executing = True  # installed by a magic, in a running cell
+        self._missed: dict[CellView, None] = {}
+        self._open: weakref.WeakSet[CellView] = weakref.WeakSet()
 
-    return TaskBox
+    def install(self) -> None:
+        events = self.shell.events
+        events.register("pre_execute", self._pre_execute)
+        events.register("post_execute", self._post_execute)
+        self.shell.observe(self._exiting, names="exit_now")
 
+    def uninstall(self) -> None:
+        events = self.shell.events
+        for name, callback in (("pre_execute", self._pre_execute),
+                               ("post_execute", self._post_execute)):
+            if callback in events.callbacks[name]:
+                events.unregister(name, callback)
+        try:
+            self.shell.unobserve(self._exiting, names="exit_now")
+        except ValueError:
+            pass
 
-_box_class: type | None = None
-_shared: tuple[Any, Any] | None = None
+    def current_parent(self) -> dict[str, Any]:
+        return dict(self.shell.display_pub.parent_header or {})
 
+    def view(self, record: TaskRecord) -> CellView:
+        view = CellView(record, self)
+        self._open.add(view)
+        return view
 
-def _shared_layout() -> tuple[Any, Any]:
-    # Every widget has a Layout (and an HTML a style), each a widget of its own with
-    # a comm: sharing one set makes a task's view three comms instead of seven.
-    global _shared
-    if _shared is None or _shared[0].comm is None:
-        from ipywidgets.widgets.widget_string import HTMLStyle
-        import ipywidgets as widgets
+    def publish(self, data: dict[str, Any], display_id: str | None, *, update: bool = False,
+                view: CellView | None = None, parent: dict[str, Any] | None = None,
+                metadata: dict[str, Any] | None = None) -> None:
+        pub = self.shell.display_pub
+        content: dict[str, Any] = {"data": data, "metadata": metadata or {}}
+        if display_id is not None:
+            content["transient"] = {"display_id": display_id}
+        msg_type = "update_display_data" if update else "display_data"
+        session = pub.session
+        msg = session.msg(msg_type, content, parent=parent if parent is not None else pub.parent_header)
+        session.send(pub.pub_socket, msg, ident=pub.topic)
+        if view is not None and not self._executing:
+            self._missed[view] = None
 
-        _shared = (widgets.Layout(), HTMLStyle())
-    return _shared
+    def _pre_execute(self) -> None:
+        self._executing = True
+        missed, self._missed = self._missed, {}
+        for view in missed:
+            view.resend()
 
+    def _post_execute(self) -> None:
+        self._executing = False
 
-def _task_box(**kwargs: Any) -> Any:
-    # The class is built on first use: importing ipywidgets at load would slow
-    # down %load_ext, and a terminal never needs it.
-    global _box_class
-    if _box_class is None:
-        _box_class = _task_box_class()
-    return _box_class(**kwargs)
+    def _exiting(self, change: dict[str, Any]) -> None:
+        if change.get("new"):
+            for view in list(self._open):
+                view.shut_down()
 
 
 class TextView:
