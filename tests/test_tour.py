@@ -75,12 +75,20 @@ def test_task_table_lists_every_task(tour: list[dict]) -> None:
     assert "running" not in states.values() and "pending" not in states.values()
 
 
-def test_cells_show_status_widgets(tour: list[dict]) -> None:
-    """Each submitting cell displays one task view; its text form names the task."""
+def test_cells_keep_their_tasks_final_outputs(tour: list[dict]) -> None:
+    """Each submitting cell is saved with one plain display: the final status line and
+    the task's output, no widget."""
     cell = find(tour, "%%parallel slow_report")
     (view,) = cell.outputs
-    assert "application/vnd.jupyter.widget-view+json" in view.data
-    assert view.data["text/plain"].startswith("[slow_report ")
+    assert set(view.data) == {"text/plain", "text/html"}
+    assert view.data["text/plain"].startswith("✔ slow_report done in ")
+    for cell in tour:
+        for out in cell.outputs:
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}) or (
+                "%tasks" in cell.source
+            ), cell.source
+            text = out.get("data", {}).get("text/plain", "")
+            assert not re.match(r"\S+ \w+ (pending|running)", text), (cell.source, text)
 
 
 def test_pipeline_gets_in_order_values_and_says_why(tour: list[dict]) -> None:
@@ -117,15 +125,10 @@ def test_process_cells_overlap_on_two_cores(tour: list[dict]) -> None:
     assert float(match[3]) > 1.2  # generous: two cores, shared with the rest of the machine
 
 
-def test_worker_output_is_saved_in_its_task_area(tour_nb: dict) -> None:
-    """A process worker's print reached its own task's output area, as saved headless."""
-    state = tour_nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
-    texts = [
-        "".join(o.get("text", "") for o in model["state"].get("outputs", []))
-        for model in state.values()
-        if model["model_name"] == "OutputModel"
-    ]
-    assert "worker says: counted 10453\n" in texts
+def test_worker_output_is_saved_in_its_task_area(tour: list[dict]) -> None:
+    """A process worker's print is saved in its own task's cell, and in no other."""
+    holding = [c.source for c in tour if "worker says: counted 10453" in cell_text(c)]
+    assert holding == [find(tour, "%%parallel crunch_low").source]
 
 
 def test_dask_section_runs_when_the_extra_is_installed(tour: list[dict]) -> None:

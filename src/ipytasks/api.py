@@ -390,7 +390,7 @@ def dashboard() -> Any:
     if not session.in_kernel:
         print(text_table(tasks))
         return None
-    return open_dashboard(session.scheduler, tasks)
+    return open_dashboard(session.scheduler, tasks, displays=session.displays)
 
 
 def timeline(path: str) -> Any:

@@ -14,7 +14,7 @@ import html
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .bundle import WIDGET_MIME, is_widget, merge
 from .output import FLUSH_INTERVAL, _left_out_note
@@ -196,6 +196,10 @@ class CellView:
                                            metadata=item.get("metadata"))
 
 
+class _Resendable(Protocol):
+    def resend(self) -> None: ...
+
+
 class CellDisplays:
     """Sends the task cells' displays, and sends again what a headless client missed.
 
@@ -209,7 +213,8 @@ class CellDisplays:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self._executing = True  # installed by a magic, in a running cell
-        self._missed: dict[CellView, None] = {}
+        self._missed: dict[_Resendable, None] = {}
+
         self._open: weakref.WeakSet[CellView] = weakref.WeakSet()
 
     def install(self) -> None:
@@ -238,7 +243,7 @@ class CellDisplays:
         return view
 
     def publish(self, data: dict[str, Any], display_id: str | None, *, update: bool = False,
-                view: CellView | None = None, parent: dict[str, Any] | None = None,
+                view: _Resendable | None = None, parent: dict[str, Any] | None = None,
                 metadata: dict[str, Any] | None = None) -> None:
         pub = self.shell.display_pub
         content: dict[str, Any] = {"data": data, "metadata": metadata or {}}

@@ -777,15 +777,7 @@ def test_in_a_kernel_tasks_backend_dask_and_interrupts(dask_kernel: Any) -> None
 
 
 def task_area_text(k: Any, execution: Any) -> str:
-    """The stream text of the output area the submitting cell shows."""
-    views = [
-        d["application/vnd.jupyter.widget-view+json"]["model_id"]
-        for d in execution.displays
-        if "application/vnd.jupyter.widget-view+json" in d
-    ]
-    assert len(views) == 1, execution.displays
-    box = k.widget_states()[views[0]]["state"]
-    for child in (c.removeprefix("IPY_MODEL_") for c in box["children"]):
-        if k.widget_states()[child]["model_name"] == "OutputModel":
-            return k.output_widget_text(child)
-    raise AssertionError("no output area in the task's view")
+    """What the submitting cell's task display shows under its status line, as text."""
+    ids = [i for i in execution.display_ids if i.startswith("ipytasks-")]
+    assert len(ids) == 1, execution.displays
+    return k.display(ids[0])["text/plain"].partition("\n")[2]

@@ -52,10 +52,12 @@ from .render import summarize, summary_html, table_html, text_table
 from .throttle import CallLater, Throttle
 from ..views import STATE_STYLE
 from .columns import TaskColumns
+from .saved import show_dashboard
 from .timeline import LABELLED_LANES
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
+    from ..views import CellDisplays
     from ..tasks import TaskRecord
 
 __all__ = (
@@ -191,6 +193,9 @@ class Dashboard(widgets.VBox):
     :param wall: epoch seconds for durations (``time.time``), the clock task records use.
     :param call_later: ``call_later(delay, callback)`` for the refresh timer (default: the
         scheduler's loop, in an empty context).
+    :param displays: the kernel's :class:`~ipytasks.views.CellDisplays`: displayed, the
+        dashboard then also shows a snapshot that the saved notebook keeps
+        (:mod:`~ipytasks.overview.saved`).
     """
 
     def __init__(
@@ -206,8 +211,10 @@ class Dashboard(widgets.VBox):
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] | None = None,
         call_later: CallLater | None = None,
+        displays: CellDisplays | None = None,
     ) -> None:
         Layout = widgets.Layout
+        self._displays = displays
         self.view = TasksView()
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
                                             tooltip="cancel the picked task")
@@ -550,6 +557,14 @@ class Dashboard(widgets.VBox):
                 if widget is not self:
                     widget.close()
         super().close()
+
+    def _ipython_display_(self) -> None:
+        if self._displays is not None:
+            show_dashboard(self, self._displays)  # live, and a snapshot the notebook saves
+        else:
+            from IPython.display import display
+
+            display(self._repr_mimebundle_(), raw=True)
 
     def __repr__(self) -> str:
         # What front ends without widgets (and ``print``) show: the text table, or
