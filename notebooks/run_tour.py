@@ -47,12 +47,14 @@ def run_tour(
     timeout: int = CELL_TIMEOUT,
     cwd: str | Path | None = None,
     executed: list | None = None,
+    store_widget_state: bool = True,
 ):  # -> nbformat.NotebookNode
     """Execute the notebook at ``path`` and return it with its outputs.
 
     The kernel runs ``python`` (default: this interpreter) with ``cwd`` (default: the notebook's
     folder) as working directory. On a failing cell nbclient's ``CellExecutionError`` is raised;
     pass a list as ``executed`` to receive the partly executed notebook in that case too.
+    ``store_widget_state`` is nbclient's: False saves what JupyterLab saves by default.
     """
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
@@ -79,7 +81,7 @@ def run_tour(
             kernel_name=name,
             kernel_manager_class=TourKernelManager,
             timeout=timeout,
-            store_widget_state=True,
+            store_widget_state=store_widget_state,
             resources={"metadata": {"path": str(cwd or path.parent)}},
         )
         client.execute()

@@ -12,8 +12,10 @@ reopened without its kernel, a saved widget output reads "model not found". So
   dashboard next to the host's output and hides the snapshot while it runs, then
   the kernel retires the host's output (an empty widget reference, which front ends
   hide and save as nothing). A host that no front end draws within
-  :data:`PLACE_GRACE` seconds (a headless run) is retired all the same, so the saved
-  file holds no reference to a widget.
+  :data:`PLACE_GRACE` seconds, or :data:`IDLE_GRACE` when the last task ends (a
+  headless run, which ends with ``%wait``), is retired all the same, so the saved
+  file holds no reference to a widget. Retiring a host that was drawn changes
+  nothing: the live view already lives beside it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ SNAPSHOT_INTERVAL = 2.0
 TEXT_ROWS = 50
 #: Seconds a host may take to be drawn before it is retired undrawn (a headless run).
 PLACE_GRACE = 3.0
+#: The same when the last task has ended (a closing ``%wait`` in a headless run).
+IDLE_GRACE = 1.0
 #: What a retired host's output holds: a reference to no widget, which front ends hide.
 RETIRED = {WIDGET_MIME: {"model_id": "", "version_major": 2, "version_minor": 1}, "text/plain": ""}
 
@@ -70,6 +74,7 @@ class _Snapshot:
         self._registry = registry
         self._displays = displays
         self._sent: dict[str, Any] | None = None
+        self.host: _Host | None = None
         loop = scheduler.loop
         self._throttle = Throttle(
             self._send,
@@ -99,6 +104,8 @@ class _Snapshot:
         self._feed.take()
         if idle:
             contextvars.Context().run(self._throttle.flush_now)
+            if self.host is not None:
+                self.host.retire(undrawn_for=IDLE_GRACE)
         else:
             self._throttle.request(SNAPSHOT_INTERVAL)
 
@@ -120,6 +127,7 @@ class _Host:
         self.widget = DashboardHost(target=dashboard.model_id, key=key)
         self.display_id = f"ipytasks-host-{key}"
         self._displays = displays
+        self._shown_at = time.monotonic()
         self.widget.on_msg(self._on_msg)
         self._timer = dashboard._loop.call_later(
             PLACE_GRACE, self.retire, context=contextvars.Context())
@@ -132,10 +140,11 @@ class _Host:
         if content.get("event") == "placed":
             self.retire()
 
-    def retire(self) -> None:
-        self._timer.cancel()
-        if self.widget.comm is None:
+    def retire(self, undrawn_for: float = 0.0) -> None:
+        """Retire the host's output; only once it has waited ``undrawn_for`` seconds."""
+        if self.widget.comm is None or time.monotonic() - self._shown_at < undrawn_for:
             return
+        self._timer.cancel()
         self._displays.publish(RETIRED, self.display_id, update=True, view=self)
         self.widget.close()
 
@@ -146,6 +155,6 @@ class _Host:
 def show_dashboard(dashboard: Dashboard, displays: CellDisplays) -> None:
     """Show ``dashboard`` in the running cell: live where drawn, its snapshot saved."""
     snapshot = _Snapshot(dashboard._scheduler, dashboard._registry, displays)
-    host = _Host(dashboard, snapshot.key, displays)
+    host = snapshot.host = _Host(dashboard, snapshot.key, displays)
     host.show()
     snapshot.show()
