@@ -381,3 +381,27 @@ def test_inferred_wait_is_shown_in_the_status_line(kernel: Kernel) -> None:
     kernel.execute("gate20.set()")
     kernel.wait_until(lambda: "done" in status_text(kernel, report), what="report done")
     assert area_text(kernel, report) == "6\n"
+
+
+def test_running_a_cell_again_while_its_task_runs_shows_it_again(kernel: Kernel) -> None:
+    """The same cell run again shows the running task's output, with a line on what to do;
+    another cell that reuses the name is refused."""
+    kernel.execute("gate30 = asyncio.Event()")
+    code = "%%parallel again30\nprint('again30 printed')\nawait gate30.wait()\n30"
+    first = kernel.execute(code)
+    kernel.wait_until(lambda: "again30 printed" in area_text(kernel, first), what="first print")
+    second = kernel.execute(code)
+    assert second.status == "ok" and second.errors == []
+    assert task_display(second) == task_display(first)  # the same output, shown again
+    notes = [d["text/plain"] for d in second.displays if "ipytasks-status" not in d.get("text/html", "")]
+    assert notes == ["again30 still runs, so this is its output. To run the cell again: "
+                     "%cancel again30 first, or give the cell another NAME."]
+    assert "again30 printed" in area_text(kernel, second)
+    other = kernel.execute("%%parallel again30\nprint('another cell')", allow_errors=True)
+    assert error_of(other) == (
+        "UsageError", "task 'again30' is running: %cancel again30 first, or give this cell another NAME"
+    )
+    kernel.execute("gate30.set()")
+    kernel.wait_until(lambda: "done" in status_text(kernel, second), what="shown again, updated")
+    assert status_text(kernel, first) == status_text(kernel, second)
+    assert area_text(kernel, second) == "again30 printed\n30\n"

@@ -253,6 +253,11 @@ def _submit(
             "wait=True would block the event loop the task runs on: "
             f"submit it, then `await ipytasks.wait({name!r})`"
         )
+    busy = tasks.get(name)
+    if display and busy is not None and not busy.state.ended and session.displays is not None:
+        view = session.displays.shown_again(busy, code)
+        if view is not None:  # the cell that runs it, run again: show it, do not refuse
+            return busy
     shown: list[CellView | None] = []
     record = scheduler.submit(
         code, name, opts, number=number, attach=lambda r: shown.append(session.attach_view(r))

@@ -89,6 +89,12 @@ def status_html(record: TaskRecord) -> str:
     )
 
 
+#: What a cell run again while its task has not ended shows above the task's output.
+STILL_RUNNING = (
+    "{name} {verb}, so this is its output. To run the cell again: %cancel {name} first, "
+    "or give the cell another NAME."
+)
+
 #: Status of a task whose kernel shut down while it had not ended.
 SHUT_DOWN = "cancelled: the kernel shut down"
 
@@ -114,6 +120,8 @@ class CellView:
         self._sent_at = 0.0
         self._due: asyncio.TimerHandle | None = None
         self.final = False
+        #: The submitting cell's id, where the front end sends one.
+        self.cell: str | None = None
 
     def bundle(self, output: TaskOutput | None = None) -> dict[str, Any]:
         """The display's data now: status line, then the task's outputs."""
@@ -213,6 +221,8 @@ class CellDisplays:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self._executing = True  # installed by a magic, in a running cell
+        self._views: weakref.WeakValueDictionary[TaskRecord, CellView] = (
+            weakref.WeakValueDictionary())
         self._missed: dict[_Resendable, None] = {}
 
         self._open: weakref.WeakSet[CellView] = weakref.WeakSet()
@@ -239,8 +249,38 @@ class CellDisplays:
 
     def view(self, record: TaskRecord) -> CellView:
         view = CellView(record, self)
+        view.cell = self._current_cell()
         self._open.add(view)
+        self._views[record] = view
         return view
+
+    def shown_again(self, record: TaskRecord, source: str) -> CellView | None:
+        """Show an unfinished task again if the running cell is the one that submitted it.
+
+        The same cell is the same cell id where the front end sends one (JupyterLab,
+        Notebook 7, nbclient), else the same text. Returns the view shown, or ``None``
+        (another cell: the name is busy).
+        """
+        view = self._views.get(record)
+        if view is None:
+            return None
+        cell = self._current_cell()
+        same = cell == view.cell if cell or view.cell else source == record.source
+        if not same:
+            return None
+        verb = "waits to run" if record.state is TaskState.PENDING else "still runs"
+        note = STILL_RUNNING.format(name=record.name, verb=verb)
+        self.publish({"text/plain": note, "text/html": f"<div>{html.escape(note)}</div>"}, None)
+        view.show()
+        return view
+
+    def _current_cell(self) -> str | None:
+        kernel = getattr(self.shell, "kernel", None)
+        try:
+            request = kernel.get_parent() if kernel is not None else None
+        except Exception:  # noqa: BLE001 - no request to tell the cell by
+            return None
+        return ((request or {}).get("metadata") or {}).get("cellId")
 
     def publish(self, data: dict[str, Any], display_id: str | None, *, update: bool = False,
                 view: _Resendable | None = None, parent: dict[str, Any] | None = None,

@@ -245,16 +245,16 @@ def lab(tools: Tools, tmp_path: Path) -> Iterator[Lab]:
 #: appears in an output area, the states it showed in turn: window.__ipytasksLines.
 WATCH_STATUS_LINES = r"""() => {
   const lines = [];
-  const byElement = new WeakMap();
+  const byName = new Map();  // an update draws the line anew: follow it by its task
   const note = (el) => {
     if (!el.closest('.jp-OutputArea')) return;
     const state = el.querySelector(':scope > span[title]');
     const name = el.querySelector(':scope > b');
     if (!state || !name) return;
-    let line = byElement.get(el);
+    let line = byName.get(name.textContent);
     if (!line) {
       line = {name: name.textContent, states: []};
-      byElement.set(el, line);
+      byName.set(name.textContent, line);
       lines.push(line);
     }
     const s = state.getAttribute('title');
@@ -263,9 +263,9 @@ WATCH_STATUS_LINES = r"""() => {
   const scan = (node) => {
     if (node.nodeType !== Node.ELEMENT_NODE) node = node.parentElement;
     if (!node) return;
-    const own = node.closest('.widget-html-content');
+    const own = node.closest('.ipytasks-status');
     if (own) note(own);
-    node.querySelectorAll('.widget-html-content').forEach(note);
+    node.querySelectorAll('.ipytasks-status').forEach(note);
   };
   new MutationObserver((mutations) => {
     for (const m of mutations) {
@@ -274,7 +274,7 @@ WATCH_STATUS_LINES = r"""() => {
     }
   }).observe(document.body, {childList: true, subtree: true, characterData: true,
                              attributes: true, attributeFilter: ['title']});
-  document.querySelectorAll('.widget-html-content').forEach(note);
+  document.querySelectorAll('.ipytasks-status').forEach(note);
   window.__ipytasksLines = lines;
 }"""
 
@@ -418,7 +418,7 @@ def _drive(page, lab: Lab, expect) -> None:
     assert name, "no status line went from running to done"
 
     # The dashboard: the speedup and the timeline.
-    dashboard = page.locator('[data-ipytasks-test="dashboard"] .jp-OutputArea-output').first
+    dashboard = page.locator('[data-ipytasks-test="dashboard"] .ipytasks-live').first
     summary = dashboard.locator(".ipytasks-summary")
     expect(summary).to_contain_text(re.compile(r"of work in .+×"))
     expect(dashboard.locator("svg").first).to_be_visible()
@@ -438,7 +438,7 @@ def _drive(page, lab: Lab, expect) -> None:
     expect(summary).not_to_contain_text("running")
     expect(summary).to_contain_text(re.compile(r"of work in .+×"))
     page.wait_for_function(
-        STEADY, arg=['[data-ipytasks-test="dashboard"] .jp-OutputArea-output svg', 1500],
+        STEADY, arg=['[data-ipytasks-test="dashboard"] .ipytasks-live svg', 1500],
         timeout=WAIT_MS, polling=100,
     )
     # The timeline is drawn in the browser from numbers; hovering a bar names its task.
@@ -451,7 +451,7 @@ def _drive(page, lab: Lab, expect) -> None:
 
     # A long task of our own, cancelled from the dashboard.
     page.evaluate(ADD_AND_RUN, [LONG_CELL, "long"])
-    status = page.locator('[data-ipytasks-test="long"] .jp-OutputArea .widget-html-content').first
+    status = page.locator('[data-ipytasks-test="long"] .jp-OutputArea .ipytasks-status').first
     expect(status).to_contain_text(f"{LONG_TASK} running")
 
     # It is the newest task, the only one running: on the table's last page once the
@@ -478,4 +478,61 @@ def _drive(page, lab: Lab, expect) -> None:
     expect(row.locator("td").first).to_contain_text("cancelled")
     expect(status).to_contain_text(f"{LONG_TASK} cancelled")
     page.screenshot(path=OUTPUT_DIR / "final.png")
+    # While live, the dashboard's snapshot (what the file saves) is hidden behind it.
+    snapshot = page.locator('[data-ipytasks-test="dashboard"] .ipytasks-snapshot')
+    expect(snapshot).to_be_hidden()
+    _reopen_saved(page, lab, expect)
     print(f"live running→done: {name}; tour ran in {tour_seconds:.1f} s")
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+#: Per code cell of the open notebook: its source and the text its outputs show.
+CELL_TEXTS = """() => window.jupyterapp.shell.currentWidget.content.widgets
+  .filter(c => c.model.type === 'code')
+  .map(c => [c.model.sharedModel.getSource(), c.outputArea ? c.outputArea.node.innerText : ''])"""
+
+
+def _reopen_saved(page, lab: Lab, expect) -> None:
+    """Save, shut the kernel down, reload the page: every task's cell still shows its
+    final status and output, the dashboard's place its snapshot, and no widget error."""
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function(
+        "() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=WAIT_MS)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    page.wait_for_function(
+        "() => !window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=WAIT_MS)
+    # The file holds no reference to a live widget: the dashboard's was emptied once drawn.
+    saved = json.loads((lab.root / "tour.ipynb").read_text(encoding="utf-8"))
+    referenced = [
+        (cell["source"], out["data"][WIDGET_VIEW]["model_id"])
+        for cell in saved["cells"] for out in cell.get("outputs", ())
+        if WIDGET_VIEW in out.get("data", {})
+    ]
+    assert referenced and all(model == "" for _, model in referenced), referenced
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_function(
+        "() => window.jupyterapp?.shell?.currentWidget?.context?.isReady", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-OutputArea .ipytasks-status').length > 5",
+        timeout=WAIT_MS)
+    # Widget outputs settle once the new kernel is there: hidden, or an error.
+    page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => ![...document.querySelectorAll('.jp-OutputArea-output')]"
+        ".some(e => e.checkVisibility() && e.textContent.includes('Loading widget'))",
+        timeout=WAIT_MS)
+    page.screenshot(path=OUTPUT_DIR / "reopened.png")
+    cells = page.evaluate(CELL_TEXTS)
+    for source, text in cells:
+        assert "Error displaying widget" not in text, source
+        if source.startswith(("%%parallel", "%%sequential")) and "--quiet" not in source:
+            first = text.strip().splitlines()[0] if text.strip() else ""
+            assert re.match(r"\S+ \S+ (done|failed|cancelled|timed out|skipped)", first), (
+                source, text[:200])
+    worker = [source for source, text in cells if "worker says: counted 10453" in text]
+    assert len(worker) == 1 and worker[0].startswith("%%parallel crunch_low"), worker
+    snapshot = page.locator('[data-ipytasks-test="dashboard"] .ipytasks-snapshot')
+    assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"])
+    expect(snapshot).to_be_visible()
+    expect(snapshot).to_contain_text(re.compile(r"of work in .+×"))
