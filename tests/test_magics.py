@@ -405,3 +405,24 @@ def test_running_a_cell_again_while_its_task_runs_shows_it_again(kernel: Kernel)
     kernel.wait_until(lambda: "done" in status_text(kernel, second), what="shown again, updated")
     assert status_text(kernel, first) == status_text(kernel, second)
     assert area_text(kernel, second) == "again30 printed\n30\n"
+
+
+def test_unload_and_shutdown_leave_every_cell_final(fresh_kernel: Kernel) -> None:
+    """Tasks still running when the extension is unloaded, or when the kernel shuts down,
+    say so in their cells: never a status left at running."""
+    k = fresh_kernel
+    k.execute("%load_ext ipytasks\nimport asyncio, time")
+    unloaded = k.execute("%%parallel long31\nawait asyncio.sleep(600)")
+    k.wait_until(lambda: "running" in status_text(k, unloaded), what="long31 running")
+    k.execute("%unload_ext ipytasks")
+    k.wait_until(lambda: "cancelled" in status_text(k, unloaded), what="cancelled on unload")
+    assert re.fullmatch(r"⊘ long31 cancelled after [\d.]+s: ipytasks was unloaded",
+                        status_text(k, unloaded)), status_text(k, unloaded)
+    k.execute("%load_ext ipytasks")
+    cells = [k.execute("%%parallel long32\nawait asyncio.sleep(600)"),
+             k.execute("%%parallel long33 --thread\nwhile True:\n    time.sleep(0.01)")]
+    for cell in cells:
+        k.wait_until(lambda cell=cell: "running" in status_text(k, cell), what="running")
+    k.shutdown()
+    for cell in cells:
+        assert status_text(k, cell).endswith("cancelled: the kernel shut down"), status_text(k, cell)

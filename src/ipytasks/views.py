@@ -64,7 +64,10 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
     if state is TaskState.SKIPPED:
         return f"{name} skipped: {record.error}"
     if state is TaskState.CANCELLED:
-        return f"{name} cancelled" + (f" after {took_text}" if took is not None else "")
+        text = f"{name} cancelled" + (f" after {took_text}" if took is not None else "")
+        reason = str(record.error) if record.error is not None else ""
+        # A cancel the user asked for needs no reason; unloading or a map's items do.
+        return f"{text}: {reason}" if reason and reason != f"task {name!r} was cancelled" else text
     if state is TaskState.TIMED_OUT:
         return f"{name} timed out after {took_text}"
     error = record.error
