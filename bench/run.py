@@ -21,6 +21,8 @@ Parts (``--only`` takes these names):
                  and peak memory, against raw pipes and pools;
 - ``dashboard``  bench_dashboard.py: what a live dashboard costs while 1,000 tasks run;
 - ``core``       bench_core.py: submission through the magics, inference, memory per task;
+- ``output``     bench_output.py: iopub bytes per byte a task prints, and a print's cost in a
+                 task against a plain cell;
 - ``analysis``   bench_analysis.py: the namespace analysis of a 200-line cell.
 
 The table goes to stdout and, as Markdown, to ``test-output/bench.md`` (``--output``). A part
@@ -174,6 +176,33 @@ def core_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def part_output(quick: bool, timeout: float) -> dict[str, list[Row]]:
+    try:
+        r = run_json([sys.executable, "bench_output.py", *_q(quick)], timeout)
+    except PartFailed as exc:
+        return {OUTPUT: [error_row("task output (bench_output.py)", str(exc))]}
+    return {OUTPUT: output_rows(r)}
+
+
+def output_rows(r: dict[str, Any]) -> list[Row]:
+    """bench_output.py's figures: iopub traffic per byte printed, and what a print costs."""
+    mb = r["printed_bytes"] / 1e6
+    plain, task = r["plain_print_s"], r["task_print_s"]
+    spread = (f" (spread {fmt_time(task[1])}–{fmt_time(task[2])} vs "
+              f"{fmt_time(plain[1])}–{fmt_time(plain[2])})")
+    ratio = task[0] / plain[0]
+    return [
+        (f"iopub bytes per byte printed: a thread task printing {mb:g} MB over "
+         f"{r['seconds']:g} s, its cell refreshed live",
+         f"{r['task_iopub_per_byte']:.2f}", f"plain cell {r['plain_iopub_per_byte']:.2f}",
+         fmt_ratio(r["task_iopub_per_byte"] / r["plain_iopub_per_byte"]), "≤ 3 bytes per byte",
+         verdict(r["task_iopub_per_byte"] <= 3)),
+        (f"{r['print_calls']:,} print() calls in a thread task (median of {r['repeats']}, "
+         "interleaved)" + spread, fmt_time(task[0]), f"plain cell {fmt_time(plain[0])}",
+         fmt_ratio(ratio), "≤ 1.5× a plain cell", verdict(ratio <= 1.5)),
+    ]
+
+
 def part_analysis(quick: bool, timeout: float) -> dict[str, list[Row]]:
     measure = "analyze() a 200-line cell (median)"
     try:
@@ -270,12 +299,14 @@ DASHBOARD = "Dashboard cost (bench_dashboard.py, an InteractiveShell)"
 SCALING = "Scaling: per-task cost from 10 to 10,000 tasks"
 CORE = "Submission, inference, memory (bench_core.py, in a kernel)"
 ANALYSIS = "Namespace analysis (bench_analysis.py)"
-ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, ANALYSIS)
+OUTPUT = "Task output (bench_output.py, in a kernel)"
+ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS)
 
 # name -> (function, timeout quick, timeout full); run in this order
 PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, float]] = {
     "analysis": (part_analysis, 60, 300),
     "core": (part_core, 90, 900),
+    "output": (part_output, 90, 600),
     "scenarios": (part_scenarios, 90, 1200),
     "process": (part_process, 90, 1200),
     "dashboard": (part_dashboard, 90, 900),
