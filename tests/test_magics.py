@@ -426,3 +426,20 @@ def test_unload_and_shutdown_leave_every_cell_final(fresh_kernel: Kernel) -> Non
     k.shutdown()
     for cell in cells:
         assert status_text(k, cell).endswith("cancelled: the kernel shut down"), status_text(k, cell)
+
+
+def test_a_widget_a_task_displays_shows_live_in_its_cell(kernel: Kernel) -> None:
+    """A widget is an output of its own in the task's cell; the task's display keeps the rest."""
+    sub = kernel.execute(
+        "%%parallel wid34 --thread\nimport ipywidgets\n"
+        "slider34 = ipywidgets.IntSlider(value=34)\ndisplay(slider34)\nprint('after the slider')"
+    )
+    kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="widget task done")
+    views = [d["application/vnd.jupyter.widget-view+json"]["model_id"]
+             for d in sub.displays if "application/vnd.jupyter.widget-view+json" in d]
+    assert len(views) == 1
+    assert kernel.widget_state(views[0])["value"] == 34
+    assert area_text(kernel, sub) == "after the slider\n"
+    assert "IntSlider" not in area_html(kernel, sub)
+    kernel.execute("slider34.value = 35")  # live: the cell's slider follows the kernel
+    kernel.wait_until(lambda: kernel.widget_state(views[0])["value"] == 35, what="slider moved")
