@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOUR = ROOT / "notebooks" / "tour.ipynb"
 OUTPUT_DIR = ROOT / "test-output" / "browser"
 README_SCREENSHOT = ROOT / "docs" / "screenshot-dashboard.png"
+SAVED_SCREENSHOT = ROOT / "docs" / "screenshot-saved.png"
 UPDATE_SCREENSHOT = "IPYTASKS_UPDATE_SCREENSHOT"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -365,8 +366,8 @@ def _live_transition(page) -> str:
     return handle.json_value()
 
 
-def _save_readme_screenshot(png: bytes, width: int) -> None:
-    """Write ``docs/screenshot-dashboard.png``: ``width`` pixels wide, as a palette PNG.
+def _save_readme_screenshot(png: bytes, width: int, path: Path = README_SCREENSHOT) -> None:
+    """Write ``path`` (a picture the README shows): ``width`` pixels wide, as a palette PNG.
 
     Without Pillow, the element's picture as it is.
     """
@@ -381,8 +382,8 @@ def _save_readme_screenshot(png: bytes, width: int) -> None:
         image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(
             out, format="PNG", optimize=True)
         data = out.getvalue()
-    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    README_SCREENSHOT.write_bytes(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def test_tour_live_in_jupyterlab(tools: Tools, lab: Lab) -> None:
@@ -536,3 +537,21 @@ def _reopen_saved(page, lab: Lab, expect) -> None:
     assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"])
     expect(snapshot).to_be_visible()
     expect(snapshot).to_contain_text(re.compile(r"of work in .+×"))
+    if os.environ.get(UPDATE_SCREENSHOT) == "1":
+        page.set_viewport_size({"width": 1280, "height": 1600})
+        box = page.evaluate(CELLS_BOX, ["%%parallel slow_report", "%%sequential save --chain etl"])
+        png = page.screenshot(clip=box, animations="disabled")
+        _save_readme_screenshot(png, width=int(box["width"]), path=SAVED_SCREENSHOT)
+
+
+#: The box from the first cell whose source starts with ``first`` to the first after it
+#: starting with ``last``, scrolled into view.
+CELLS_BOX = """([first, last]) => {
+  const cells = window.jupyterapp.shell.currentWidget.content.widgets;
+  const a = cells.findIndex(c => c.model.sharedModel.getSource().startsWith(first));
+  const b = cells.findIndex((c, i) => i > a && c.model.sharedModel.getSource().startsWith(last));
+  cells[a].node.scrollIntoView();
+  const top = cells[a].node.getBoundingClientRect();
+  const bottom = cells[b].node.getBoundingClientRect();
+  return {x: top.x, y: top.y, width: Math.min(top.width, 900), height: bottom.bottom - top.y};
+}"""
