@@ -443,3 +443,20 @@ def test_a_widget_a_task_displays_shows_live_in_its_cell(kernel: Kernel) -> None
     assert "IntSlider" not in area_html(kernel, sub)
     kernel.execute("slider34.value = 35")  # live: the cell's slider follows the kernel
     kernel.wait_until(lambda: kernel.widget_state(views[0])["value"] == 35, what="slider moved")
+
+
+def test_a_busy_task_refreshes_its_cell_at_most_five_times_a_second(kernel: Kernel) -> None:
+    sub = kernel.execute(
+        "%%parallel chatty35 --thread\nimport time\nt0 = time.monotonic()\n"
+        "while time.monotonic() - t0 < 2:\n    print('tick')\n    time.sleep(0.001)"
+    )
+    kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="chatty task done", timeout=20)
+    display_id = task_display(sub)
+    updates = [
+        m for m in kernel.messages()
+        if m["msg_type"] == "update_display_data"
+        and m["content"]["transient"]["display_id"] == display_id
+    ]
+    took = float(value(kernel, "ipytasks.tasks['chatty35'].duration"))
+    assert 3 <= len(updates) <= 5 * took + 3, (len(updates), took)
+    assert area_text(kernel, sub).count("tick") > 100  # what it printed, in one display
