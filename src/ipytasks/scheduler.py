@@ -28,6 +28,7 @@ from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
+from . import plots
 from .output import TaskOutput, _report_internal_error, current_output
 from .tasks import (
     TaskCancelled,
@@ -561,19 +562,40 @@ class Scheduler:
         mode = self._mode(record.mode)
         timeout = record.options.timeout
         deadline = asyncio.timeout(timeout)
+        record._result_display = None
+        # pyplot's current figure is this attempt's own; what it leaves open is shown below.
+        figures = plots.open_task_figures()
         try:
             async with deadline:
                 result = await mode.run(record)
         except TimeoutError as exc:
             if deadline.expired():
+                plots.show_figures(figures, self.shell, record.sink, name=record.name, show=False)
                 message = f"task {record.name!r} timed out after {timeout:g} s"
                 return TaskState.TIMED_OUT, None, TimeoutError(message)
+            await self._show_figures(record, figures)
             return TaskState.FAILED, None, exc
         except asyncio.CancelledError:
+            plots.show_figures(figures, self.shell, record.sink, name=record.name, show=False)
             raise
         except BaseException as exc:  # noqa: BLE001 - a task's failure, whatever it raised
+            await self._show_figures(record, figures)
             return TaskState.FAILED, None, exc
+        await self._show_figures(record, figures, result)
         return TaskState.DONE, result, None
+
+    async def _show_figures(self, record: TaskRecord, figures: Any, result: Any = None) -> None:
+        """Show the figures the body left open in its output, rendered off the loop."""
+        if not figures:
+            return
+        if record.cell is not None and record.cell.quiet_result:
+            result = None  # a cell ending in `fig;` still shows its open figures
+        try:
+            await asyncio.to_thread(
+                plots.show_figures, figures, self.shell, record.sink, result=result, name=record.name
+            )
+        except Exception as exc:  # noqa: BLE001 - a figure that cannot render is said, not fatal
+            record.sink.write("stderr", f"ipytasks: could not show a figure: {type(exc).__name__}: {exc}\n")
 
     def install_mode(self, mode: Mode) -> None:
         """Make ``mode`` the instance used for tasks of mode ``mode.name``."""
@@ -627,6 +649,10 @@ class Scheduler:
             self._changed(record.parent)  # "k of n done"
 
     def _show_result(self, record: TaskRecord, result: Any) -> None:
+        rendered = record._result_display  # a figure a worker process rendered for it
+        if rendered is not None:
+            record.sink.display(*rendered)
+            return
         try:
             data, metadata = self.shell.display_formatter.format(result)
         except Exception:  # noqa: BLE001 - a broken repr must not fail a finished task
