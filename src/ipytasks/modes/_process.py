@@ -193,8 +193,17 @@ def _grow_pipe(fd: int) -> None:
 def _worker_environ() -> dict[str, str]:
     env = dict(os.environ)
     if env.get("MPLBACKEND", "").startswith("module://"):  # inline backends need a kernel
-        env["MPLBACKEND"] = "Agg"
+        del env["MPLBACKEND"]  # the worker puts its own (Agg, showing into the task's output)
     return env
+
+
+def show_displays(task: TaskRecord, reply: Reply) -> None:
+    """Show in the task's output what its worker displayed (figures, rendered there);
+    a rendered Figure result is shown as the result."""
+    if task.sink is not None:
+        for data, metadata in reply.displays:
+            task.sink.display(data, metadata)
+    task._result_display = reply.result_display
 
 
 def _forwarding_failed(exc: BaseException) -> None:
@@ -633,6 +642,7 @@ class ProcessMode(Mode):
         pool.release(worker)
         reply = outcome.reply
         assert reply is not None
+        show_displays(task, reply)
         if reply.error is not None:
             error = reply.error
             del reply, outcome
