@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -96,13 +97,22 @@ def colour_pixels(png_b64: str) -> dict[str, int]:
     }
 
 
+#: A PNG inside HTML (a task's cell may show its displays as one HTML output).
+PNG_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
 def images_in(bundles: list[dict[str, Any]]) -> list[str]:
-    """The PNGs (base64) of a list of mime bundles."""
+    """The PNGs (base64) of a list of mime bundles: ``image/png`` data, else PNGs inlined in
+    ``text/html`` as ``data:`` URIs."""
     out = []
     for data in bundles:
         png = data.get("image/png")
         if png is not None:
             out.append("".join(png) if isinstance(png, list) else png)
+            continue
+        html = data.get("text/html")
+        if html is not None:
+            out.extend(PNG_URI.findall("".join(html) if isinstance(html, list) else html))
     return out
 
 
@@ -113,12 +123,42 @@ def assert_only(owner: str, png: str) -> None:
 
 
 def message_bundles(execution: Any) -> list[dict[str, Any]]:
-    """Every mime bundle sent for a request: displays, results and display updates."""
+    """The mime bundles that a request's messages add to its cell: displays and results.
+
+    (An ``update_display_data`` changes the display of its id wherever that is, whichever
+    request parents it: see :func:`updates`.)
+    """
     return [
         m["content"]["data"]
         for m in execution.messages
-        if m["msg_type"] in ("display_data", "execute_result", "update_display_data")
+        if m["msg_type"] in ("display_data", "execute_result")
     ]
+
+
+def display_ids(execution: Any) -> list[str]:
+    """The display ids of the displays a request made."""
+    return [
+        m["content"]["transient"]["display_id"]
+        for m in execution.messages
+        if m["msg_type"] == "display_data" and m["content"].get("transient", {}).get("display_id")
+    ]
+
+
+def updates(kernel: Any, since: int) -> list[tuple[str, dict[str, Any]]]:
+    """The display updates the kernel sent after its first ``since`` messages: ``(display id, data)``."""
+    return [
+        (m["content"].get("transient", {}).get("display_id", ""), m["content"]["data"])
+        for m in kernel.messages()[since:]
+        if m["msg_type"] == "update_display_data"
+    ]
+
+
+def assert_updates_keep_to_their_task(kernel: Any, owners: dict[str, str], since: int) -> None:
+    """A display update carrying an image updates a task's own display, with that task's image."""
+    for display_id, data in updates(kernel, since):
+        for png in images_in([data]):
+            assert display_id in owners, f"an image went to a display no task made ({display_id})"
+            assert_only(owners[display_id], png)
 
 
 # -- through a real kernel -------------------------------------------------------------------
@@ -129,6 +169,7 @@ def test_each_task_figure_lands_whole_in_its_own_output_and_nowhere_else(kernel:
     plot, with ordinary cells (one plotting) in between: every task ends with its own figure in
     its own output holding exactly its lines, pyplot's current axes in each task held only that
     task's lines, the ordinary cell shows only its own figure, and no other cell gets an image."""
+    since = len(kernel.messages())
     runs = [kernel.execute(code) for code in SCENARIO]
     counts = json.loads(kernel.execute(
         "import json; print(json.dumps(dict(plot_a=lines_a, plot_b=lines_b, plot_c=lines_c, "
@@ -144,6 +185,11 @@ def test_each_task_figure_lands_whole_in_its_own_output_and_nowhere_else(kernel:
         pngs = images_in([o["data"] for o in outputs[name] if "data" in o])
         assert len(pngs) == 1, f"{name}: {len(pngs)} images in its output"
         assert_only(name, pngs[0])
+    owners = {}
+    for code, run in zip(SCENARIO, runs, strict=True):
+        if code in TASK_CELLS:
+            owners.update(dict.fromkeys(display_ids(run), TASK_CELLS[code]))
+    assert_updates_keep_to_their_task(kernel, owners, since)
     for code, run in zip(SCENARIO, runs, strict=True):
         pngs = images_in(message_bundles(run))
         if code == ORDINARY:
@@ -160,14 +206,18 @@ def test_each_task_figure_lands_whole_in_its_own_output_and_nowhere_else(kernel:
 def test_figure_result_is_shown_once_as_the_result(kernel: Any) -> None:
     """A Figure as the last expression of a thread or process task is its result, shown once
     (rendered), and it does not reopen in the kernel's pyplot to be flushed into a later cell."""
+    owners = {}
+    since = len(kernel.messages())
     for name, flag in (("fig_thread", ""), ("fig_process", " --process")):
-        kernel.execute(
+        run = kernel.execute(
             f"%%parallel {name}{flag}\nimport matplotlib.pyplot as plt\n"
             "fig, ax = plt.subplots()\nax.plot([0, 1], [0, 1], color='red', linewidth=4)\nfig"
         )
+        owners.update(dict.fromkeys(display_ids(run), "plot_a"))  # red
     waited = kernel.execute("%wait fig_thread fig_process")
     later = kernel.execute("1 + 1")
     assert not images_in(message_bundles(waited) + message_bundles(later))
+    assert_updates_keep_to_their_task(kernel, owners, since)
     out = json.loads(kernel.execute(
         "import ipytasks, json\nfrom matplotlib.figure import Figure\n"
         "print(json.dumps({n: [[o.get('data', {}).get('image/png') for o in "
@@ -311,11 +361,14 @@ def test_saved_notebook_keeps_each_figure_in_its_own_task_cell(store_widget_stat
     other cell but the ordinary plotting cell (its own)."""
     with tempfile.TemporaryDirectory(prefix="ipytasks-plots-") as tmp:
         nb = _execute_notebook(["%load_ext ipytasks", *SCENARIO], store_widget_state, Path(tmp))
+    owned = {}
     for cell in nb.cells[1:]:
         pngs = images_in([o["data"] for o in cell.outputs if "data" in o])
         owner = TASK_CELLS.get(cell.source, "ordinary" if cell.source == ORDINARY else None)
         if owner is None:
             assert not pngs, f"an image was saved in the unrelated cell {cell.source!r}"
-            continue
-        assert len(pngs) == 1, f"{owner}'s cell saved {len(pngs)} images: {cell.outputs}"
+        else:
+            owned[owner] = (pngs, cell.outputs)
+    for owner, (pngs, outputs) in owned.items():
+        assert len(pngs) == 1, f"{owner}'s cell saved {len(pngs)} images: {outputs}"
         assert_only(owner, pngs[0])

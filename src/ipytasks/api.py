@@ -9,7 +9,6 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from . import plots
 from .limits import parse_rate
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
@@ -54,7 +53,6 @@ class _Session:
     def scheduler(self) -> Scheduler:
         if self._scheduler is None:
             self.capture.install()
-            plots.install()
             echo = None if self.in_kernel else self._echo
             self._scheduler = Scheduler(
                 self.shell, tasks, mode_settings=self.mode_settings, echo=echo
@@ -87,7 +85,6 @@ class _Session:
             cancelled = self._scheduler.close()
             self._scheduler = None
         self.capture.uninstall()
-        plots.uninstall()
         tasks._clear()
         return cancelled
 

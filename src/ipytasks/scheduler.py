@@ -222,6 +222,7 @@ class Scheduler:
         self._rates: dict[str, RateLimiter] = {}
         self._closed = False
         atexit.register(self._at_exit)
+        plots.install()  # pyplot's figures per task, from now until close()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -798,6 +799,7 @@ class Scheduler:
                 mode.close()
             self._modes.clear()
             self._host.close()
+            plots.uninstall()
         return unfinished
 
     def _at_exit(self) -> None:
