@@ -294,21 +294,34 @@ def test_widget_backend_figure_shows_live_in_the_task_output(fresh_kernel: Any) 
     k = fresh_kernel
     if k.env != "ik7":
         pytest.skip("ipympl is installed in the main environment only")
-    k.execute("%load_ext ipytasks\n%matplotlib widget")
+    k.execute("%load_ext ipytasks\n%matplotlib widget\n"
+              "import threading\nmade, go = threading.Event(), threading.Event()")
+    # A cell ends while the figure exists (ipympl's own end-of-cell hook runs then), and a
+    # second task shows its figure itself with plt.show(): each is shown once, in its task.
     k.execute(
         "%%parallel live\nimport matplotlib.pyplot as plt\n"
-        "fig, ax = plt.subplots()\nax.plot([0, 1], [0, 1])"
+        "fig, ax = plt.subplots()\nax.plot([0, 1], [0, 1])\nmade.set()\ngo.wait(10)"
     )
-    k.execute("%wait live")
-    shown = json.loads(k.execute(
-        "import ipytasks, json\n"
-        "print(json.dumps([o['data'] for o in ipytasks.tasks['live'].sink.notebook_outputs() "
-        "if 'data' in o]))"
-    ).stdout)
-    views = [d["application/vnd.jupyter.widget-view+json"]["model_id"] for d in shown
-             if "application/vnd.jupyter.widget-view+json" in d]
-    assert len(views) == 1, shown
-    [model_id] = views
+    between = k.execute("made.wait(10)")
+    k.execute("go.set()")
+    k.execute(
+        "%%parallel live_shown\nimport matplotlib.pyplot as plt\n"
+        "plt.plot([0, 1], [1, 1])\nplt.show()"
+    )
+    k.execute("%wait live live_shown")
+    assert not any("application/vnd.jupyter.widget-view+json" in d for d in message_bundles(between)), \
+        "the task's canvas was shown in another cell"
+    views = {}
+    for name in ("live", "live_shown"):
+        shown = json.loads(k.execute(
+            "import ipytasks, json\n"
+            f"print(json.dumps([o['data'] for o in ipytasks.tasks[{name!r}].sink.notebook_outputs() "
+            "if 'data' in o]))"
+        ).stdout)
+        views[name] = [d["application/vnd.jupyter.widget-view+json"]["model_id"] for d in shown
+                       if "application/vnd.jupyter.widget-view+json" in d]
+    assert len(views["live"]) == 1 and len(views["live_shown"]) == 1, views
+    model_id = views["live"][0]
     assert k.widget_state(model_id).get("_model_name") == "MPLCanvasModel"
     before = len(k.messages())
     k.execute("ax.plot([0, 1], [1, 0]); fig.canvas.draw()")

@@ -201,15 +201,17 @@ def _is_widget(canvas: Any) -> bool:
     return hasattr(canvas, "_repr_mimebundle_") and hasattr(canvas, "comm")
 
 
-def _widget_pending(fig: Any) -> bool:
-    """An ipympl figure not shown yet (``plt.show()`` takes it off ipympl's list)."""
-    backend = sys.modules.get("ipympl.backend_nbagg")
-    pending = getattr(getattr(backend, "_Backend_ipympl", None), "_to_show", None)
-    if pending is None:
-        return True
-    if fig in pending:
-        pending.remove(fig)
-        return True
+def _widget_shown(canvas: Any, sink: TaskOutput) -> bool:
+    """Whether the task displayed this canvas already (``plt.show()``, ``display(canvas)``).
+
+    Asked of the task's own outputs: ipympl's list of figures to show is emptied at the end
+    of every cell, whichever cell ends while the task runs.
+    """
+    model_id = getattr(canvas, "model_id", None)
+    for output in list(sink.outputs):
+        view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+        if isinstance(view, dict) and view.get("model_id") == model_id:
+            return True
     return False
 
 
@@ -250,7 +252,7 @@ def show_figures(
         fig = manager.canvas.figure
         canvas = fig.canvas
         if _is_widget(canvas):
-            if show and fig is not result and _widget_pending(fig):
+            if show and fig is not result and not _widget_shown(canvas, sink):
                 data, metadata = shell.display_formatter.format(canvas)
                 sink.display(data, metadata)
             figs.pop(manager.num, None)  # the task's registry only: the widget lives on
