@@ -371,7 +371,7 @@ def _execute_notebook(cells: list[str], store_widget_state: bool, workdir: Path)
 def test_saved_notebook_keeps_each_figure_in_its_own_task_cell(store_widget_state: bool) -> None:
     """Executed by nbclient and saved, the notebook holds each task's figure, with exactly
     that task's lines, among the display outputs of the task's own cell, and no image in any
-    other cell but the ordinary plotting cell (its own)."""
+    other cell but the ordinary plotting cell (its own); nbconvert's HTML shows each figure."""
     with tempfile.TemporaryDirectory(prefix="ipytasks-plots-") as tmp:
         nb = _execute_notebook(["%load_ext ipytasks", *SCENARIO], store_widget_state, Path(tmp))
     owned = {}
@@ -385,3 +385,9 @@ def test_saved_notebook_keeps_each_figure_in_its_own_task_cell(store_widget_stat
     for owner, (pngs, outputs) in owned.items():
         assert len(pngs) == 1, f"{owner}'s cell saved {len(pngs)} images: {outputs}"
         assert_only(owner, pngs[0])
+    # nbconvert's HTML (what a code host or a colleague without a kernel sees) shows them.
+    from nbconvert import HTMLExporter
+
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    for owner, (pngs, _) in owned.items():
+        assert pngs[0] in html, f"{owner}'s figure is missing from nbconvert's HTML"
