@@ -10,10 +10,7 @@ includes the cells' sources, so a check on the whole page would pass by itself):
 - after the tour, a cell of our own (added to the open notebook, the file is not saved) submits
   a long task; turning the dashboard's table to its last page, clicking the task's row and
   clicking Cancel turns it ``cancelled`` in the dashboard's table and in that cell's status
-  line;
-- a notebook whose thread task plots shows the task's figure (its red line) in the task's own
-  cell and no image in any other cell, and again after it is saved, its kernel shut down and
-  it is reopened.
+  line.
 
 Screenshots go to ``test-output/browser/`` (``dashboard.png``, ``final.png``, and
 ``failure.png`` when something goes wrong), with the server's log ``jupyterlab.log``. The
@@ -482,95 +479,3 @@ def _drive(page, lab: Lab, expect) -> None:
     expect(status).to_contain_text(f"{LONG_TASK} cancelled")
     page.screenshot(path=OUTPUT_DIR / "final.png")
     print(f"live running→done: {name}; tour ran in {tour_seconds:.1f} s")
-
-
-# -- a plotting task's figure, live and in the saved notebook -------------------------------
-
-PLOT_CELL = (
-    "%%parallel lab_plot\nimport matplotlib.pyplot as plt\n"
-    "plt.plot([0, 1], [0, 1], color='red', linewidth=4)"
-)
-PLOT_NOTEBOOK_CELLS = ["%load_ext ipytasks", PLOT_CELL, "import time\ntime.sleep(1)",
-                       "%wait lab_plot", "1 + 1"]
-
-#: The ``src`` of every image in the output area of the cell marked ``mark``.
-IMAGES_IN = """(mark) => {
-  const cell = document.querySelector(`[data-ipytasks-test="${mark}"]`);
-  if (!cell) return null;
-  return [...cell.querySelectorAll('.jp-OutputArea img')].map(img => img.src);
-}"""
-
-#: How many images the output areas of all cells but the marked one show.
-IMAGES_ELSEWHERE = """(mark) => [...document.querySelectorAll('.jp-Cell')]
-  .filter(c => c.getAttribute('data-ipytasks-test') !== mark)
-  .reduce((n, c) => n + c.querySelectorAll('.jp-OutputArea img').length, 0)"""
-
-
-def _red_pixels(src: str) -> int:
-    """Pixels of the test's red in an image given as a ``data:image/png;base64,`` URI."""
-    import base64
-
-    import matplotlib.image
-    import numpy as np
-
-    assert src.startswith("data:image/png;base64,"), src[:40]
-    rgb = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])),
-                                  format="png")[..., :3]
-    return int((np.abs(rgb - np.array([1.0, 0.0, 0.0])).max(axis=-1) < 0.02).sum())
-
-
-def _plot_images(page, mark: str) -> list[str]:
-    page.wait_for_function(
-        f"() => ({IMAGES_IN})({json.dumps(mark)})?.length > 0", timeout=WAIT_MS
-    )
-    return page.evaluate(IMAGES_IN, mark)
-
-
-def test_plotting_task_figure_in_its_cell_live_and_after_reopening(tools: Tools, lab: Lab) -> None:
-    """A thread task's figure shows in its own cell while the notebook is open (and in no
-    other cell), and again after the notebook is saved, its kernel shut down and it is reopened."""
-    pytest.importorskip("matplotlib")
-    import nbformat
-
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in PLOT_NOTEBOOK_CELLS])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
-    path = lab.root / "plots.ipynb"
-    nbformat.write(nb, path)
-    url = f"{lab.url}lab/tree/plots.ipynb?token={lab.token}"
-    with tools.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            try:
-                page.goto(url, wait_until="domcontentloaded")
-                page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
-                assert page.evaluate(MARK_CELL, [PLOT_CELL, "plot"])
-                assert page.evaluate(MARK_CELL, ["1 + 1", "last"])
-                page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-                [live] = _plot_images(page, "plot")
-                assert _red_pixels(live) > 20
-                page.wait_for_function(  # the notebook has run to its end
-                    "() => document.querySelector('[data-ipytasks-test=\"last\"] .jp-OutputArea')"
-                    "?.textContent.includes('2')", timeout=WAIT_MS)
-                assert page.evaluate(IMAGES_ELSEWHERE, "plot") == 0
-
-                page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-                page.wait_for_function(
-                    "() => !window.jupyterapp.shell.currentWidget.context.model.dirty",
-                    timeout=WAIT_MS)
-                page.evaluate(
-                    "() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
-                page.goto(url, wait_until="domcontentloaded")
-                page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
-                assert page.evaluate(MARK_CELL, [PLOT_CELL, "plot"])
-                [reopened] = _plot_images(page, "plot")
-                assert _red_pixels(reopened) > 20
-                assert page.evaluate(IMAGES_ELSEWHERE, "plot") == 0
-            except BaseException:
-                page.screenshot(path=OUTPUT_DIR / "failure-plots.png")
-                raise
-        finally:
-            browser.close()
