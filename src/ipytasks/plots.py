@@ -209,6 +209,8 @@ def _widget_shown(canvas: Any, sink: TaskOutput) -> bool:
     """
     model_id = getattr(canvas, "model_id", None)
     for output in list(sink.outputs):
+        if not isinstance(output, dict):  # a stream
+            continue
         view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
         if isinstance(view, dict) and view.get("model_id") == model_id:
             return True

@@ -291,7 +291,7 @@ async def test_figures_come_back_rendered(ip: Any, sched: Scheduler) -> None:
         "plt.plot([1, 0])\nfig = plt.figure()\nfig.add_subplot().plot([0, 2])\nfig",
         "dask_plots",
     )
-    images = [o for o in record.sink.outputs if "image/png" in o.get("data", {})]
+    images = [o for o in record.sink.notebook_outputs() if "image/png" in o.get("data", {})]
     assert len(images) == 3  # the shown one, the one left open, then the result
     assert record._result_display is not None and images[-1]["data"] == record._result_display[0]
     assert type(record.result).__name__ == "Figure" and type(ip.user_ns["fig"]).__name__ == "Figure"
