@@ -82,7 +82,9 @@ import matplotlib.pyplot as plt
 plt.plot([0, 1], [1, 0], color="yellow", linewidth=4);"""
 WAIT = "%wait plot_a plot_b plot_c plot_d plot_e"
 SCENARIO = [SETUP, PLOT_A, PLOT_B, PLOT_C, SLEEP, PLOT_D, PLOT_E, ORDINARY, SLEEP, WAIT, SLEEP]
-TASK_CELLS = {PLOT_A: "plot_a", PLOT_B: "plot_b", PLOT_C: "plot_c", PLOT_D: "plot_d", PLOT_E: "plot_e"}
+TASK_CELLS = {
+    PLOT_A: "plot_a", PLOT_B: "plot_b", PLOT_C: "plot_c", PLOT_D: "plot_d", PLOT_E: "plot_e",
+}
 
 
 def colour_pixels(png_b64: str) -> dict[str, int]:
@@ -145,7 +147,7 @@ def display_ids(execution: Any) -> list[str]:
 
 
 def updates(kernel: Any, since: int) -> list[tuple[str, dict[str, Any]]]:
-    """The display updates the kernel sent after its first ``since`` messages: ``(display id, data)``."""
+    """The display updates sent after the kernel's first ``since`` messages: ``(id, data)``."""
     return [
         (m["content"].get("transient", {}).get("display_id", ""), m["content"]["data"])
         for m in kernel.messages()[since:]
@@ -252,7 +254,8 @@ def test_process_figures_follow_the_inline_backend_config(kernel: Any) -> None:
             "def shape(data, md):\n"
             "    png = base64.b64decode(data['image/png'])\n"
             "    return [sorted(data), md, list(struct.unpack('>ii', png[16:24]))]\n"
-            "[task] = [o for o in ipytasks.tasks['configured'].sink.notebook_outputs() if 'data' in o]\n"
+            "[task] = [o for o in ipytasks.tasks['configured'].sink.notebook_outputs()\n"
+            "         if 'data' in o]\n"
             "print(json.dumps([shape(task['data'], task['metadata']), "
             "shape(*get_ipython().display_formatter.format(fig))]))"
         ).stdout)
@@ -309,14 +312,14 @@ def test_widget_backend_figure_shows_live_in_the_task_output(fresh_kernel: Any) 
         "plt.plot([0, 1], [1, 1])\nplt.show()"
     )
     k.execute("%wait live live_shown")
-    assert not any("application/vnd.jupyter.widget-view+json" in d for d in message_bundles(between)), \
-        "the task's canvas was shown in another cell"
+    widget = "application/vnd.jupyter.widget-view+json"
+    assert not any(widget in d for d in message_bundles(between)), "shown in another cell"
     views = {}
     for name in ("live", "live_shown"):
         shown = json.loads(k.execute(
             "import ipytasks, json\n"
-            f"print(json.dumps([o['data'] for o in ipytasks.tasks[{name!r}].sink.notebook_outputs() "
-            "if 'data' in o]))"
+            f"outputs = ipytasks.tasks[{name!r}].sink.notebook_outputs()\n"
+            "print(json.dumps([o['data'] for o in outputs if 'data' in o]))"
         ).stdout)
         views[name] = [d["application/vnd.jupyter.widget-view+json"]["model_id"] for d in shown
                        if "application/vnd.jupyter.widget-view+json" in d]
@@ -367,7 +370,9 @@ def _execute_notebook(cells: list[str], store_widget_state: bool, workdir: Path)
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("store_widget_state", [True, False], ids=["widget-state", "no-widget-state"])
+@pytest.mark.parametrize(
+    "store_widget_state", [True, False], ids=["widget-state", "no-widget-state"]
+)
 def test_saved_notebook_keeps_each_figure_in_its_own_task_cell(store_widget_state: bool) -> None:
     """Executed by nbclient and saved, the notebook holds each task's figure, with exactly
     that task's lines, among the display outputs of the task's own cell, and no image in any

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .output import TaskOutput
 
-__all__ = ("FigureRegistry", "install", "inline_settings", "open_task_figures", "show_figures", "uninstall")
+__all__ = (
+    "FigureRegistry",
+    "install",
+    "inline_settings",
+    "open_task_figures",
+    "show_figures",
+    "uninstall",
+)
 
 _HELPERS = "matplotlib._pylab_helpers"
 
@@ -262,7 +269,8 @@ def show_figures(
         if getattr(type(canvas), "required_interactive_framework", None):
             if show and not told:
                 told = True
-                sink.write("stderr", GUI_BACKEND.format(num=manager.num, name=name, backend=backend))
+                note = GUI_BACKEND.format(num=manager.num, name=name, backend=backend)
+                sink.write("stderr", note)
             figs.pop(manager.num, None)
             continue
         if show and fig is not result:

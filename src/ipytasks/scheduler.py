@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
+from . import plots
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
-from . import plots
 from .output import TaskOutput, _report_internal_error, current_output
 from .tasks import (
     TaskCancelled,
@@ -59,6 +59,7 @@ OWN_LOOP_NOTICE = (
     "cannot be awaited in async tasks.\n"
 )
 UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
+FIGURE_FAILED = "ipytasks: could not show a figure of this task: {error}\n"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
 
 #: Upstream states that let a task run under --on-error stop.
@@ -593,10 +594,11 @@ class Scheduler:
             result = None  # a cell ending in `fig;` still shows its open figures
         try:
             await asyncio.to_thread(
-                plots.show_figures, figures, self.shell, record.sink, result=result, name=record.name
+                plots.show_figures, figures, self.shell, record.sink,
+                result=result, name=record.name,
             )
         except Exception as exc:  # noqa: BLE001 - a figure that cannot render is said, not fatal
-            record.sink.write("stderr", f"ipytasks: could not show a figure: {type(exc).__name__}: {exc}\n")
+            record.sink.write("stderr", FIGURE_FAILED.format(error=f"{type(exc).__name__}: {exc}"))
 
     def install_mode(self, mode: Mode) -> None:
         """Make ``mode`` the instance used for tasks of mode ``mode.name``."""

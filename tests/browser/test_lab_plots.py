@@ -101,7 +101,8 @@ def test_plotting_task_figure_in_its_cell_live_and_after_reopening(tools: Tools,
                 page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
                 assert page.evaluate(MARK_CELL, [PLOT_CELL, "plot"])
                 assert page.evaluate(MARK_CELL, ["1 + 1", "last"])
-                page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+                page.evaluate(
+                    "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
                 [live] = _plot_images(page, "plot")
                 assert _red_pixels(live) > 20
                 page.wait_for_function(  # the notebook has run to its end
