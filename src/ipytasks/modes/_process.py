@@ -86,7 +86,9 @@ Limits
 * Inputs are pickled on the job thread, just after the task starts: a cell of the
   notebook that changes one of them in place at that very moment may send a mix.
 * ``display()`` in a worker prints the plain-text form (there is no kernel there);
-  the cell's result is shown richly, in the kernel, like any task's.
+  the cell's result is shown richly, in the kernel, like any task's. matplotlib
+  figures are the exception: the worker renders them with the notebook's inline
+  backend settings and they are shown richly, after the body's prints.
 * IPython's history names (``_``, ``_3``, ``Out``…) are not shipped.
 * A value that needs cloudpickle is pickled twice in the worker (the standard
   pickler is tried first: it is faster and spares the import of cloudpickle).
