@@ -18,6 +18,8 @@ STAMP := $(VENV)/.installed
 STAMP_IK6 := $(VENV_IK6)/.installed
 
 IK6_PINS := "ipykernel==6.29.*" "ipython>=8.12,<9"
+# What the kernel tests run in that environment too (plots from tasks).
+IK6_TEST_DEPS := "matplotlib>=3.8" "pandas>=2.1"
 
 # JupyterLab refuses to run as root without being told
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -68,7 +70,7 @@ $(STAMP): pyproject.toml Makefile
 $(STAMP_IK6): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_IK6)
 	$(PY_IK6) -m pip install --upgrade pip
-	$(PY_IK6) -m pip install -e . $(IK6_PINS)
+	$(PY_IK6) -m pip install -e . $(IK6_PINS) $(IK6_TEST_DEPS)
 	touch $@
 
 clean:

@@ -16,6 +16,12 @@
    process (the "kernel") during the transfer, above what it used before the
    input array existed, in units of the array size (goal < 2.5).
 
+4. A figure made in a process task and shown in its output (the worker renders it with
+   the inline backend's settings; the kernel only receives the PNG) against making and
+   rendering the same figure in this process, through IPython's display formatter set up
+   as the inline backend sets it. The two alternate, run after run; medians and the
+   spread (lowest-highest) of each. Goal: at most 1.5x.
+
 ``--quick`` uses small sizes and few repetitions (a smoke run, not figures).
 The CPU-bound figure needs two idle cores: the load average is printed with it.
 """
@@ -288,6 +294,50 @@ async def ipytasks_array_round_trip(shell: Any, arr: Any, repeat: int) -> tuple[
     return best, peak
 
 
+# -- 4. a figure from a process task ------------------------------------------------------
+
+FIGURE_CELL = (
+    "import matplotlib.pyplot as plt\n"
+    "plt.figure()\n"
+    "plt.plot(range(2000), [(i * i) % 997 for i in range(2000)])\n"
+    "plt.title('a figure from a task');"
+)
+
+
+async def figure_interleaved(shell: Any, repeat: int) -> tuple[list[float], list[float]]:
+    """Seconds per figure, alternately: rendered in this process, and from a process task."""
+    from IPython.core.pylabtools import select_figure_formats
+
+    select_figure_formats(shell, {"png"}, bbox_inches="tight")  # what the inline backend does
+    namespace: dict[str, Any] = {}
+
+    def in_kernel() -> None:
+        exec(compile(FIGURE_CELL, "<figure>", "exec"), namespace)  # noqa: S102
+        plt = namespace["plt"]
+        data, _ = shell.display_formatter.format(plt.gcf())
+        plt.close("all")
+        assert "image/png" in data
+
+    sched = new_scheduler(shell, 1)
+    local: list[float] = []
+    remote: list[float] = []
+    try:
+        in_kernel()  # imports and first draws, uncounted on both sides
+        await run_cell(sched, FIGURE_CELL, "figure_warm")
+        for i in range(repeat):
+            t = time.perf_counter()
+            in_kernel()
+            local.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            record = await run_cell(sched, FIGURE_CELL, f"figure{i}")
+            remote.append(time.perf_counter() - t)
+            shown = record.sink.notebook_outputs()
+            assert any("image/png" in o.get("data", {}) for o in shown), record.output
+    finally:
+        sched.close()
+    return local, remote
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -369,6 +419,18 @@ async def main(quick: bool) -> None:
             f"array {size_mib:.0f} MiB",
             f"{peak_mib / size_mib:.2f}x",
             "< 2.5x",
+        )
+    )
+
+    local, remote = await figure_interleaved(shell, 5 if quick else 30)
+    ml, mr = statistics.median(local), statistics.median(remote)
+    rows.append(
+        (
+            "figure from a process task, shown",
+            f"{mr * 1e3:.0f} ms ({min(remote) * 1e3:.0f}-{max(remote) * 1e3:.0f})",
+            f"{ml * 1e3:.0f} ms ({min(local) * 1e3:.0f}-{max(local) * 1e3:.0f}) in kernel",
+            f"{mr / ml:.2f}x",
+            "<= 1.5x",
         )
     )
 

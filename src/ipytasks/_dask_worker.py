@@ -120,7 +120,7 @@ def _how_it_died(returncode: int) -> str:
 def _child_environ() -> dict[str, str]:
     env = dict(os.environ)
     if env.get("MPLBACKEND", "").startswith("module://"):  # inline backends need a kernel
-        env["MPLBACKEND"] = "Agg"
+        del env["MPLBACKEND"]  # the worker puts its own (Agg, showing into the task's output)
     return env
 
 

@@ -34,7 +34,12 @@ The worker
 * runs one job at a time, each in a fresh namespace holding only the shipped
   inputs; nothing is kept between jobs but imported modules;
 * after each job flushes its streams and writes a marker to fd 1 and fd 2, so the
-  kernel knows it has seen all the output of the job before it ends the task.
+  kernel knows it has seen all the output of the job before it ends the task;
+* renders the figures a job leaves open (and one that is its result) as the
+  notebook's inline backend would, with the formats and ``print_figure`` options
+  the kernel sends, and sends them back with the reply; matplotlib's backend here
+  is Agg with a ``show()`` that does the same at that point (:data:`BACKEND`).
+  matplotlib is never imported unless the cell imported it.
 """
 
 from __future__ import annotations
@@ -326,6 +331,136 @@ def _error_text(exc: BaseException) -> str:
     return text
 
 
+# -- figures ------------------------------------------------------------------------
+
+#: matplotlib's backend in a worker (``MPLBACKEND=module://...``): Agg, with a ``show()``
+#: that renders the open figures into the job's displays, as the inline backend would.
+BACKEND = "_ipytasks_worker_backend"
+
+#: The displays of the job running now: ``(data, metadata)`` pairs, in order.
+_displays: list[Any] = []
+#: How the kernel's inline backend renders: ``{"formats": [...], "kwargs": {...}}``.
+_figure_settings: dict[str, Any] = {}
+
+_MIME = {"png": "image/png", "retina": "image/png", "png2x": "image/png",
+         "jpg": "image/jpeg", "jpeg": "image/jpeg", "svg": "image/svg+xml",
+         "pdf": "application/pdf"}
+
+
+def render_figure(fig: Any, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The display data of ``fig`` as IPython's inline figure formatters make it.
+
+    Same rules as ``IPython.core.pylabtools.print_figure``/``retina_figure``: the
+    figure's own face and edge colours and dpi (doubled for retina, with the logical
+    size in the metadata), ``bbox_inches='tight'`` unless the settings say otherwise,
+    nothing but text for a figure with no axes.
+    """
+    import base64
+
+    data: dict[str, Any] = {"text/plain": repr(fig)}
+    metadata: dict[str, Any] = {}
+    if not fig.axes and not fig.lines:
+        return data, metadata
+    extra = dict(settings.get("kwargs", {"bbox_inches": "tight"}))
+    # The order IPython registers them in: a later png-like format replaces png.
+    order = ["png", "retina", "png2x", "jpg", "jpeg", "svg", "pdf"]
+    formats = [f for f in order if f in set(settings.get("formats") or ["png"])]
+    for fmt in formats:
+        dpi = fig.dpi * (2 if fmt in ("retina", "png2x") else 1)
+        kw = {
+            "format": "png" if fmt in ("retina", "png2x") else fmt,
+            "facecolor": fig.get_facecolor(),
+            "edgecolor": fig.get_edgecolor(),
+            "dpi": dpi,
+            "bbox_inches": "tight",
+        }
+        kw.update(extra)
+        buffer = io.BytesIO()
+        fig.canvas.print_figure(buffer, **kw)
+        raw = buffer.getvalue()
+        mime = _MIME[fmt]
+        if fmt == "svg":
+            data[mime] = raw.decode("utf-8")
+            continue
+        data[mime] = base64.b64encode(raw).decode("ascii")
+        if fmt in ("retina", "png2x"):
+            width, height = struct.unpack(">ii", raw[16:24])  # the PNG's IHDR chunk
+            metadata[mime] = {"width": width // 2, "height": height // 2}
+        else:
+            metadata.pop(mime, None)
+    return data, metadata
+
+
+def _open_figures() -> list[Any]:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    return [pyplot.figure(num) for num in pyplot.get_fignums()]
+
+
+def _show(*args: Any, **kwargs: Any) -> None:
+    """``plt.show()`` in a worker: render the open figures into the job's displays, close them."""
+    for fig in _open_figures():
+        _displays.append(render_figure(fig, _figure_settings))
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+
+
+def end_figures(result: Any) -> tuple[list[Any], Any]:
+    """After a job: its displays, the open figures rendered, and ``result`` rendered when
+    it is a Figure (else ``None``). Closes every figure, so none outlives its job and
+    figures sent back as values do not reopen in the kernel's pyplot."""
+    figure_module = sys.modules.get("matplotlib.figure")
+    is_figure = figure_module is not None and isinstance(result, figure_module.Figure)
+    displays = _displays[:]
+    del _displays[:]
+    result_display = None
+    try:
+        for fig in _open_figures():
+            if fig is not result:
+                displays.append(render_figure(fig, _figure_settings))
+        if is_figure:
+            result_display = render_figure(result, _figure_settings)
+    except Exception as exc:  # noqa: BLE001 - the job's values still go back
+        print(f"ipytasks: could not render a figure: {_error_text(exc)}", file=sys.stderr)
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close("all")
+    return displays, result_display
+
+
+class _BackendLoader:
+    """Makes the module :data:`BACKEND` when matplotlib asks for it (never before)."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any, target: Any = None) -> Any:
+        if name != BACKEND:
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(name, _BackendLoader)
+
+    @staticmethod
+    def create_module(spec: Any) -> Any:
+        return None
+
+    @staticmethod
+    def exec_module(module: Any) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        module.FigureCanvas = FigureCanvasAgg
+        module.show = _show
+
+
+def _worker_backend(value: bytes | None) -> bytes | None:
+    """The worker's MPLBACKEND for the kernel's: ours where the kernel's needs a kernel."""
+    if value is None or value.startswith(b"module://"):
+        return b"module://" + BACKEND.encode()
+    return value
+
+
 # -- running a job ------------------------------------------------------------------
 
 
@@ -343,8 +478,7 @@ def _apply_environment(job: dict[str, Any]) -> None:
     environ = job.get("environ")  # bytes to bytes; None: unchanged since the last job
     if environ is not None:
         environ = dict(environ)
-        if environ.get(b"MPLBACKEND", b"").startswith(b"module://"):  # needs a kernel
-            environ[b"MPLBACKEND"] = b"Agg"
+        environ[b"MPLBACKEND"] = _worker_backend(environ.get(b"MPLBACKEND"))  # not the kernel's
         if environ != dict(os.environb):
             os.environb.clear()
             os.environb.update(environ)
@@ -527,6 +661,9 @@ def run_job(
     for name in job.get("placeholders", ()):
         namespace[name] = None
 
+    _figure_settings.clear()
+    _figure_settings.update(job.get("figures") or {})
+    del _displays[:]
     filename = job["filename"]
     source = job.get("source") or job["transformed"]
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -537,7 +674,12 @@ def run_job(
         except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt included
             described = _describe_error(exc, filename)
             del exc
-            return {"ok": False, "error": described}, b"", []
+            displays, _ = end_figures(None)  # what it drew before failing, as a cell shows it
+            return {"ok": False, "error": described, "displays": displays}, b"", []
+
+        # Before the values are packed: closed figures travel without their pyplot state.
+        shown = result if last is not None and not job.get("quiet") else None
+        displays, result_display = end_figures(shown)
 
         out_names = sorted(n for n in job["binds"] if n in namespace)
         # `with open(...) as f` leaves a closed file in f: useless, and unpicklable.
@@ -554,7 +696,7 @@ def run_job(
             except Unshippable:
                 packer = _pack_outputs(out_names, namespace, has_result, result, cloud=True)
         except Unshippable as exc:
-            return {"ok": False, "shipping": str(exc)}, b"", []
+            return {"ok": False, "shipping": str(exc), "displays": displays}, b"", []
         meta = {
             "ok": True,
             "names": out_names,
@@ -563,6 +705,8 @@ def run_job(
             "left": left,
             "result": has_result,
             "result_type": type_name(result),
+            "displays": displays,
+            "result_display": result_display,
         }
         return meta, packer.getvalue(), packer.buffers
     finally:
@@ -767,6 +911,10 @@ def main(argv: list[str]) -> None:
     marker = bytes.fromhex(argv[3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    sys.meta_path.insert(0, _BackendLoader)  # type: ignore[arg-type]
+    backend = _worker_backend(os.environb.get(b"MPLBACKEND"))
+    if backend is not None:
+        os.environb[b"MPLBACKEND"] = backend
     for fd in (cmd_fd, reply_fd):
         os.set_inheritable(fd, False)  # the cell's own subprocesses must not hold them
     for stream in (sys.stdout, sys.stderr):

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
+from . import plots
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
@@ -58,6 +59,7 @@ OWN_LOOP_NOTICE = (
     "cannot be awaited in async tasks.\n"
 )
 UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
+FIGURE_FAILED = "ipytasks: could not show a figure of this task: {error}\n"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
 
 #: Upstream states that let a task run under --on-error stop.
@@ -221,6 +223,7 @@ class Scheduler:
         self._rates: dict[str, RateLimiter] = {}
         self._closed = False
         atexit.register(self._at_exit)
+        plots.install()  # pyplot's figures per task, from now until close()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -561,19 +564,41 @@ class Scheduler:
         mode = self._mode(record.mode)
         timeout = record.options.timeout
         deadline = asyncio.timeout(timeout)
+        record._result_display = None
+        # pyplot's current figure is this attempt's own; what it leaves open is shown below.
+        figures = plots.open_task_figures()
         try:
             async with deadline:
                 result = await mode.run(record)
         except TimeoutError as exc:
             if deadline.expired():
+                plots.show_figures(figures, self.shell, record.sink, name=record.name, show=False)
                 message = f"task {record.name!r} timed out after {timeout:g} s"
                 return TaskState.TIMED_OUT, None, TimeoutError(message)
+            await self._show_figures(record, figures)
             return TaskState.FAILED, None, exc
         except asyncio.CancelledError:
+            plots.show_figures(figures, self.shell, record.sink, name=record.name, show=False)
             raise
         except BaseException as exc:  # noqa: BLE001 - a task's failure, whatever it raised
+            await self._show_figures(record, figures)
             return TaskState.FAILED, None, exc
+        await self._show_figures(record, figures, result)
         return TaskState.DONE, result, None
+
+    async def _show_figures(self, record: TaskRecord, figures: Any, result: Any = None) -> None:
+        """Show the figures the body left open in its output, rendered off the loop."""
+        if not figures:
+            return
+        if record.cell is not None and record.cell.quiet_result:
+            result = None  # a cell ending in `fig;` still shows its open figures
+        try:
+            await asyncio.to_thread(
+                plots.show_figures, figures, self.shell, record.sink,
+                result=result, name=record.name,
+            )
+        except Exception as exc:  # noqa: BLE001 - a figure that cannot render is said, not fatal
+            record.sink.write("stderr", FIGURE_FAILED.format(error=f"{type(exc).__name__}: {exc}"))
 
     def install_mode(self, mode: Mode) -> None:
         """Make ``mode`` the instance used for tasks of mode ``mode.name``."""
@@ -627,6 +652,10 @@ class Scheduler:
             self._changed(record.parent)  # "k of n done"
 
     def _show_result(self, record: TaskRecord, result: Any) -> None:
+        rendered = record._result_display  # a figure a worker process rendered for it
+        if rendered is not None:
+            record.sink.display(*rendered)
+            return
         try:
             data, metadata = self.shell.display_formatter.format(result)
         except Exception:  # noqa: BLE001 - a broken repr must not fail a finished task
@@ -772,6 +801,7 @@ class Scheduler:
                 mode.close()
             self._modes.clear()
             self._host.close()
+            plots.uninstall()
         return unfinished
 
     def _at_exit(self) -> None:

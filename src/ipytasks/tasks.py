@@ -170,6 +170,8 @@ class TaskRecord:
     # Set by the scheduler: an asyncio.Event set when the task ends.
     _ended_event: Any = field(default=None, repr=False)
     _runner: Any = field(default=None, repr=False)
+    # A worker process's rendering of a Figure result: (data, metadata) to show for it.
+    _result_display: Any = field(default=None, repr=False)
 
     @property
     def group(self) -> str | None:

@@ -280,6 +280,24 @@ async def test_inputs_outputs_and_result(ip: Any, sched: Scheduler) -> None:
     assert ns["parent"] in workers and ns["pid"] not in workers | {os.getpid()}
 
 
+async def test_figures_come_back_rendered(ip: Any, sched: Scheduler) -> None:
+    """A dask body's figures come back rendered (PNG, as the inline backend's defaults make
+    them) with no plt.show() or backend call needed: one shown midway by plt.show(), one left
+    open, and a Figure as the last expression, shown as the result; nothing warns."""
+    pytest.importorskip("matplotlib")
+    record = await run(
+        sched,
+        "import matplotlib.pyplot as plt\nplt.plot([0, 1])\nplt.show()\n"
+        "plt.plot([1, 0])\nfig = plt.figure()\nfig.add_subplot().plot([0, 2])\nfig",
+        "dask_plots",
+    )
+    images = [o for o in record.sink.notebook_outputs() if "image/png" in o.get("data", {})]
+    assert len(images) == 3  # the shown one, the one left open, then the result
+    assert record._result_display is not None and images[-1]["data"] == record._result_display[0]
+    assert type(record.result).__name__ == "Figure" and type(ip.user_ns["fig"]).__name__ == "Figure"
+    assert record.output == ""  # no "non-interactive backend" warning, no error
+
+
 async def test_nothing_is_merged_on_failure_and_the_traceback_shows_the_cell(
     ip: Any, sched: Scheduler
 ) -> None:

@@ -96,7 +96,7 @@ from .. import _dask_worker, _worker
 from ..namespace.shipping import decode_reply, merge
 from ..output import _report_internal_error
 from ..tasks import BrokenWorker, TaskError
-from ._process import CLOSED_FILES, ProcessMode, _cpu_count
+from ._process import CLOSED_FILES, ProcessMode, _cpu_count, show_displays
 from .abc import Mode
 
 if TYPE_CHECKING:
@@ -571,6 +571,7 @@ class DaskMode(Mode):
             raise
         finally:
             link.routes.pop(tag, None)
+        show_displays(task, reply)
         if reply.error is not None:
             error = reply.error
             del reply

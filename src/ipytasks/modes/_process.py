@@ -86,7 +86,9 @@ Limits
 * Inputs are pickled on the job thread, just after the task starts: a cell of the
   notebook that changes one of them in place at that very moment may send a mix.
 * ``display()`` in a worker prints the plain-text form (there is no kernel there);
-  the cell's result is shown richly, in the kernel, like any task's.
+  the cell's result is shown richly, in the kernel, like any task's. matplotlib
+  figures are the exception: the worker renders them with the notebook's inline
+  backend settings and they are shown richly, after the body's prints.
 * IPython's history names (``_``, ``_3``, ``Out``…) are not shipped.
 * A value that needs cloudpickle is pickled twice in the worker (the standard
   pickler is tried first: it is faster and spares the import of cloudpickle).
@@ -193,8 +195,17 @@ def _grow_pipe(fd: int) -> None:
 def _worker_environ() -> dict[str, str]:
     env = dict(os.environ)
     if env.get("MPLBACKEND", "").startswith("module://"):  # inline backends need a kernel
-        env["MPLBACKEND"] = "Agg"
+        del env["MPLBACKEND"]  # the worker puts its own (Agg, showing into the task's output)
     return env
+
+
+def show_displays(task: TaskRecord, reply: Reply) -> None:
+    """Show in the task's output what its worker displayed (figures, rendered there);
+    a rendered Figure result is shown as the result."""
+    if task.sink is not None:
+        for data, metadata in reply.displays:
+            task.sink.display(data, metadata)
+    task._result_display = reply.result_display
 
 
 def _forwarding_failed(exc: BaseException) -> None:
@@ -633,6 +644,7 @@ class ProcessMode(Mode):
         pool.release(worker)
         reply = outcome.reply
         assert reply is not None
+        show_displays(task, reply)
         if reply.error is not None:
             error = reply.error
             del reply, outcome

@@ -33,7 +33,7 @@ import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker
+from .. import _worker, plots
 from ..tasks import TaskError
 
 if TYPE_CHECKING:
@@ -118,6 +118,8 @@ class Job:
     sys_path: list[str] = field(default_factory=list)
     cwd: str | None = None
     environ: dict[bytes, bytes] = field(default_factory=dict)
+    #: How the worker renders the figures the cell leaves open (the inline backend's settings).
+    figures: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def take(cls, shell: Any, cell: CompiledCell, names: CellNames) -> Job:
@@ -138,6 +140,7 @@ class Job:
             sys_path=[p for p in sys.path if isinstance(p, str)],
             cwd=cwd,
             environ=_environ_snapshot(),
+            figures=plots.inline_settings(shell),
         )
 
     def encode(self, environ: bool = True) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
@@ -178,6 +181,8 @@ class Job:
             "sys_path": self.sys_path,
             "cwd": self.cwd,
             "environ": self.environ if environ else None,
+            "figures": self.figures,
+            "quiet": bool(getattr(self.cell, "quiet_result", False)),
         }
         return pickle.dumps(meta, protocol=5), packer.getvalue(), packer.buffers
 
@@ -203,6 +208,10 @@ class Reply:
     deleted: list[str] = field(default_factory=list)
     result: Any = None
     error: BaseException | None = None
+    #: What the cell displayed (its figures, rendered in the worker): (data, metadata) pairs.
+    displays: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    #: The result's display when the worker rendered it (a Figure), else ``None``.
+    result_display: tuple[dict[str, Any], dict[str, Any]] | None = None
 
 
 def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Reply:
@@ -211,10 +220,11 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
     ``meta`` is the reply's meta, pickled or already loaded.
     """
     info = meta if isinstance(meta, dict) else pickle.loads(meta)
+    displays = [tuple(d) for d in info.get("displays", ())]
     if not info.get("ok"):
         if "shipping" in info:
-            return Reply(error=ShippingError(info["shipping"]))
-        return Reply(error=rebuild_error(info["error"]))
+            return Reply(error=ShippingError(info["shipping"]), displays=displays)
+        return Reply(error=rebuild_error(info["error"]), displays=displays)
     names = info["names"]
     count = len(names) + (1 if info["result"] else 0)
     loader = _worker.load_values(values, buffers, count)
@@ -244,7 +254,14 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
                     )
                 )
             )
-    return Reply(values=out, deleted=list(info["deleted"]), result=result)
+    rendered = info.get("result_display")
+    return Reply(
+        values=out,
+        deleted=list(info["deleted"]),
+        result=result,
+        displays=displays,
+        result_display=tuple(rendered) if rendered is not None else None,
+    )
 
 
 def merge(user_ns: dict[str, Any], reply: Reply) -> Any:
