@@ -233,7 +233,7 @@ def gate(tmp_path: Path, name: str = "gate") -> Iterator[tuple[str, Any]]:
 def stream_texts(record: TaskRecord) -> dict[str, str]:
     texts: dict[str, str] = {}
     assert record.sink is not None
-    for output in record.sink.outputs:
+    for output in record.sink.notebook_outputs():
         if output["output_type"] == "stream":
             texts[output["name"]] = texts.get(output["name"], "") + output["text"]
     return texts
@@ -314,7 +314,7 @@ async def test_nothing_is_merged_on_failure_and_the_traceback_shows_the_cell(
     text = record.error_text()
     assert "line 3" in text and "c = check(a + b)" in text
     assert "raise ValueError(f'too big: {v}')" in text
-    shown = [o for o in record.sink.outputs if o["output_type"] == "error"]
+    shown = [o for o in record.sink.notebook_outputs() if o["output_type"] == "error"]
     assert shown and shown[0]["ename"] == "ValueError"
 
 

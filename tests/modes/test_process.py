@@ -171,7 +171,7 @@ def stream_texts(record: TaskRecord) -> dict[str, str]:
     """The task's output per stream (the order across the two streams is not kept)."""
     texts: dict[str, str] = {}
     assert record.sink is not None
-    for output in record.sink.outputs:
+    for output in record.sink.notebook_outputs():
         if output["output_type"] == "stream":
             texts[output["name"]] = texts.get(output["name"], "") + output["text"]
     return texts
@@ -442,7 +442,7 @@ async def test_prints_show_while_the_task_runs(sched: Scheduler, tmp_path: Path)
         await end_of(sched, record)
     assert record.state == "done"
     assert stream_texts(record)["stdout"].endswith("written at fd level\nafter the gate\n")
-    streams = {o["name"] for o in record.sink.outputs if o["output_type"] == "stream"}
+    streams = {o["name"] for o in record.sink.notebook_outputs() if o["output_type"] == "stream"}
     assert streams == {"stdout", "stderr"}
 
 
