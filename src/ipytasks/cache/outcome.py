@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import concurrent.futures
 import json
 import os
 import time
@@ -47,6 +48,9 @@ FORMAT = 1
 #: How much of a task's full text output an entry keeps (its start and end beyond that).
 TEXT_LIMIT = 4 * 1024 * 1024
 FOLDER = ".ipytasks"
+#: Entries up to this size are read and written on the event loop: a hop to a thread
+#: and back would cost more than the work.
+INLINE_SIZE = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -223,9 +227,13 @@ class ResultCache:
             record.cache_note = self.why_run(record, plan)
             return False, None
         try:
-            # Checking the signature reads the whole entry: off the event loop.
-            entry = await asyncio.to_thread(store.load, plan.key, file)
-            values, result = await asyncio.to_thread(_unpack, entry)
+            if _file_size(file) <= INLINE_SIZE:
+                entry = store.load(plan.key, file)
+                values, result = _unpack(entry)
+            else:
+                # Checking the signature reads the whole entry: off the event loop.
+                entry = await asyncio.to_thread(store.load, plan.key, file)
+                values, result = await asyncio.to_thread(_unpack, entry)
         except CacheCorrupt as exc:
             record.cache_note = f"stored entry {exc}: recomputed"
             return False, None
@@ -285,14 +293,20 @@ class ResultCache:
             "parts": plan.parts,
         }
         try:
-            await asyncio.to_thread(self._write, record.name, plan, manifest, values, result)
+            packed = self._pack(manifest, values, result)
+            if sum(memoryview(b).nbytes for b in packed[1]) + len(packed[0]) <= INLINE_SIZE:
+                self._write(record.name, plan, manifest, packed)
+            else:  # writing (and signing) a large entry: off the event loop
+                await asyncio.to_thread(self._write, record.name, plan, manifest, packed)
         except _NotStorable as exc:
             self._not_stored(record, str(exc))
         except OSError as exc:
             self._not_stored(record, exc.strerror or str(exc))
 
-    def _write(self, task: str, plan: Plan, manifest: dict[str, Any],
-               values: dict[str, Any], result: Any) -> None:
+    @staticmethod
+    def _pack(manifest: dict[str, Any], values: dict[str, Any],
+              result: Any) -> tuple[bytes, list[Any]]:
+        """Pickle the values and the result (large buffers stay out of band, uncopied)."""
         packer = _worker.ValuePacker(cloud=True)
         for name, value in values.items():
             try:
@@ -306,10 +320,23 @@ class ResultCache:
                 packer.add(result)
             except Exception as exc:  # noqa: BLE001
                 raise _NotStorable(f"its result is a {_worker.type_name(result)}") from exc
+        return packer.getvalue(), packer.buffers
+
+    def _write(self, task: str, plan: Plan, manifest: dict[str, Any],
+               packed: tuple[bytes, list[Any]]) -> None:
         store = self.store
-        store.write(plan.key, manifest, packer.getvalue(), packer.buffers)
-        store.write_note(task, {"key": plan.key, "parts": plan.parts})
-        store.evict()
+        store.write(plan.key, manifest, *packed)
+        # The note (what the key was made of, to say later why a task ran again) and the
+        # eviction are housekeeping: the task need not wait for them.
+        _housekeeping.submit(self._after_write, store, task, plan)
+
+    @staticmethod
+    def _after_write(store: Store, task: str, plan: Plan) -> None:
+        try:
+            store.write_note(task, {"key": plan.key, "parts": plan.parts})
+            store.evict()
+        except OSError:
+            pass  # the entry is stored; only the reason a later run gives is less precise
 
     @staticmethod
     def _not_stored(record: TaskRecord, why: str) -> None:
@@ -329,6 +356,10 @@ class ResultCache:
         return store.remove([i.key for i in infos])
 
 
+#: One thread for notes and eviction, in the order the entries were written.
+_housekeeping = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ipytasks-cache")
+
+
 class _NotStorable(Exception):
     pass
 
@@ -337,6 +368,13 @@ def _analysis(cell: Any) -> Any:
     from ..namespace.analysis import analyze
 
     return analyze(cell.tree)
+
+
+def _file_size(file: Any) -> int:
+    try:
+        return os.fstat(file.fileno()).st_size
+    except OSError:
+        return INLINE_SIZE + 1
 
 
 def _unpack(entry: Entry) -> tuple[dict[str, Any], Any]:
