@@ -545,8 +545,10 @@ class Kernel:
         self.pid = self._km.provisioner.process.pid
         self.pgid = os.getpgid(self.pid)
         assert self.pid != old, "the kernel process did not change"
-        with self._shell_lock:
-            self._kc.wait_for_ready(timeout=timeout)
+        # Not the client's wait_for_ready: it reads IOPub itself, from this thread, while
+        # the pump thread reads that socket too. A request queued until the new kernel
+        # listens answers the same question.
+        self.execute("pass", timeout=timeout)
 
     def is_alive(self) -> bool:
         return bool(self._km.is_alive())
