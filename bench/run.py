@@ -23,7 +23,9 @@ Parts (``--only`` takes these names):
 - ``core``       bench_core.py: submission through the magics, inference, memory per task;
 - ``output``     bench_output.py: iopub bytes per byte a task prints, and a print's cost in a
                  task against a plain cell;
-- ``analysis``   bench_analysis.py: the namespace analysis of a 200-line cell.
+- ``analysis``   bench_analysis.py: the namespace analysis of a 200-line cell;
+- ``cache``      bench_cache.py: ``--cache``: fingerprinting a 200 MiB array, a hit that
+                 binds one, the overhead on a trivial task.
 
 The table goes to stdout and, as Markdown, to ``test-output/bench.md`` (``--output``). A part
 that cannot run (a peer not installed, process mode missing) says so in its rows; a part that
@@ -262,6 +264,22 @@ def judge(goal: str, value: str) -> str:
                     ">=": x >= limit, "≥": x >= limit}[op])
 
 
+def part_cache(quick: bool, timeout: float) -> dict[str, list[Row]]:
+    """bench_cache.py's own table, read back."""
+    measure = "--cache (bench_cache.py)"
+    try:
+        table = parse_text_table(run_part([sys.executable, "bench_cache.py", *_q(quick)], timeout))
+    except PartFailed as exc:
+        return {CACHE: [error_row(measure, str(exc))]}
+    if not table:
+        return {CACHE: [error_row(measure, "its output has no table")]}
+    rows = []
+    for cells in table:
+        name, ours, base, ratio, goal = (cells + [""] * 5)[:5]
+        rows.append((name, ours, base, ratio.replace("x", "×"), goal, judge(goal, ours)))
+    return {CACHE: rows}
+
+
 def part_dashboard(quick: bool, timeout: float) -> dict[str, list[Row]]:
     args = ["--tasks", "1000", "--json"]
     args += ["--repeat", "1", "--scenarios", "burst"] if quick else ["--repeat", "3"]
@@ -300,11 +318,13 @@ SCALING = "Scaling: per-task cost from 10 to 10,000 tasks"
 CORE = "Submission, inference, memory (bench_core.py, in a kernel)"
 ANALYSIS = "Namespace analysis (bench_analysis.py)"
 OUTPUT = "Task output (bench_output.py, in a kernel)"
-ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS)
+CACHE = "Cached outcomes, --cache (bench_cache.py, an InteractiveShell)"
+ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS, CACHE)
 
 # name -> (function, timeout quick, timeout full); run in this order
 PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, float]] = {
     "analysis": (part_analysis, 60, 300),
+    "cache": (part_cache, 90, 600),
     "core": (part_core, 90, 900),
     "output": (part_output, 90, 600),
     "scenarios": (part_scenarios, 90, 1200),

@@ -536,6 +536,20 @@ class Kernel:
             ):
                 return presses
 
+    def restart(self, timeout: float = 60) -> None:
+        """Restart the kernel as a front end's Restart does: a new process on the same
+        connection, in the same folder and environment; what the old one held is gone."""
+        self._check_open()
+        old = self.pid
+        self._km.restart_kernel(now=False)
+        self.pid = self._km.provisioner.process.pid
+        self.pgid = os.getpgid(self.pid)
+        assert self.pid != old, "the kernel process did not change"
+        # Not the client's wait_for_ready: it reads IOPub itself, from this thread, while
+        # the pump thread reads that socket too. A request queued until the new kernel
+        # listens answers the same question.
+        self.execute("pass", timeout=timeout)
+
     def is_alive(self) -> bool:
         return bool(self._km.is_alive())
 

@@ -21,8 +21,12 @@ def _run_tour_module():
 
 
 @pytest.fixture(scope="module")
-def tour_nb() -> dict:
-    return _run_tour_module().run_tour(ROOT / "notebooks" / "tour.ipynb", python=sys.executable)
+def tour_nb(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # The --cache section signs entries with a secret in the Jupyter data folder: a
+    # temporary one, never the real home's.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("JUPYTER_DATA_DIR", str(tmp_path_factory.mktemp("jupyter-data")))
+        return _run_tour_module().run_tour(ROOT / "notebooks" / "tour.ipynb", python=sys.executable)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +148,12 @@ def test_dask_section_runs_when_the_extra_is_installed(tour: list[dict]) -> None
         assert "pip install 'ipytasks[dask]'" in cell_text(find(tour, "have_dask = "))
     else:
         assert text.strip() == "6057 primes, counted on dask"
+
+
+def test_cache_section_reuses_then_reruns_with_its_reason(tour: list[dict]) -> None:
+    """The cached cell ends at once with the same output; a changed input reruns its reader."""
+    again = cell_text(find(tour, 'record = ipytasks.tasks["prices"]'))
+    assert re.match(r"cached in 0\.\d\d s: stored \d\d:\d\d, saves 1\.\d s", again), again
+    shown = cell_text(find(tour, "# prices per region"))
+    assert "prices cached" in shown and "downloaded 2 prices" in shown and "'south': 2.25" in shown
+    assert "done | input prices changed" in cell_text(find(tour, 'ipytasks.tasks["worth"].cache_note'))

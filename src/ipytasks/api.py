@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import keyword
 import math
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ from .limits import parse_rate
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
 from .scheduler import Scheduler
-from .tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from .tasks import SUCCESSFUL, UNSUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry
 from .views import CellDisplays, CellView, TextView
 
 __all__ = (
@@ -38,6 +39,12 @@ BAD_USE = (
     "use, else a LocalCluster started with the first task) or 'local', not {value!r}"
 )
 CANNOT_CONNECT = "cannot connect to the Dask scheduler at {address!r}: {error}"
+CACHE_MAP = (
+    "--cache does not combine with --map: cache the cell that computes what the map "
+    "reads, or the cell that uses the map's result"
+)
+SUBMIT_UNKNOWN = "submit: unknown option {option!r} (options: {known})"
+SUBMIT_TYPE = "submit: {error}"
 
 
 class _Session:
@@ -134,6 +141,8 @@ def make_options(
     infer: bool = True,
     strict: bool = False,
     on: str | None = None,
+    cache: bool = False,
+    cache_key: str | None = None,
 ) -> TaskOptions:
     """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming the bad one."""
     if mode not in MODES:
@@ -173,6 +182,18 @@ def make_options(
     priority = _whole(priority, "--priority")
     if map is not None:
         map = _map_spec(map)
+    if not isinstance(cache, bool):
+        raise UsageError(f"--cache is on or off (True or False), not {cache!r}")
+    if cache_key is not None:
+        if not isinstance(cache_key, str):
+            raise UsageError(f"--cache-key takes an expression as text, not {cache_key!r}")
+        try:
+            compile(cache_key, "<--cache-key>", "eval")
+        except SyntaxError as exc:
+            raise UsageError(f"--cache-key: {cache_key!r} is not an expression: {exc.msg}") from None
+        cache = True
+    if cache and map is not None:
+        raise UsageError(CACHE_MAP)
     if (limit is not None or rate is not None) and group is None and map is None:
         option = "--limit" if limit is not None else "--rate"
         raise UsageError(f"{option} applies to a group of tasks: add -g GROUP")
@@ -194,6 +215,8 @@ def make_options(
         wait=bool(wait),
         quiet=bool(quiet),
         on=on,
+        cache=cache,
+        cache_key=cache_key,
     )
 
 
@@ -229,16 +252,31 @@ def submit(code: str, name: str | None = None, **options: Any) -> TaskRecord:
     """Run ``code`` as a background task and return its record at once.
 
     Takes the options of ``%%parallel`` as keyword arguments (``mode``, ``on``, ``after``,
-    ``group``, ``chain``, ``on_error``, ``timeout``, ``wait``, ``quiet``); a
+    ``group``, ``chain``, ``on_error``, ``timeout``, ``wait``, ``quiet``, ``retries``,
+    ``retry_delay``, ``limit``, ``rate``, ``priority``, ``map``, ``infer``, ``strict``,
+    ``cache``, ``cache_key``); a
     ``chain`` makes it a ``%%sequential`` task of that chain. The task is shown in
     the current cell unless ``quiet``. With ``wait=True`` it blocks until the task
     ends, which is only possible off the event loop: in a notebook cell, use
     ``await ipytasks.wait(name)`` instead.
 
-    :raises UsageError: a bad option, a busy name, an unknown ``after`` target.
+    :raises UsageError: an unknown or ill-typed option (the message names ``submit``
+        and the option), a busy name, an unknown ``after`` target.
     :raises SyntaxError: ``code`` does not parse; no task is created.
     """
-    return _submit(code, name, options, number=0)
+    known = [p for p in inspect.signature(make_options).parameters]
+    for option in options:
+        if option not in known:
+            raise UsageError(SUBMIT_UNKNOWN.format(option=option, known=", ".join(known)))
+    if not isinstance(code, str):
+        raise UsageError(SUBMIT_TYPE.format(error=f"code must be a str, not {type(code).__name__}"))
+    try:
+        return _submit(code, name, options, number=0)
+    except UsageError as exc:
+        text = str(exc)
+        if text.startswith(("--", "NAME", "each --", "wait=True")):
+            raise UsageError(SUBMIT_TYPE.format(error=text)) from None
+        raise
 
 
 def _submit(
@@ -304,13 +342,32 @@ def cancel(*targets: str, all: bool = False) -> list[str]:  # noqa: A002 - mirro
     return [r.name for r in scheduler.cancel(records)]
 
 
-def retry(name: str) -> TaskRecord:
+def retry(name: str | None = None, *, failed: bool = False) -> TaskRecord | list[TaskRecord]:
     """Run a failed, timed-out, cancelled or skipped task's cell again, with its options.
 
     The new task replaces the old one under the same name (which stays in the history).
+    With ``failed=True`` (``%retry --failed``): every task that failed, timed out or
+    was cancelled, and every task skipped because of one, again, in the order they
+    were submitted (a task before the tasks that wait for it); tasks that succeeded
+    are left alone, so a ``--cache`` task they wait for is not run again either.
+
+    :returns: the new record; with ``failed=True``, the list of new records.
+    :raises UsageError: no such task, it succeeded or has not ended; both or neither
+        of ``name`` and ``failed``.
     """
+    if failed:
+        if name is not None:
+            raise UsageError("retry: give a NAME or failed=True (--failed), not both")
+        _current()
+        # The registry is in submission order, and a task only ever waits for tasks
+        # submitted before it: resubmitted in this order, each finds the new runs of
+        # what it waits for (by chain, --after, or the names it reads) and waits again.
+        again = [r for r in tasks.values() if r.parent is None and r.state in UNSUCCESSFUL]
+        return [_resubmit(record) for record in again]
+    if name is None:
+        raise UsageError("retry: name the task to run again, or use --failed (failed=True)")
     record = _record(name)
-    if record.state in (TaskState.PENDING, TaskState.RUNNING, TaskState.DONE):
+    if record.state not in UNSUCCESSFUL:
         hint = "%wait it first" if not record.state.ended else "submit its cell again to rerun it"
         raise UsageError(f"task {name!r} is {record.state}: only a task that did not succeed can be retried ({hint})")
     return _resubmit(record)
@@ -427,16 +484,16 @@ def result(name: str) -> Any:
     record = _record(name)
     if not record.state.ended:
         raise UsageError(NOT_ENDED.format(name=name, state=record.state))
-    if record.state is TaskState.DONE:
+    if record.state in SUCCESSFUL:
         return record.result
     assert record.error is not None
     raise record.error
 
 
 def results(group: str | None = None) -> dict[str, Any]:
-    """Results of the tasks that are done, by name (of ``group`` only, if given)."""
+    """Results of the tasks that are done (or cached), by name (of ``group`` only, if given)."""
     return {
         name: record.result
         for name, record in tasks.items()
-        if record.state is TaskState.DONE and (group is None or record.options.group == group)
+        if record.state in SUCCESSFUL and (group is None or record.options.group == group)
     }

@@ -122,6 +122,20 @@ def task_args(f: Any) -> Any:
             "--quiet", action="store_true",
             help="No status line or output area in the cell; output is still kept.",
         ),
+        magic_arguments.argument(
+            "--cache", action="store_true",
+            help="Reuse the stored outcome (the names the cell binds, its result, its "
+            "outputs) when the cell's code (comments and blank lines aside), the values it "
+            "reads and the tasks it follows by --after or chain are unchanged, also after a "
+            "kernel restart: the task then ends at once as 'cached'. Stored in .ipytasks/ "
+            "beside the notebook (%%tasks_cache says where and what).",
+        ),
+        magic_arguments.argument(
+            "--cache-key", dest="cache_key", metavar="EXPR", default=None,
+            help="An expression whose value joins the cache key (implies --cache), for a "
+            "cell that reads the clock or random numbers: e.g. --cache-key "
+            "'datetime.date.today()' reruns it once a day.",
+        ),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -175,8 +189,8 @@ def _parse(magic: Any, line: str) -> Any:
 
 @magics_class
 class TaskMagics(Magics):
-    """``%%parallel``, ``%%sequential``, ``%wait``, ``%cancel``, ``%result``, ``%tasks``,
-    ``%tasks_backend``."""
+    """``%%parallel``, ``%%sequential``, ``%wait``, ``%cancel``, ``%retry``, ``%result``,
+    ``%tasks``, ``%tasks_backend``, ``%tasks_cache``."""
 
     max_threads = Int(
         40, help="How many thread-mode bodies may run at once (the worker-thread pool's size)."
@@ -203,6 +217,8 @@ class TaskMagics(Magics):
             infer=args.infer,
             strict=args.strict,
             on=args.on,
+            cache=args.cache,
+            cache_key=args.cache_key,
         )
         return args.name, options
 
@@ -333,22 +349,113 @@ class TaskMagics(Magics):
         print("cancelled: " + (", ".join(names) if names else "nothing (all had ended)"))
 
     @magic_arguments.magic_arguments()
-    @magic_arguments.argument("name", metavar="NAME", help="The task's name.")
+    @magic_arguments.argument("name", nargs="?", default=None, metavar="NAME",
+                              help="The task's name.")
+    @magic_arguments.argument(
+        "--failed", action="store_true",
+        help="Every task that failed, timed out or was cancelled, and every task skipped "
+        "because of one, in the order they were submitted; what succeeded is left alone.",
+    )
     @line_magic
     def retry(self, line: str) -> None:
         """Run a failed, timed-out, cancelled or skipped task's cell again, with its options.
 
         The new run replaces the old task under the same name; the cell shows its
-        status line again.
+        status line again. ``--failed`` reruns every task that did not succeed and
+        the tasks skipped because of them, each after the tasks it waits for;
+        tasks that succeeded are not run again (``--cache`` tasks among them keep
+        their outcome).
 
         Examples
         --------
         ::
 
             In [8]: %retry fetch
+
+            In [9]: %retry --failed
+            retrying: parse, report
         """
         args = _parse(self.retry, line)
+        if args.failed:
+            if args.name is not None:
+                raise UsageError("%retry: give a NAME or --failed, not both")
+            records = api.retry(failed=True)
+            names = ", ".join(r.name for r in records)
+            print(f"retrying: {names}" if records else "retrying: nothing (no task failed)")
+            return
+        if args.name is None:
+            raise UsageError("%retry: name the task to run again, or use --failed")
         api.retry(args.name)
+
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument(
+        "path", nargs="?", default=None, metavar="PATH",
+        help="Keep the cache in this folder from now on (this session).",
+    )
+    @magic_arguments.argument(
+        "--clear", nargs="*", default=None, metavar="NAMES",
+        help="Remove the stored outcomes of these tasks (names, or comma-separated); "
+        "without names, every entry.",
+    )
+    @magic_arguments.argument(
+        "--trust", metavar="PATH", default=None,
+        help="Re-sign with your secret the entries of the cache folder PATH (a "
+        "colleague's, say), after you have looked at them: until then they are never "
+        "loaded.",
+    )
+    @magic_arguments.argument(
+        "--max-size", dest="max_size", metavar="SIZE", default=None,
+        help="The folder's size cap (5GB by default, or $IPYTASKS_CACHE_SIZE); the least "
+        "recently used entries go first.",
+    )
+    @line_magic
+    def tasks_cache(self, line: str) -> None:
+        """Show where ``--cache`` outcomes are stored and what is there; clear some or all.
+
+        Each ``--cache`` task's outcome (the names it binds, its result and its
+        outputs) is one file in ``entries/`` of the cache folder, signed with a
+        secret of yours kept in the Jupyter data folder; an entry that is not
+        signed with it is never loaded. The folder is ``.ipytasks`` beside the
+        notebook unless ``$IPYTASKS_CACHE`` or ``%tasks_cache PATH`` says otherwise.
+        Without options, it lists the entries: task, size, when last used, and the
+        time a hit saves (how long the run took).
+
+        Examples
+        --------
+        ::
+
+            In [10]: %tasks_cache
+            cache: /home/me/project/.ipytasks (2 entries, 152.6 MB of 5.0 GB)
+            task   size      used     saves
+            -----  --------  -------  ------
+            load   152.6 MB  2 s ago  38.1 s
+            clean  1.2 kB    5 m ago  0.4 s
+
+            In [11]: %tasks_cache --clear load
+            removed 1 entry
+        """
+        args = _parse(self.tasks_cache, line)
+        cache = api._current().scheduler.result_cache()
+        if args.path is not None:
+            cache.root = args.path
+        if args.max_size is not None:
+            from .cache.store import parse_size
+
+            try:
+                cache.set_max_size(parse_size(args.max_size))
+            except ValueError as exc:
+                raise UsageError(f"%tasks_cache --max-size: {exc}") from None
+        if args.trust is not None:
+            signed = cache.store.trust(args.trust)
+            print(f"re-signed {len(signed)} entr{'y' if len(signed) == 1 else 'ies'} in "
+                  f"{args.trust}" + (": " + ", ".join(sorted({i.task for i in signed})) if signed else ""))
+            return
+        if args.clear is not None:
+            names = [n.strip() for item in args.clear for n in item.split(",") if n.strip()]
+            removed = cache.clear(names or None)
+            print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
+            return
+        print(_cache_listing(cache))
 
     @magic_arguments.magic_arguments()
     @magic_arguments.argument("name", metavar="NAME", help="The task's name.")
@@ -463,6 +570,42 @@ class TaskMagics(Magics):
             print(text_table(api.tasks))
             return None
         return api.dashboard()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _age(seconds: float) -> str:
+    for limit, per, unit in ((60, 1, "s"), (3600, 60, "m"), (86400, 3600, "h")):
+        if seconds < limit:
+            return f"{seconds / per:.0f} {unit} ago"
+    return f"{seconds / 86400:.0f} d ago"
+
+
+def _cache_listing(cache: Any) -> str:
+    """What ``%tasks_cache`` prints: the folder, then one row per entry."""
+    import time
+
+    infos = cache.store.infos()
+    total = sum(i.size for i in infos)
+    n = len(infos)
+    head = (f"cache: {cache.root} ({n} entr{'y' if n == 1 else 'ies'}, {_size(total)} of "
+            f"{_size(cache.max_size)})")
+    if not infos:
+        return head
+    now = time.time()
+    rows = [("task", "size", "used", "saves")]
+    rows += [(i.task, _size(i.size), _age(max(now - i.used, 0)), f"{i.duration:.1f} s")
+             for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return head + "\n" + "\n".join(lines)
 
 
 # A %wait line, after IPython turned it into a call of the magic.

@@ -220,6 +220,51 @@ class TaskOutput:
             for o in outputs
         )
 
+    # -- keeping and restoring (``--cache``) -------------------------------------------
+
+    def saved(self) -> list[dict[str, Any]]:
+        """The outputs as JSON-ready data, to be shown again by :meth:`restore`.
+
+        Bounded as the cell's display is: each stream as its window (start, what is
+        left out, end), displays as their mime bundles. A widget's view is left out
+        (its model lives only as long as this kernel), its text form kept.
+        """
+        saved: list[dict[str, Any]] = []
+        for item in self.snapshot()[1]:
+            if isinstance(item, _Stream):
+                head, chars, lines, tail = item.window()
+                saved.append({"stream": item.name, "head": head, "chars": chars,
+                              "lines": lines, "tail": tail})
+            elif item.get("output_type") == "display_data":
+                data = {k: v for k, v in item["data"].items()
+                        if k != "application/vnd.jupyter.widget-view+json"}
+                if data:
+                    saved.append({"data": data, "metadata": item.get("metadata") or {}})
+        return saved
+
+    def restore(self, saved: list[dict[str, Any]], text: str) -> None:
+        """Show again what :meth:`saved` kept, as if the task had just produced it."""
+        with self._lock:
+            for item in saved:
+                if "stream" in item:
+                    stream = _Stream(item["stream"])
+                    stream.head = [item["head"]]
+                    stream.head_size = len(item["head"])
+                    stream.tail = deque([item["tail"]] if item["tail"] else [])
+                    stream.tail_size = len(item["tail"])
+                    stream.size = len(item["head"]) + item["chars"] + len(item["tail"])
+                    stream.lines = (item["head"].count("\n") + item["lines"]
+                                    + item["tail"].count("\n"))
+                    self.outputs.append(stream)
+                else:
+                    self.outputs.append({"output_type": "display_data", "data": item["data"],
+                                         "metadata": item.get("metadata") or {}})
+            self._text.append(text)
+            self.version += 1
+        if self.echo is not None and text:
+            self.echo("stdout", text)
+        self._arm_flush()
+
     # -- refreshing views ---------------------------------------------------------
 
     def attach(self, view: View) -> None:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
+from .cache.outcome import Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from . import plots
 from .dependencies import DependencyIndex, TaskNames, task_names
@@ -31,6 +32,7 @@ from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
 from .tasks import (
+    SUCCESSFUL,
     TaskCancelled,
     TaskError,
     TaskConflictWarning,
@@ -63,7 +65,7 @@ FIGURE_FAILED = "ipytasks: could not show a figure of this task: {error}\n"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
 
 #: Upstream states that let a task run under --on-error stop.
-_SUCCESS = TaskState.DONE
+_SUCCESS = SUCCESSFUL
 #: Outcomes of an attempt that --retries runs again.
 _RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT)
 #: How many conflicting tasks a conflict warning names (the rest are counted).
@@ -221,6 +223,7 @@ class Scheduler:
         self._deps = DependencyIndex()
         self._limiters: dict[str, Limiter] = {}
         self._rates: dict[str, RateLimiter] = {}
+        self._result_cache: ResultCache | None = None
         self._closed = False
         atexit.register(self._at_exit)
         plots.install()  # pyplot's figures per task, from now until close()
@@ -433,7 +436,7 @@ class Scheduler:
             for upstream in record.upstream:
                 await upstream._ended_event.wait()
             if record.options.on_error == "stop":
-                bad = [u for u in record.upstream if u.state != _SUCCESS]
+                bad = [u for u in record.upstream if u.state not in _SUCCESS]
                 if bad:
                     why = ", ".join(f"{u.name!r} {u.state}" for u in bad)
                     self._end(record, TaskState.SKIPPED, error=TaskSkipped(f"upstream {why}"))
@@ -442,17 +445,50 @@ class Scheduler:
             if options.map is not None:
                 await self._drive_map(record)
                 return
+            plan = None
+            if options.cache:
+                plan = await self._cache_lookup(record)
+                if record.state.ended:  # taken from the cache
+                    return
             while True:
                 state, result, error = await self._gated_attempt(record)
                 if state in _RETRYABLE and record.attempts <= options.retries:
                     await self._back_off(record, error)
                     continue
+                if state is TaskState.DONE and plan is not None:
+                    # Before the end: nothing that waits for it changes its values meanwhile.
+                    await self.result_cache().keep(record, plan, result)
                 self._end(record, state, result=result, error=error)
                 return
         except asyncio.CancelledError:
             self._end(record, TaskState.CANCELLED, error=TaskCancelled(f"task {record.name!r} was cancelled"))
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit included
             self._end(record, TaskState.FAILED, error=exc)
+
+    def result_cache(self) -> ResultCache:
+        """The store of ``--cache`` outcomes (its folder is found on first use)."""
+        if self._result_cache is None:
+            self._result_cache = ResultCache(self.shell)
+        return self._result_cache
+
+    async def _cache_lookup(self, record: TaskRecord) -> Plan | None:
+        """End ``record`` as cached when its outcome is stored; else the plan to store it."""
+        cache = self.result_cache()
+        plan = cache.plan(record)
+        if plan.key is None:
+            record.cache_note = f"not cached: {plan.refused}"
+            return None
+        record.cache_key = plan.key
+        try:
+            hit, result = await cache.replay(record, plan)
+        except OSError as exc:  # the folder cannot be read: run, and try to store
+            record.cache_note = f"cache unreadable ({exc.strerror or exc})"
+            return plan
+        if hit:
+            record.started = time.time()
+            record.attempts = 1
+            self._end(record, TaskState.CACHED, result=result)
+        return plan
 
     async def _drive_map(self, record: TaskRecord) -> None:
         """Evaluate the map's EXPR, run one item task per value, gather their results."""
@@ -638,7 +674,7 @@ class Scheduler:
         if error is not None and state in (TaskState.FAILED,):
             _trim_traceback(error, record.cell)
             self._show_error(record, error)
-        elif state is TaskState.DONE and result is not None and not record.cell.quiet_result:
+        elif state in SUCCESSFUL and result is not None and not record.cell.quiet_result:
             self._show_result(record, result)
         self._changed(record)
         active = self._active

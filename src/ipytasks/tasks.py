@@ -38,6 +38,8 @@ class TaskState(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
+    #: Ended at once with the stored outcome of an earlier run (``--cache``).
+    CACHED = "cached"
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
@@ -59,6 +61,9 @@ class TaskState(enum.StrEnum):
 #: States of a task that has not ended. (A set of the members, not a tuple of class
 #: attributes: ``ended`` is asked on every change of every task.)
 ACTIVE = frozenset({TaskState.PENDING, TaskState.RUNNING})
+
+#: States of a task that ended with its work done: run now, or taken from the cache.
+SUCCESSFUL = frozenset({TaskState.DONE, TaskState.CACHED})
 
 #: States a task can end in without having done its work.
 UNSUCCESSFUL = frozenset(
@@ -132,6 +137,10 @@ class TaskOptions:
     #: Where a process-mode body runs (``--on``): ``"local"``, ``"dask"``, or ``None``
     #: for the session's default backend (``%tasks_backend``).
     on: str | None = None
+    #: Reuse the stored outcome when the code, what it reads and its upstream are
+    #: unchanged (``--cache``); ``cache_key`` is an expression whose value joins the key.
+    cache: bool = False
+    cache_key: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -165,6 +174,11 @@ class TaskRecord:
     parent: TaskRecord | None = field(default=None, repr=False)
     sink: TaskOutput | None = field(default=None, repr=False)
     upstream: tuple[TaskRecord, ...] = field(default=(), repr=False)
+    #: ``--cache``: the key of this run's outcome (``None`` when it cannot be cached),
+    #: and what the status line adds: why it ran, where its outcome came from, or why
+    #: it was not stored.
+    cache_key: str | None = field(default=None, repr=False)
+    cache_note: str | None = field(default=None, repr=False)
     # A --map task's items, when they could be evaluated at submission.
     _map_items: list[Any] | None = field(default=None, repr=False)
     # Set by the scheduler: an asyncio.Event set when the task ends.

@@ -31,6 +31,7 @@ STATE_STYLE: dict[TaskState, tuple[str, str]] = {
     TaskState.PENDING: ("⏳", "#8a6d00"),
     TaskState.RUNNING: ("▶", "#1f6feb"),
     TaskState.DONE: ("✔", "#1a7f37"),
+    TaskState.CACHED: ("✔", "#0a6e66"),
     TaskState.FAILED: ("✖", "#cf222e"),
     TaskState.CANCELLED: ("⊘", "#6e7781"),
     TaskState.TIMED_OUT: ("⏱", "#bc4c00"),
@@ -49,18 +50,22 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
             waiting = "; ".join(f"{n}: {record.reasons.get(n, 'after')}" for n in record.waits_for)
             return f"{name} pending: waits for {waiting}"
         return f"{name} pending"
+    # --cache: why it runs, where its outcome came from, or why it was not stored.
+    note = f" ({record.cache_note})" if record.cache_note else ""
     if state is TaskState.RUNNING:
         elapsed = (now or time.time()) - (record.started or time.time())
         if record.options.map is not None:
             ended = sum(1 for c in record.children if c.state.ended)
             return f"{name} running {elapsed:.1f}s: {ended} of {len(record.children)} done"
-        return f"{name} running {elapsed:.1f}s ({record.mode})"
+        return f"{name} running {elapsed:.1f}s ({record.mode}){note}"
+    if state is TaskState.CACHED:
+        return f"{name} cached{note}"
     took = record.duration
     took_text = f"{took:.2f}s" if took is not None else ""
     if state is TaskState.DONE:
         if record.options.map is not None:
             return f"{name} done in {took_text}: {len(record.children)} items"
-        return f"{name} done in {took_text}"
+        return f"{name} done in {took_text}{note}"
     if state is TaskState.SKIPPED:
         return f"{name} skipped: {record.error}"
     if state is TaskState.CANCELLED:
