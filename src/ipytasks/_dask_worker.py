@@ -1,4 +1,4 @@
-"""What runs on a Dask worker for dask mode (DESIGN §5.4): warm ``_worker.py`` processes.
+"""What runs on a Dask worker for dask mode: warm ``_worker.py`` processes.
 
 Nothing here imports ipytasks, IPython or Dask at import time: the kernel does not
 ask the cluster to have ipytasks installed. It sends the source of this file and of

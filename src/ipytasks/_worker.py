@@ -1,4 +1,4 @@
-"""What runs inside a worker process of process mode (DESIGN §5.3), and the wire format.
+"""What runs inside a worker process of process mode, and the wire format.
 
 This file is the whole worker. The kernel starts it by path, as
 ``python -P -u -c <bootstrap> .../_worker.py CMD_FD REPLY_FD PARENT_PID MARKER``,

@@ -1,4 +1,4 @@
-"""The Python API: what the magics call, and what a user can call directly (DESIGN §4)."""
+"""The Python API: what the magics call, and what a user can call directly."""
 
 from __future__ import annotations
 
@@ -332,7 +332,7 @@ def wait_blocking(*targets: str, timeout: float | None = None) -> None:
 def cancel(*targets: str, all: bool = False) -> list[str]:  # noqa: A002 - mirrors %cancel --all
     """Cancel the named tasks or groups (or every task with ``all=True``).
 
-    A pending task never starts; a running body is stopped (DESIGN §5). Returns
+    A pending task never starts; a running body is stopped. Returns
     the names of the tasks that were cancelled.
     """
     if not targets and not all:
@@ -388,7 +388,7 @@ def _resubmit(record: TaskRecord) -> TaskRecord:
 
 
 def use(client: Any) -> None:
-    """Make a Dask cluster the default for process-mode bodies (DESIGN §5.4).
+    """Make a Dask cluster the default for process-mode bodies.
 
     Afterwards a ``--process`` cell runs on the cluster, as an ``--on dask`` cell
     always does; ``--on local`` keeps one on this machine. ``%tasks_backend`` is the
@@ -440,7 +440,7 @@ def _connect(address: str) -> Any:
 
 
 def dashboard() -> Any:
-    """The live dashboard of every task (§7): a widget in a notebook, a text table elsewhere.
+    """The live dashboard of every task: a widget in a notebook, a text table elsewhere.
 
     In a notebook, display the returned widget (or end a cell with it); it follows
     the tasks until it is closed. Outside a kernel, the table is printed instead and

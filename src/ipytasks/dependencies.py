@@ -1,4 +1,4 @@
-"""Inferred data dependencies between tasks, and conflicts (DESIGN §6).
+"""Inferred data dependencies between tasks, and conflicts.
 
 A new task waits for every unfinished task it shares a name with in a way whose
 order matters, so each name ends with the value an in-order run would give:

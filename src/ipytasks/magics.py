@@ -1,11 +1,11 @@
-"""The magics: parse a line, call the API (DESIGN §3–§4).
+"""The magics: parse a line, call the API.
 
 In a kernel, ``%wait`` lines and ``%%parallel … --wait`` cells are rewritten by an
 input transformer into an ``await`` of the API, so IPython runs the cell as an
 ``await`` cell on the kernel's loop: the tasks keep running while it waits, and
 the kernel's interrupt cancels only the wait. Blocking in a synchronous magic
 instead would need a nested loop run, which lets the interrupt land inside a
-background task (FACTS.md).
+background task.
 """
 
 from __future__ import annotations
@@ -488,7 +488,7 @@ class TaskMagics(Magics):
         """Choose where process-mode bodies run: this machine, or a Dask cluster.
 
         After ``%tasks_backend dask``, ``--process`` cells run on a Dask cluster with
-        the same inputs, outputs, output and states (DESIGN §5.4), as ``--on dask``
+        the same inputs, outputs, output and states, as ``--on dask``
         cells always do: the cluster at ADDRESS; without one, the cluster already in
         use (``ipytasks.use(client)``), else a ``LocalCluster`` started with the first
         such task (its dashboard link shows in that task's output).

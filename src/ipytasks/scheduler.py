@@ -269,7 +269,7 @@ class Scheduler:
         elif mode == "thread" and cell.is_async:
             raise UsageError(ASYNC_IN_THREAD.format(name=name))
         elif mode == "process" and (options.on or self.backend) == "dask":
-            mode = "dask"  # the process-mode payload, on a Dask cluster (§5.4)
+            mode = "dask"  # the process-mode payload, on a Dask cluster
         if options.map is not None:
             _check_map_expression(options.map)
         names = task_names(cell, options)

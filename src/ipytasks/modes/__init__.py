@@ -1,4 +1,4 @@
-"""Run modes: where a task body runs (DESIGN §5).
+"""Run modes: where a task body runs.
 
 Each mode lives in ``modes/_<name>.py`` and exposes ``mode_class``; a mode's
 module is imported only when a task first uses it.
@@ -15,7 +15,7 @@ __all__ = ("BACKENDS", "MODES", "NEEDS_DASK", "Mode", "dask_available", "get_mod
 
 #: What ``--mode`` accepts. ``auto`` resolves to ``async`` or ``thread`` per cell.
 MODES = ("auto", "async", "thread", "process")
-#: What ``--on`` accepts: where process-mode bodies run (``dask``: mode ``dask``, §5.4).
+#: What ``--on`` accepts: where process-mode bodies run (``dask``: mode ``dask``).
 BACKENDS = ("local", "dask")
 NEEDS_DASK = "{what} needs distributed: pip install 'ipytasks[dask]'"
 

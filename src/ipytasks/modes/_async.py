@@ -1,4 +1,4 @@
-"""async mode: the body runs as a coroutine on the scheduler's event loop (DESIGN §5.1)."""
+"""async mode: the body runs as a coroutine on the scheduler's event loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""dask mode: process-mode cells on a Dask ``distributed`` cluster (DESIGN §5.4).
+"""dask mode: process-mode cells on a Dask ``distributed`` cluster.
 
 ``%%parallel NAME --on dask`` (or ``--process`` once ``%tasks_backend dask`` /
 ``ipytasks.use(client)`` made Dask the default) runs the same payload as process

@@ -1,4 +1,4 @@
-"""process mode: CPU-bound cells in a warm pool of worker processes (DESIGN §5.3).
+"""process mode: CPU-bound cells in a warm pool of worker processes.
 
 The machinery, and why
 ----------------------
@@ -15,9 +15,9 @@ arrive. The alternatives each miss something this mode must do:
   top: a running job cannot be stopped — ``Future.cancel()`` is refused once it
   runs, and killing a worker marks the whole executor broken; prints are not tied
   to a job; spawn re-imports the parent's ``__main__``.
-* loky (FACTS.md): forwards stdout and survives a crash, but cannot stop a
+* loky: forwards stdout and survives a crash, but cannot stop a
   running job either.
-* ``anyio.to_process`` (FACTS.md): kills the worker on cancel, but throws its
+* ``anyio.to_process``: kills the worker on cancel, but throws its
   stdout away, and its pool is killed when the first task that used it on a loop
   anyio did not start ends.
 
@@ -65,7 +65,7 @@ Choices, as a user sees them
 * **Changes in place** (``results['a'] = …``, ``df.x = …``) happen to the
   worker's copy and do not come back; the task's output says so when it starts.
   Sending the copy back would let the order in which tasks finish decide the
-  value (DESIGN §6). Assign to a name instead.
+  value. Assign to a name instead.
 * **While all workers are busy**, a task waits for one; it is ``running`` (its
   ``--timeout`` counts) from the moment the scheduler starts it.
 * Functions defined in a process cell come back bound to the notebook's

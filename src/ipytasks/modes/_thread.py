@@ -1,4 +1,4 @@
-"""thread mode: blocking bodies in a bounded pool of worker threads (DESIGN §5.2).
+"""thread mode: blocking bodies in a bounded pool of worker threads.
 
 The pool is ipytasks' own, with daemon threads: a body stuck in a long C call
 must never keep the kernel from exiting (``concurrent.futures`` joins its

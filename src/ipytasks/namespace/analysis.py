@@ -6,8 +6,8 @@ and returns a :class:`CellNames`; ``analyze_source(source)`` parses such source
 first (top-level ``await``, ``async for`` and ``async with`` allowed).
 
 The analysis is static, over ``ast`` only, in a single walk of the tree. Its
-answers err in the safe direction for dependency inference (DESIGN.md §6) and
-for shipping inputs and outputs to workers (§5.3): it may report a read or a bind
+answers err in the safe direction for dependency inference and
+for shipping inputs and outputs to workers: it may report a read or a bind
 that does not happen at run time, but it should not miss one (except through
 the constructs that set ``unknown``, and the ``with`` approximation below).
 

@@ -1,4 +1,4 @@
-"""Moving a cell's inputs to a worker process and its outputs back (DESIGN §5.3).
+"""Moving a cell's inputs to a worker process and its outputs back.
 
 The kernel side of process mode's payload; the worker side is
 :mod:`ipytasks._worker`, which also defines the wire format, so both ends pickle

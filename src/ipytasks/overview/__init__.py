@@ -1,4 +1,4 @@
-"""The overview of all tasks (DESIGN §7): the live dashboard, a text table, a snapshot, timeline files.
+"""The overview of all tasks: the live dashboard, a text table, a snapshot, timeline files.
 
 - :func:`open_dashboard` ``(scheduler, registry)``: the live ipywidgets dashboard
   (``%tasks`` / ``ipytasks.dashboard()`` in a notebook);

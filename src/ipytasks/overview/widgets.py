@@ -1,4 +1,4 @@
-"""The live dashboard widget (DESIGN §7): summary, timeline, task table and actions.
+"""The live dashboard widget: summary, timeline, task table and actions.
 
 Layout, top to bottom::
 
