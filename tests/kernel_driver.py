@@ -547,8 +547,12 @@ class Kernel:
         assert self.pid != old, "the kernel process did not change"
         # Not the client's wait_for_ready: it reads IOPub itself, from this thread, while
         # the pump thread reads that socket too. A request queued until the new kernel
-        # listens answers the same question.
-        self.execute("pass", timeout=timeout)
+        # listens answers the same question; what the new kernel publishes before IOPub
+        # has reconnected is lost (its idle, say), so ask until one comes back whole.
+        deadline = time.monotonic() + timeout
+        while not self._wait_done(self.submit("pass"), 5, strict=False):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the restarted kernel did not answer in {timeout:g} s")
 
     def is_alive(self) -> bool:
         return bool(self._km.is_alive())

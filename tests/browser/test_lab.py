@@ -529,7 +529,7 @@ def _reopen_saved(page, lab: Lab, expect) -> None:
         assert "Error displaying widget" not in text, source
         if source.startswith(("%%parallel", "%%sequential")) and "--quiet" not in source:
             first = text.strip().splitlines()[0] if text.strip() else ""
-            assert re.match(r"\S+ \S+ (done|failed|cancelled|timed out|skipped)", first), (
+            assert re.match(r"\S+ \S+ (done|cached|failed|cancelled|timed out|skipped)", first), (
                 source, text[:200])
     worker = [source for source, text in cells if "worker says: counted 10453" in text]
     assert len(worker) == 1 and worker[0].startswith("%%parallel crunch_low"), worker
