@@ -79,8 +79,8 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
 
     # A click on the task's row picks it.
     assert '<tr data-task="dash_slow"' in _value(kernel, parts["view"])
-    kernel.send_comm_msg(parts["view"], {"method": "update", "buffer_paths": [],
-                                        "state": {"selected": "dash_slow"}})
+    kernel.send_comm_msg(parts["view"], {"method": "custom", "content": {
+        "event": "selected", "value": "dash_slow"}})
     kernel.wait_until(
         lambda: "background:#ddf4ff" in _value(kernel, parts["view"]),
         what="the picked row to be highlighted",
@@ -94,8 +94,8 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
     out = kernel.execute("print(api.tasks['dash_slow'].state)").stdout
     assert out.strip() == "cancelled"
     # The filter, as the browser sets it: the table keeps the tasks that did not succeed.
-    kernel.send_comm_msg(parts["view"], {"method": "update", "buffer_paths": [],
-                                        "state": {"show": "unsuccessful"}})
+    kernel.send_comm_msg(parts["view"], {"method": "custom", "content": {
+        "event": "show", "value": "unsuccessful"}})
     kernel.wait_until(
         lambda: "<b>dash_ok</b>" not in (shown := _value(kernel, parts["view"]))
         and "<b>dash_bad</b>" in shown and "<b>dash_slow</b>" in shown,

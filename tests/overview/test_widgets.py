@@ -134,10 +134,12 @@ def summary(dash: Dashboard) -> str:
     return dash.view.get_state()["summary"]
 
 
-def from_front_end(widget: Any, **state: Any) -> None:
-    """Apply ``state`` to ``widget`` the way a front end's update message does."""
-    widget._handle_msg({"content": {"data": {"method": "update", "state": state}},
-                        "buffers": []})
+def from_front_end(widget: Any, **events: Any) -> None:
+    """Send ``widget`` the events the browser sends (``dashboard.js``): for each
+    keyword, the custom message ``{"event": name, "value": value}``."""
+    for event, value in events.items():
+        widget._handle_msg({"content": {"data": {"method": "custom", "content": {
+            "event": event, "value": value}}}, "buffers": []})
 
 
 def pick(dash: Dashboard, name: str) -> None:
@@ -425,9 +427,9 @@ async def test_output_of_the_picked_task_is_shown_and_follows_it(board: Board) -
     board.sched.add(rec)
     dash = board.open()
     pick(dash, "talk")
-    dash.output_button.value = True
+    dash.output_button.click()
     await settle()
-    assert dash.output.layout.display is None
+    assert dash.output.layout.display is None and dash.output_button.description == "Hide output"
     assert list(dash.output.get_state()["outputs"]) == [
         {"output_type": "stream", "name": "stdout", "text": "hello\n"}
     ]
@@ -436,10 +438,10 @@ async def test_output_of_the_picked_task_is_shown_and_follows_it(board: Board) -
     rec.sink.flush()  # what the sink's own timer does
     board.at(5)
     assert dash.output.outputs[0]["text"] == "hello\nworld\n"
-    dash.output_button.value = False
+    dash.output_button.click()
     await settle()
     assert rec.sink.views == [] and dash.output.layout.display == "none"
-    dash.output_button.value = True
+    dash.output_button.click()
     await settle()
     dash.close()
     assert rec.sink.views == []

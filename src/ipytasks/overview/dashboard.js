@@ -5,9 +5,13 @@
 // `summary`: HTML made by the kernel (counts per state, work against wall time).
 // `table`: `html`, the rows of the table's current page, made by the kernel, each row's
 // `data-task` its task's name; `label` and `pages`, and `page`: where that page is; `show`,
-// `filters`: which tasks the table lists, and the choices. What the user does is set on
-// the model and sent: `show` (the filter), `page` (the pager's buttons), `selected` (a
-// click on a row, or Enter on a focused one, picks its task for the actions).
+// `filters`: which tasks the table lists, and the choices; `selected`: the picked task.
+// Only the kernel sets them. What the user does goes to the kernel as an event, a custom
+// message `{event, value}`: `show` (the filter), `page` (the pager's buttons), `selected`
+// (a click on a row, or Enter on a focused one, picks its task for the actions); the
+// kernel answers with the new state. Not `model.set`: the widget manager sends a model's
+// next state update only once the kernel said idle for the previous one, which
+// ipykernel 7 never says for a message handled while an `await` cell runs.
 //
 // For the timeline the kernel sends numbers, not markup, in `timeline`: `names`, one
 // task name per line in submission order (UTF-8 bytes); `rows`, float64 little-endian in five columns
@@ -301,10 +305,7 @@ function render({ model, el }) {
   el.append(summary, timeline, bar, table);
 
   // What the user does is sent to the kernel, which answers with what to show.
-  const send = (name, value) => {
-    model.set(name, value);
-    model.save_changes();
-  };
+  const send = (event, value) => model.send({ event, value });
   show.addEventListener("change", () => send("show", show.value));
   prev.addEventListener("click", () => send("page", model.get("page") - 1));
   next.addEventListener("click", () => send("page", model.get("page") + 1));

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextvars
 import importlib
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -121,8 +120,18 @@ class TasksView(anywidget.AnyWidget):
     not SVG: a redraw of 1,000 tasks costs it a few copies of memory, and the layout is
     the one of the timeline files (one lane per task up to ``labelled`` tasks, else
     packed). The table's rows are HTML (:func:`~ipytasks.overview.render.table_html`),
-    of the page shown only. The front end sets :attr:`show`, :attr:`page` and
-    :attr:`selected` when the user picks a filter, turns the page or clicks a row.
+    of the page shown only.
+
+    The kernel alone sets :attr:`show`, :attr:`page` and :attr:`selected`. When the user
+    picks a filter, turns the page or clicks a row, the front end sends an event (a
+    custom message ``{"event": "show" | "page" | "selected", "value": …}``) and the
+    kernel answers with the new state. Events rather than state updates, because a
+    front end sends its next state update of a model only once the kernel reported
+    idle for the previous one, and ipykernel 7 handles a widget message that arrives
+    while an ``await`` cell runs without reporting busy or idle for it: one change
+    made then would hold back every later change for good. Custom messages are not
+    held back (buttons use them too), and with one writer the kernel never races a
+    user's change with a refresh.
     """
 
     # The source itself, not its path: anywidget watches a path for changes by holding
@@ -213,8 +222,10 @@ class Dashboard(widgets.VBox):
                                             tooltip="cancel the picked task")
         self.retry_button = widgets.Button(description="Retry", icon="redo", disabled=True,
                                            tooltip="run the picked task's cell again")
-        self.output_button = widgets.ToggleButton(description="Output", icon="align-left",
-                                                  tooltip="show the picked task's output")
+        # A Button, not a ToggleButton: a click is a custom message, which a front end
+        # never holds back (see TasksView), where a toggle's value is a state update.
+        self.output_button = widgets.Button(description="Output", icon="align-left",
+                                            tooltip="show the picked task's output")
         self.message = widgets.HTML()
         self.output = widgets.Output(layout=Layout(
             display="none", max_height="320px", overflow="auto", border="1px solid #d0d7de"))
@@ -264,15 +275,13 @@ class Dashboard(widgets.VBox):
         self._output_view = _OutputView(self)
         self._watched: TaskOutput | None = None
         self._shown_version = -1
-        #: The thread rendering, if any: what the kernel itself sets on the view is
-        #: not a front-end event (one from a subshell thread meanwhile still is).
-        self._rendering: int | None = None
+        self._output_shown = False
         self._closed = False
 
-        self.view.observe(self._on_view, ("show", "page", "selected"))
+        self.view.on_msg(self._on_event)
         self.cancel_button.on_click(lambda _: self._post(self._cancel_selected))
         self.retry_button.on_click(lambda _: self._post(self._retry_selected))
-        self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
+        self.output_button.on_click(lambda _: self._post(self._toggle_output))
 
         self._columns = TaskColumns(self._registry)
         self._feed = scheduler.subscribe(self._wake)
@@ -330,7 +339,7 @@ class Dashboard(widgets.VBox):
         records = list(self._registry.values())
         now = self._wall()
         watched = self._watched
-        seen = (self._page, self._show, self._selected, self.output_button.value,
+        seen = (self._page, self._show, self._selected, self._output_shown,
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
@@ -390,22 +399,14 @@ class Dashboard(widgets.VBox):
                 values["now"] = now
         else:
             self._throttle.request(due - mono)
-        self._set_view(values)
+        _assign(self.view, **values)
         if redraw:
             # What the redraw cost, with the message it went in.
             self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
             self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
 
-    def _set_view(self, values: dict[str, Any]) -> None:
-        """Assign ``values`` to the view, in one message (not taken for user events)."""
-        self._rendering = threading.get_ident()
-        try:
-            _assign(self.view, **values)
-        finally:
-            self._rendering = None
-
     def _render_output(self, record: TaskRecord | None) -> None:
-        sink = record.sink if record is not None and self.output_button.value else None
+        sink = record.sink if record is not None and self._output_shown else None
         if sink is not self._watched:
             self._unwatch()
             if sink is not None:
@@ -451,30 +452,33 @@ class Dashboard(widgets.VBox):
         else:
             self._post(fn)
 
-    def _on_view(self, change: dict[str, Any]) -> None:
-        if self._rendering == threading.get_ident():
+    def _on_event(self, _view: Any, content: Any, _buffers: Any) -> None:
+        """A filter picked, a page turned or a row clicked in the browser (TasksView)."""
+        if not isinstance(content, dict):
             return
-        action = {"show": self._set_filter, "page": self._goto, "selected": self._select}
-        self._post(action[change["name"]], change["new"])
+        action = {"show": self._set_filter, "page": self._goto,
+                  "selected": self._select}.get(content.get("event"))
+        if action is not None:
+            self._post(action, content.get("value"))
 
-    def _select(self, name: str | None) -> None:
+    def _select(self, name: Any) -> None:
         """Make ``name`` the task that the action buttons and the output area apply to."""
-        if name == self._selected:
+        if not isinstance(name, str | None) or name == self._selected:
             return
         self._selected = name
         _assign(self.message, value="")
         self._throttle.flush_now()
 
-    def _set_filter(self, value: str) -> None:
-        if value not in FILTERS:  # show the front end the filter in use
-            self._set_view({"show": self._show})
-            return
+    def _set_filter(self, value: Any) -> None:
+        if not isinstance(value, str) or value not in FILTERS:
+            return  # not one the front end offers: the filter in use stays
         self._show = value
         self._page = 0
         self._throttle.flush_now()
 
-    def _goto(self, page: int) -> None:
-        self._page = max(0, page)
+    def _goto(self, page: Any) -> None:
+        if isinstance(page, int) and not isinstance(page, bool):
+            self._page = max(0, page)
         self._throttle.flush_now()
 
     def _selected_record(self) -> TaskRecord | None:
@@ -508,7 +512,10 @@ class Dashboard(widgets.VBox):
             _assign(self.message, value=f"retrying <b>{record.name}</b>")
         self._throttle.flush_now()
 
-    def _show_output(self, show: bool) -> None:
+    def _toggle_output(self) -> None:
+        self._output_shown = show = not self._output_shown
+        _assign(self.output_button, description="Hide output" if show else "Output",
+                tooltip="hide the output" if show else "show the picked task's output")
         self.output.layout.display = None if show else "none"
         if show and self._selected is None:
             _assign(self.message, value=NO_SELECTION)
