@@ -386,3 +386,20 @@ def test_inferred_wait_is_shown_in_the_status_line(kernel: Kernel) -> None:
     kernel.execute("gate20.set()")
     kernel.wait_until(lambda: "done" in status_text(kernel, report), what="report done")
     assert area_outputs(kernel, report)[-1]["data"]["text/plain"] == "6"
+
+
+def test_map_expression_is_read_as_python(kernel: Kernel) -> None:
+    """--map VAR in EXPR takes any expression: minus signs, strings holding an option, a
+    comprehension; the next option after it still counts; a broken EXPR names itself."""
+    kernel.execute("k21 = 3")
+    kernel.execute("%%parallel neg21 --map n in range(0, -k21, -1) --limit 2\nn * 10")
+    kernel.execute("%%parallel str21 --map s in ['a --limit 9', 'b -g x'] -g g21\ns.upper()")
+    kernel.execute("%%parallel comp21 --map n in [x for x in range(6) if x in (1, 4)]\nn")
+    kernel.execute("%wait neg21 str21 comp21")
+    assert value(kernel, "ipytasks.result('neg21')") == "[0, -10, -20]"
+    assert value(kernel, "(ipytasks.result('str21'), ipytasks.tasks['str21'].group)") == (
+        "(['A --LIMIT 9', 'B -G X'], 'g21')")
+    assert value(kernel, "ipytasks.result('comp21')") == "[1, 4]"
+    ename, evalue = error_of(kernel.execute("%%parallel bad21 --map n in range(3,\nn",
+                                            allow_errors=True))
+    assert ename == "UsageError" and "--map n in EXPR: 'range(3,' is not a Python expression" in evalue

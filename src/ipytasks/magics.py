@@ -10,9 +10,13 @@ background task (FACTS.md).
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import io
 import re
 import shlex
+import tokenize
+from collections.abc import Collection
 from typing import Any
 
 from IPython.core import magic_arguments
@@ -97,8 +101,10 @@ def task_args(f: Any) -> Any:
             "--map", metavar="VAR in EXPR", default=None,
             help="Fan out: one task per item of EXPR with VAR bound to it, named NAME[0], "
             "NAME[1]...; each item runs in a scope of its own and the task's result is the "
-            "list of the items' results, in order. EXPR is evaluated once the tasks it "
-            "depends on have ended.",
+            "list of the items' results, in order. EXPR is any Python expression "
+            "(range(0, -k, -1), a comprehension); it runs to the next option of this magic "
+            "outside brackets and strings, and is evaluated once the tasks it depends on "
+            "have ended.",
         ),
         magic_arguments.argument(
             "--priority", metavar="N", type=int, default=0,
@@ -135,19 +141,66 @@ def _chain_arg(f: Any) -> Any:
     )(f)
 
 
-# --map VAR in EXPR: EXPR runs to the next option (or the end), so it may hold spaces.
-_MAP_OPTION = re.compile(r"(?:^|\s)--map(?:\s+(?P<spec>.*?))?(?=\s+-{1,2}[a-zA-Z]|\s*$)")
+_MAP_OPTION = re.compile(r"(?:^|\s)--map(?=\s|$)")
+MAP_USAGE = "%%{magic}: --map needs VAR in EXPR (e.g. --map url in urls), not {spec!r}"
+MAP_EXPRESSION = "%%{magic}: --map {var} in EXPR: {expr!r} is not a Python expression: {why}"
 
 
-def _split_map(magic: str, line: str) -> tuple[str, str | None]:
-    """Take ``--map VAR in EXPR`` out of a magic line: (rest of the line, "VAR in EXPR")."""
+def _split_map(magic: str, line: str, options: Collection[str]) -> tuple[str, str | None]:
+    """Take ``--map VAR in EXPR`` out of a magic line: (rest of the line, "VAR in EXPR").
+
+    EXPR is read as Python: it ends at the first of the magic's ``options`` (``-g``,
+    ``--limit``) that stands outside brackets and strings after white space where what
+    comes before is an expression, else at the end of the line. So ``range(0, -k, -1)``,
+    ``a -b`` and ``["a --limit"]`` are whole expressions.
+    """
     match = _MAP_OPTION.search(line)
     if match is None:
         return line, None
-    spec = (match["spec"] or "").strip()
-    if not re.match(r"^\S+\s+in\s+\S", spec):
-        raise UsageError(f"%%{magic}: --map needs VAR in EXPR (e.g. --map url in urls), not {spec!r}")
-    return line[: match.start()] + " " + line[match.end():], spec
+    rest = line[match.end():]
+    head = re.match(r"\s*(?P<var>[^\W\d]\w*)\s+in(?=[\s(\[{'\"])", rest)
+    if head is None:
+        raise UsageError(MAP_USAGE.format(magic=magic, spec=rest.strip()))
+    var, start = head["var"], head.end()
+    ends = [*_option_starts(rest, start, options), len(rest)]
+    why = "nothing after 'in'"
+    for end in ends:
+        expr = rest[start:end].strip()
+        if not expr:
+            continue
+        try:
+            ast.parse(expr, mode="eval")
+        except SyntaxError as exc:
+            why = exc.msg
+            continue
+        return line[: match.start()] + " " + rest[end:], f"{var} in {expr}"
+    raise UsageError(MAP_EXPRESSION.format(magic=magic, var=var, expr=rest[start:].strip(),
+                                           why=why))
+
+
+def _option_starts(text: str, start: int, options: Collection[str]) -> list[int]:
+    """Offsets in ``text`` (from ``start``) where one of ``options`` begins, outside
+    brackets and strings, after white space."""
+    found: list[int] = []
+    depth = 0
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text[start:]).readline))
+    except (tokenize.TokenError, SyntaxError):  # an open bracket or string: no option inside
+        tokens = []
+    for token, after in zip(tokens, tokens[1:]):
+        if token.type != tokenize.OP:
+            continue
+        if token.string in "([{":
+            depth += 1
+        elif token.string in ")]}":
+            depth -= 1
+        elif token.string == "-" and depth == 0 and after.start == token.end:
+            at = start + token.start[1]
+            word = re.match(r"-{1,2}[\w-]+", text[at:])
+            if (at > 0 and text[at - 1].isspace() and word is not None
+                    and word[0] in options):
+                found.append(at)
+    return found
 
 
 def _syntax_message(magic: str, exc: SyntaxError) -> str:
@@ -218,7 +271,7 @@ class TaskMagics(Magics):
     def submit_cell(self, magic: str, line: str, cell: str) -> api.TaskRecord:
         """Parse a ``%%parallel``/``%%sequential`` line and submit ``cell``."""
         method = getattr(self, magic)
-        line, mapping = _split_map(magic, line)
+        line, mapping = _split_map(magic, line, method.parser._option_string_actions)
         args = _parse(method, line)
         name, options = self._task_options(args, args.chain if magic == "sequential" else None)
         options["map"] = mapping
