@@ -62,18 +62,13 @@ __all__ = (
 
 def load_ipython_extension(ip: _Any) -> None:
     """Install the magics (``%load_ext ipytasks``). Starts nothing until the first task."""
-    from .magics import TaskMagics, await_waiting_cells, await_wait_lines
+    from .magics import TaskMagics, await_waiting_cells, await_wait_lines, mode_settings
 
     if _api._session is not None:
         return
     magics = TaskMagics(shell=ip)
     ip.register_magics(magics)
-    settings = {
-        "thread": {"max_threads": magics.max_threads},
-        "process": {"max_workers": magics.max_workers or None},
-        "dask": {"n_workers": magics.max_workers or None},  # the LocalCluster's
-    }
-    session = _api._Session(ip, settings)
+    session = _api._Session(ip, mode_settings(magics))
     if session.in_kernel:
         ip.input_transformers_cleanup.append(await_waiting_cells)
         ip.input_transformers_post.append(await_wait_lines)

@@ -22,7 +22,7 @@ from typing import Any
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from traitlets import Int
+from traitlets import Int, TraitError, observe, validate
 
 from . import api
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
@@ -134,6 +134,15 @@ def task_args(f: Any) -> Any:
     return f
 
 
+def mode_settings(magics: TaskMagics) -> dict[str, dict[str, Any]]:
+    """What each run mode is made with, from the magics' settings."""
+    return {
+        "thread": {"max_threads": magics.max_threads},
+        "process": {"max_workers": magics.max_workers or None},
+        "dask": {"n_workers": magics.max_workers or None},  # the LocalCluster's
+    }
+
+
 def _chain_arg(f: Any) -> Any:
     return magic_arguments.argument(
         "--chain", metavar="C", default="main",
@@ -232,11 +241,37 @@ class TaskMagics(Magics):
     ``%tasks_backend``."""
 
     max_threads = Int(
-        40, help="How many thread-mode bodies may run at once (the worker-thread pool's size)."
+        40, help="How many thread-mode bodies may run at once (the worker-thread pool's "
+        "size). A change takes effect at once, also after %load_ext.",
     ).tag(config=True)
     max_workers = Int(
-        0, help="How many worker processes process mode keeps (0: one per core)."
+        0, help="How many worker processes process mode keeps (0: one per core); also the "
+        "workers of the LocalCluster the Dask backend starts. A change takes effect at once "
+        "for local worker processes, also after %load_ext; a LocalCluster already running "
+        "keeps its workers.",
     ).tag(config=True)
+
+    @validate("max_threads", "max_workers")
+    def _at_least(self, proposal: Any) -> int:
+        value, name = proposal["value"], proposal["trait"].name
+        least = 1 if name == "max_threads" else 0
+        if value < least:
+            raise TraitError(f"TaskMagics.{name} must be at least {least}, not {value}")
+        return value
+
+    @observe("max_threads", "max_workers")
+    def _resize(self, change: Any) -> None:
+        """Apply a changed setting to the modes (see ``Scheduler.configure``)."""
+        session = api._session
+        if session is None:  # not loaded yet: loading reads the settings
+            return
+        settings = mode_settings(self)
+        for name, values in settings.items():
+            session.mode_settings.setdefault(name, {}).update(values)
+        scheduler = session._scheduler
+        if scheduler is not None:
+            for note in scheduler.configure(settings):
+                print(f"ipytasks: {note}")
 
     def _task_options(self, args: Any, chain: str | None) -> tuple[str | None, dict[str, Any]]:
         options = dict(

@@ -582,6 +582,29 @@ class Scheduler:
             old.close()
         self._modes[mode.name] = mode
 
+    def configure(self, settings: dict[str, dict[str, Any]]) -> list[str]:
+        """Apply changed mode settings (``%config TaskMagics…`` after loading): modes not
+        made yet are made with them, the thread pool and the local worker pool resize.
+        Returns what keeps its old value, and why."""
+        for name, values in settings.items():
+            self._mode_settings.setdefault(name, {}).update(values)
+        return self._host.call(self._configure_modes, settings)
+
+    def _configure_modes(self, settings: dict[str, dict[str, Any]]) -> list[str]:
+        thread, process = self._modes.get("thread"), self._modes.get("process")
+        if thread is not None:
+            thread.resize(settings["thread"]["max_threads"])  # type: ignore[attr-defined]
+        if process is not None:
+            process.resize(settings["process"]["max_workers"])  # type: ignore[attr-defined]
+        dask = self._modes.get("dask")
+        n_workers = settings["dask"]["n_workers"]
+        cluster = getattr(dask, "cluster", None)
+        if cluster is not None and n_workers is not None and n_workers != dask.n_workers:  # type: ignore[union-attr]
+            return [f"the Dask LocalCluster already running keeps its {dask.n_workers} "  # type: ignore[union-attr]
+                    "workers (a new one, after %unload_ext and %load_ext, starts with "
+                    f"{n_workers})"]
+        return []
+
     def installed_mode(self, name: str) -> Mode | None:
         """The instance of mode ``name`` in use, if one was made or installed."""
         return self._modes.get(name)
