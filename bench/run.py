@@ -21,7 +21,9 @@ Parts (``--only`` takes these names):
                  and peak memory, against raw pipes and pools;
 - ``dashboard``  bench_dashboard.py: what a live dashboard costs while 1,000 tasks run;
 - ``core``       bench_core.py: submission through the magics, inference, memory per task;
-- ``analysis``   bench_analysis.py: the namespace analysis of a 200-line cell.
+- ``analysis``   bench_analysis.py: the namespace analysis of a 200-line cell;
+- ``limits``     bench_limits.py: tasks queued on a group limit, released one by one, against
+                 the same tasks without a limit.
 
 The table goes to stdout and, as Markdown, to ``test-output/bench.md`` (``--output``). A part
 that cannot run (a peer not installed, process mode missing) says so in its rows; a part that
@@ -39,6 +41,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -186,6 +189,31 @@ def part_analysis(quick: bool, timeout: float) -> dict[str, list[Row]]:
                         fmt_ratio(analyze / parse), "< 5 ms", verdict(analyze < 5))]}
 
 
+def part_limits(quick: bool, timeout: float) -> dict[str, list[Row]]:
+    """bench_limits.py: tasks queued on ``--limit 1``, per task, against no limit."""
+    measure = "tasks queued on --limit 1 (bench_limits.py)"
+    try:
+        r = run_json([sys.executable, "bench_limits.py", *_q(quick)], timeout)
+    except PartFailed as exc:
+        return {LIMITS: [error_row(measure, str(exc))]}
+    rows: list[Row] = []
+    for n in r["sizes"]:
+        ours, base = r[str(n)]["limit1"], r[str(n)]["unlimited"]
+        ratio = statistics.median(ours) / statistics.median(base)
+        last = n == r["sizes"][-1]
+        rows.append((
+            f"{n:,} tasks queued on --limit 1, per task (median, lowest–highest of "
+            f"{r['rounds']})",
+            f"{fmt_time(statistics.median(ours))} ({fmt_time(min(ours))}–{fmt_time(max(ours))})",
+            f"no limit {fmt_time(statistics.median(base))} "
+            f"({fmt_time(min(base))}–{fmt_time(max(base))})",
+            fmt_ratio(ratio),
+            "≤ 1.5× no limit" if last else "",
+            verdict(ratio <= 1.5 if last else None),
+        ))
+    return {LIMITS: rows}
+
+
 def part_process(quick: bool, timeout: float) -> dict[str, list[Row]]:
     """bench_process.py's own table, read back; any failure of it is process mode not available."""
     measure = "process mode (bench_process.py)"
@@ -270,11 +298,13 @@ DASHBOARD = "Dashboard cost (bench_dashboard.py, an InteractiveShell)"
 SCALING = "Scaling: per-task cost from 10 to 10,000 tasks"
 CORE = "Submission, inference, memory (bench_core.py, in a kernel)"
 ANALYSIS = "Namespace analysis (bench_analysis.py)"
-ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, ANALYSIS)
+LIMITS = "Group limits: releasing queued tasks (bench_limits.py, a scheduler in one process)"
+ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, ANALYSIS, LIMITS)
 
 # name -> (function, timeout quick, timeout full); run in this order
 PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, float]] = {
     "analysis": (part_analysis, 60, 300),
+    "limits": (part_limits, 60, 600),
     "core": (part_core, 90, 900),
     "scenarios": (part_scenarios, 90, 1200),
     "process": (part_process, 90, 1200),
