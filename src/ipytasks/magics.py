@@ -82,12 +82,14 @@ def task_args(f: Any) -> Any:
         ),
         magic_arguments.argument(
             "--retries", metavar="N", type=int, default=0,
-            help="Run the body again up to N times after it fails or times out.",
+            help="Run the body again up to N times after it fails or times out, waiting "
+            "--retry-delay seconds before the first retry and twice as long before each "
+            "next one, up to 60 s.",
         ),
         magic_arguments.argument(
             "--retry-delay", dest="retry_delay", metavar="S", type=float, default=1.0,
-            help="Wait S seconds before the first retry (default 1), doubling each time, "
-            "with jitter.",
+            help="Wait S seconds before the first retry (default 1), doubling each time "
+            "(with 20%% jitter) up to a cap of 60 s; a delay above 60 s stays as it is.",
         ),
         magic_arguments.argument(
             "--limit", metavar="N", type=int, default=None,

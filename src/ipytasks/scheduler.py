@@ -66,6 +66,14 @@ _SUCCESS = TaskState.DONE
 _RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT)
 #: How many conflicting tasks a conflict warning names (the rest are counted).
 CONFLICTS_NAMED = 3
+#: The longest wait before a retry, in seconds: the doubling stops there (as tenacity's
+#: ``wait_exponential(max=…)`` and the capped backoff of cloud SDKs do), so ``--retries 20``
+#: retries every minute or so at the end rather than after 2**19 times the first delay. A
+#: ``--retry-delay`` above it is used as it is, without doubling.
+RETRY_DELAY_MAX = 60.0
+#: The spread of a retry's delay around its nominal value (a fraction either way), so that
+#: tasks failing together do not retry in lockstep.
+RETRY_JITTER = 0.2
 #: How often running tasks' elapsed times tick in their status lines.
 TICK_INTERVAL = 0.5
 
@@ -537,7 +545,7 @@ class Scheduler:
     async def _back_off(self, record: TaskRecord, error: BaseException | None) -> None:
         options = record.options
         done, total = record.attempts, options.retries + 1
-        delay = options.retry_delay * 2 ** (done - 1) * random.uniform(0.8, 1.2)
+        delay = retry_delay(done, options.retry_delay)
         if error is not None:
             record.failures.append(error)
             record.sink.write(
@@ -807,6 +815,14 @@ class Scheduler:
                 print(SHUTDOWN_NOTICE.format(n=len(unfinished), s=s, names=names), file=stream)
         for mode in self._modes.values():
             mode.close()
+
+
+def retry_delay(failed: int, base: float, *, cap: float = RETRY_DELAY_MAX) -> float:
+    """Seconds to wait after attempt ``failed`` (1, 2, …) failed: ``base`` doubling with
+    each attempt, jittered by :data:`RETRY_JITTER`, and never more than ``max(cap, base)``."""
+    cap = max(cap, base)
+    nominal = base * 2.0 ** min(failed - 1, 64)  # past 2**64 the cap has long applied
+    return min(nominal * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER), cap)
 
 
 def _check_map_expression(spec: tuple[str, str]) -> None:
