@@ -403,3 +403,17 @@ def test_map_expression_is_read_as_python(kernel: Kernel) -> None:
     ename, evalue = error_of(kernel.execute("%%parallel bad21 --map n in range(3,\nn",
                                             allow_errors=True))
     assert ename == "UsageError" and "--map n in EXPR: 'range(3,' is not a Python expression" in evalue
+
+
+def test_unknown_after_names_a_few_and_counts_the_rest(kernel: Kernel) -> None:
+    """--after naming a missing task, after a large --map: the error suggests the close name
+    and lists a few known ones, not every item of the map."""
+    kernel.execute("%%parallel big22 --map n in range(500) --quiet\nn")
+    kernel.execute("for k in range(12):\n    ipytasks.submit('1', f'few22_{k}', quiet=True)")
+    kernel.execute("%wait big22")
+    ename, evalue = error_of(kernel.execute("%%parallel late22 --after bg22\n1", allow_errors=True))
+    assert ename == "UsageError"
+    assert "no task or group named 'bg22' (did you mean 'big22'?)" in evalue, evalue
+    assert "big22[" not in evalue and "few22_11" in evalue, evalue
+    assert re.search(r"and [\d,]+ more\)$", evalue), evalue
+    assert len(evalue) < 400, evalue

@@ -14,6 +14,7 @@ import dataclasses
 import concurrent.futures
 import contextvars
 import itertools
+import difflib
 import random
 import sys
 import threading
@@ -46,7 +47,9 @@ __all__ = ("Scheduler",)
 T = TypeVar("T")
 
 TASK_BUSY = "task {name!r} is {state}: %cancel {name} first, or give this cell another NAME"
-UNKNOWN_TARGET = "{option}: no task or group named {target!r} (known: {known})"
+UNKNOWN_TARGET = "{option}: no task or group named {target!r}{hint} (known: {known})"
+#: How many known names an unknown-target error lists (the rest are counted).
+KNOWN_NAMED = 8
 SELF_CYCLE = "cycle: task {name!r} cannot wait for itself ({option} {name})"
 ASYNC_IN_THREAD = (
     "task {name!r}: the cell uses top-level await, which runs only on the event loop; "
@@ -415,8 +418,21 @@ class Scheduler:
         members = [r for r in self.tasks.values() if r.options.group == target]
         if members:
             return members
-        known = ", ".join(self.tasks) or "none yet"
-        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target, known=known))
+        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target,
+                                               **self._known_targets(target)))
+
+    def _known_targets(self, target: str) -> dict[str, str]:
+        """What an unknown-target error suggests: close names, and a few of those known
+        (groups, and tasks other than a map's items, which their map's name stands for)."""
+        names = dict.fromkeys(n for n, r in self.tasks.items() if r.parent is None)
+        names.update(dict.fromkeys(r.options.group for r in self.tasks.values()
+                                   if r.options.group is not None))
+        close = difflib.get_close_matches(target, list(names), n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        shown = list(names)[-KNOWN_NAMED:]  # the newest: the likeliest to be meant
+        rest = len(names) - len(shown)
+        known = ", ".join(shown) + (f" and {rest:,} more" if rest else "")
+        return {"hint": hint, "known": known or "none yet"}
 
     def resolve(self, targets: Iterable[str], option: str) -> list[TaskRecord]:
         """Records for names and groups, in submission order, each once; all if empty."""
