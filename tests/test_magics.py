@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from kernel_driver import Execution, Kernel
+from kernel_driver import Execution, Kernel, strip_ansi
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +258,8 @@ def test_busy_name_is_refused(kernel: Kernel) -> None:
 
 
 def test_interrupt_ends_only_the_wait(fresh_kernel: Kernel) -> None:
-    """The kernel's interrupt during %wait ends the wait; the task keeps running."""
+    """The kernel's interrupt during %wait ends the wait, saying so in one line; the task
+    keeps running."""
     k = fresh_kernel
     k.execute("%load_ext ipytasks\nimport asyncio, ipytasks\nrelease = asyncio.Event()")
     k.execute("%%parallel long11\nawait release.wait()\n'finished'")
@@ -268,7 +269,10 @@ def test_interrupt_ends_only_the_wait(fresh_kernel: Kernel) -> None:
     k.wait_until(lambda: "waiting now" in waiting.stdout, what="the %wait cell to run")
     k.interrupt_cell(waiting)
     assert waiting.status == "error"
-    assert "the wait was interrupted; the tasks keep running" in waiting.error_text
+    # One line (a UsageError, which the shell prints on stderr), no traceback.
+    assert waiting.errors == [] and waiting.reply["ename"] == "UsageError"
+    assert strip_ansi(waiting.stderr).strip() == (
+        "UsageError: the wait was interrupted; the tasks keep running (%cancel stops them)")
     assert value(k, "ipytasks.tasks['long11'].state") == "'running'"
     k.execute("release.set()\n%wait long11")
     assert value(k, "ipytasks.result('long11')") == "'finished'"

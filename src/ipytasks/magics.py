@@ -609,8 +609,10 @@ async def awaited_wait(line: str) -> None:
     except (TaskFailed, TimeoutError) as exc:
         raise _without_traceback(exc) from None
     except asyncio.CancelledError:
-        # Still a CancelledError, so the kernel's cancellation completes as usual.
-        raise asyncio.CancelledError(WAIT_INTERRUPTED) from None
+        # The kernel cancels an await cell when interrupted. What the user did is no
+        # error of ours: one line (the shell shows a UsageError without a traceback),
+        # and the cell ends there, which is all the kernel's cancellation asks.
+        raise UsageError(WAIT_INTERRUPTED) from None
 
 
 async def awaited_cell(magic: str, line: str, cell: str) -> None:
@@ -624,4 +626,4 @@ async def awaited_cell(magic: str, line: str, cell: str) -> None:
     except TaskFailed as exc:
         raise _without_traceback(exc) from None
     except asyncio.CancelledError:
-        raise asyncio.CancelledError(WAIT_INTERRUPTED) from None
+        raise UsageError(WAIT_INTERRUPTED) from None
