@@ -22,12 +22,12 @@ __all__ = ("describe", "CellView", "TextView", "STATE_STYLE")
 
 #: Per state: an icon that does not rely on colour alone, and a colour.
 STATE_STYLE: dict[TaskState, tuple[str, str]] = {
-    TaskState.PENDING: ("⏳", "#8a6d00"),
+    TaskState.PENDING: ("○", "#8a6d00"),
     TaskState.RUNNING: ("▶", "#1f6feb"),
     TaskState.DONE: ("✔", "#1a7f37"),
     TaskState.FAILED: ("✖", "#cf222e"),
     TaskState.CANCELLED: ("⊘", "#6e7781"),
-    TaskState.TIMED_OUT: ("⏱", "#bc4c00"),
+    TaskState.TIMED_OUT: ("◷", "#bc4c00"),
     TaskState.SKIPPED: ("↷", "#6e7781"),
 }
 

@@ -626,3 +626,42 @@ def test_dashboard_answers_every_click(tools: Tools, lab: Lab) -> None:
                 raise
         finally:
             browser.close()
+
+
+# -- the state icons are drawn by the fonts a plain Linux desktop has --------------------------
+
+#: The icons among ``icons`` that the browser draws as the font's missing-glyph box (the same
+#: pixels as a code point no font has), in the dashboard's font (``sans-serif``).
+MISSING_GLYPHS = """(icons) => {
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 48;
+  const ctx = canvas.getContext('2d', {willReadFrequently: true});
+  const draw = (text) => {
+    ctx.clearRect(0, 0, 48, 48);
+    ctx.font = '28px sans-serif';
+    ctx.fillText(text, 6, 36);
+    return ctx.getImageData(0, 0, 48, 48).data.join(',');
+  };
+  const missing = draw('\\u{10FFFD}');
+  const blank = draw(' ');
+  return icons.filter((icon) => [missing, blank].includes(draw(icon)));
+}"""
+
+
+def test_state_icons_have_glyphs_without_an_emoji_font(tools: Tools) -> None:
+    """Every state's icon is drawn by the fonts here (DejaVu and Liberation, no emoji font,
+    as on many Linux desktops), not as an empty box."""
+    from ipytasks.views import STATE_STYLE
+
+    icons = [icon for icon, _ in STATE_STYLE.values()]
+    with tools.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+        try:
+            page = browser.new_page()
+            page.set_content("<html><body style='font-family:sans-serif'></body></html>")
+            if not page.evaluate(MISSING_GLYPHS, ["\u23f3", "\u23f1"]):  # the old icons
+                pytest.skip("an emoji font is installed: no missing glyph to tell apart here")
+            assert page.evaluate(MISSING_GLYPHS, icons) == []
+        finally:
+            browser.close()

@@ -120,7 +120,7 @@ def test_svg_bars_have_state_colours_and_hover_titles() -> None:
     assert load_title == "load: done (thread)\n+0.00 s to +2.00 s (2.0 s)"
     # The name labels carry the state icon: colour is not the only sign.
     labels = [t.text for t in root.iter(f"{SVG}text")]
-    assert "✔ load" in labels and "✖ prep" in labels and "⏳ plot" in labels
+    assert "✔ load" in labels and "✖ prep" in labels and "○ plot" in labels
     idle = [r for r in root.iter(f"{SVG}rect")
             if r.find(f"{SVG}title") is not None and r.find(f"{SVG}title").text.startswith("idle")]
     assert len(idle) == 1 and "idle 1.0 s" in idle[0].find(f"{SVG}title").text

@@ -195,7 +195,7 @@ async def test_rows_show_every_column(board: Board) -> None:
     dash = board.open()
     shown = table(dash)
     assert shown.count("<tr") == 4
-    assert "✔ done" in shown and "▶ running" in shown and "⏳ pending" in shown
+    assert "✔ done" in shown and "▶ running" in shown and "○ pending" in shown
     assert "#1a7f37" in shown  # done's colour, beside its icon
     assert "<b>load</b>" in shown and ">io<" in shown and ">main<" in shown and ">thread<" in shown
     assert "+2.50 s" in shown  # fit started 2.5 s after the first submission
