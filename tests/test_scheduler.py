@@ -306,13 +306,15 @@ async def test_close_cancels_unfinished(scheduler: Scheduler, gated: GatedMode) 
 
 
 def test_registry_iterates_in_submission_order() -> None:
-    """Iterating the registry yields names in submission order; a replaced name moves last."""
+    """Iterating the registry yields names in the order they were first submitted; a name
+    submitted again (a retry, a fixed cell) keeps its place."""
     from ipytasks.tasks import TaskRecord
 
     reg = TaskRegistry()
     for name in ("a", "b", "a"):
         reg._add(TaskRecord(name=name, source="", options=TaskOptions()))
-    assert list(reg) == ["b", "a"]
+    assert list(reg) == ["a", "b"]
+    assert reg["a"] is reg.history[-1]
     assert len(reg.history) == 3
     assert TaskState.DONE == "done"
     assert sys.version_info >= (3, 11)

@@ -143,3 +143,36 @@ def test_many_quick_tasks_send_few_messages(kernel: Kernel) -> None:
     assert busiest < 10, sent
     assert len(updates) <= 3 * elapsed + 3, (len(updates), elapsed)
     kernel.execute("_dash2.close()")
+
+
+def test_retried_task_keeps_its_row(kernel: Kernel) -> None:
+    """A retried task stays on the dashboard's page it was on, in its place (it used to
+    move to the end: the last page)."""
+    before = set(kernel.widget_states())
+    kernel.execute(
+        "import ipytasks\n"
+        "tries3 = []\n"
+        "ipytasks.submit('1', 'keep_a', quiet=True)\n"
+        "ipytasks.submit('tries3.append(1)\\nif len(tries3) < 2:\\n    raise OSError(\"flaky\")',"
+        " 'keep_flaky', quiet=True)\n"
+        "for k in range(30):\n"
+        "    ipytasks.submit('1', f'keep_more{k}', quiet=True)\n"
+    )
+    kernel.execute("%wait keep_more29")
+    kernel.execute(OPEN.format(var="_dash3"))
+    parts = _dashboard_widgets(kernel, before)
+
+    def row_of_flaky() -> str:
+        html = _value(kernel, parts["view"])
+        at = html.find('<tr data-task="keep_flaky"')
+        return html[at:html.find("</tr>", at)] if at >= 0 else ""
+
+    kernel.wait_until(lambda: "failed" in row_of_flaky(), what="keep_flaky failed on page 1")
+    order = lambda: [line.split('"')[1] for line in  # noqa: E731
+                     _value(kernel, parts["view"]).split("<tr data-task=")[1:]]
+    assert order()[:2] == ["keep_a", "keep_flaky"]
+    kernel.execute("%retry keep_flaky")
+    kernel.wait_until(lambda: "done" in row_of_flaky(),
+                      what="the retried keep_flaky done, on the same page")
+    assert order()[:2] == ["keep_a", "keep_flaky"]
+    kernel.execute("_dash3.close()")
