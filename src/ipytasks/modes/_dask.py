@@ -108,9 +108,10 @@ __all__ = ("DaskMode",)
 
 STARTED = (
     "ipytasks: started a Dask LocalCluster for --on dask tasks ({workers} worker{s}, "
-    "{threads} thread{ts} each); dashboard: {link}{hint}\n"
+    "{threads} thread{ts} each){dashboard}\n"
 )
-NO_BOKEH = " (the dashboard needs bokeh: pip install bokeh)"
+#: Dask's own dashboard, when bokeh is there to serve it (``pip install 'ipytasks[dask]'``).
+DASHBOARD = "; dashboard: {link}"
 DIED_ON = "{died} on Dask worker {worker}"
 WORKER_DIED = (
     "the Dask worker running it died ({address}): Dask's KilledWorker, after {deaths} "
@@ -463,12 +464,15 @@ class DaskMode(Mode):
         from distributed import Client, LocalCluster
 
         give_main_a_spec()
+        # Dask's dashboard needs bokeh (the [dask] extra brings it); without it the
+        # cluster starts without one rather than warn in the first task's output.
+        has_dashboard = importlib.util.find_spec("bokeh") is not None
         cluster = LocalCluster(
             n_workers=self.n_workers,
             threads_per_worker=self.threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
+            dashboard_address="127.0.0.1:0" if has_dashboard else None,
             silence_logs=logging.ERROR,
             scheduler_kwargs={"allowed_failures": 0},
             preload=[IGNORE_SIGINT],
@@ -479,16 +483,15 @@ class DaskMode(Mode):
             cluster.close(timeout=CLOSE_TIMEOUT)
             raise
         if sink is not None:
-            hint = NO_BOKEH if importlib.util.find_spec("bokeh") is None else ""
+            dashboard = DASHBOARD.format(link=cluster.dashboard_link) if has_dashboard else ""
             sink.write(
-                "stderr",
+                "stdout",  # news, not a warning
                 STARTED.format(
                     workers=self.n_workers,
                     s="s" if self.n_workers != 1 else "",
                     threads=self.threads_per_worker,
                     ts="s" if self.threads_per_worker != 1 else "",
-                    link=cluster.dashboard_link,
-                    hint=hint,
+                    dashboard=dashboard,
                 ),
             )
         return client, cluster
