@@ -645,3 +645,21 @@ async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
         assert timeline(dash) == drawn, f"redrawn {at} s after a 0.1 s redraw"
     board.at(6)
     assert timeline(dash)["b2"][0] == "done"
+
+
+async def test_timeline_shows_what_the_table_shows(board: Board) -> None:
+    """The refresh that shows a change in the table carries the timeline's numbers too (it
+    used to wait up to a second for its own interval); while tasks run, every refresh
+    moves the time running bars reach."""
+    a = board.sched.add(record("a", TaskState.RUNNING, 0, 0))
+    board.sched.add(record("b", TaskState.RUNNING, 0, 0))
+    dash = board.open()
+    board.at(0.6)
+    a.state, a.ended = TaskState.DONE, T0 + 0.6
+    board.sched.changed(a)
+    board.at(0.75)  # the refresh that follows the change
+    assert "✔ done" in table(dash)
+    assert timeline(dash)["a"][0] == "done"
+    reached = dash.view.now
+    board.at(1.9)  # a tick: no task changed
+    assert dash.view.now > reached

@@ -16,7 +16,9 @@ front end must create and each changed widget is a message of its own, so 1,000
 tasks would mean thousands of models (several buttons each) and, while they run,
 one message per changed row. Here what a refresh changes (summary, timeline, table,
 page) goes out as one message of one model, whatever the number of tasks, and only
-the page being looked at is rendered. Refreshes and timeline redraws also space out
+the page being looked at is rendered. The timeline's numbers go out with the refresh
+that shows a change in the table, so both show the same moment; between changes only
+the time running bars reach (``now``) moves. Refreshes and timeline redraws also space out
 with their own cost (:data:`MAX_SHARE`), so a session of 10,000 tasks is drawn less
 often rather than slowing the kernel down.
 
@@ -64,7 +66,6 @@ __all__ = (
     "PAGE_SIZE",
     "SETTLE",
     "TICK_INTERVAL",
-    "TIMELINE_INTERVAL",
     "Dashboard",
     "TasksView",
     "open_dashboard",
@@ -76,8 +77,6 @@ MININTERVAL = 0.5
 SETTLE = 0.1
 #: Seconds between two refreshes while tasks run and nothing else changes.
 TICK_INTERVAL = 1.0
-#: Least seconds between two redraws of the timeline (its data is the largest part of a message).
-TIMELINE_INTERVAL = 1.0
 #: The most of the kernel's time the dashboard's refreshes may take: a refresh (or a
 #: timeline redraw) that took ``c`` seconds of CPU is followed by none for ``c / MAX_SHARE``.
 MAX_SHARE = 0.02
@@ -192,7 +191,6 @@ class Dashboard(widgets.VBox):
     :param page_size: rows per page of the table.
     :param mininterval: least seconds between two refreshes.
     :param tick_interval: seconds between refreshes while tasks run and nothing changes.
-    :param timeline_interval: least seconds between two redraws of the timeline.
     :param retry: ``retry(name)`` for the Retry button; default ``ipytasks.api.retry``
         when it exists. Without one the button is hidden.
     :param clock: monotonic seconds for throttling (``time.monotonic``); when given, it
@@ -210,7 +208,6 @@ class Dashboard(widgets.VBox):
         page_size: int = PAGE_SIZE,
         mininterval: float = MININTERVAL,
         tick_interval: float = TICK_INTERVAL,
-        timeline_interval: float = TIMELINE_INTERVAL,
         retry: Callable[[str], Any] | None = _MISSING,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] | None = None,
@@ -238,12 +235,12 @@ class Dashboard(widgets.VBox):
         )
         self.page_size = page_size
         self.tick_interval = tick_interval
-        self.timeline_interval = timeline_interval
         self._clock = clock or time.monotonic
         self._cost_clock = clock or time.thread_time
         self._timeline_at = -math.inf
-        self._timeline_gap = timeline_interval
         self._timeline_cost_gap = 0.0
+        # Tasks changed since the timeline's numbers last went out.
+        self._timeline_stale = True
         self._table_rows: dict[TaskRecord, tuple[float, bool, str]] = {}
         self._wall = wall or time.time
         self._loop = scheduler.loop
@@ -343,7 +340,7 @@ class Dashboard(widgets.VBox):
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
-            self._send({}, self._shown_counts, now)
+            self._send({}, self._shown_counts, now, changed=False)
             return False
         self._seen = seen
         keep = FILTERS[self._show]
@@ -364,7 +361,7 @@ class Dashboard(widgets.VBox):
                                           selected=selected, cache=self._table_rows),
                        "label": label, "pages": pages},
              "page": page, "show": self._show, "selected": selected},
-            summary.counts, now)
+            summary.counts, now, changed=bool(changed))
 
         record = self._registry.get(selected) if selected is not None else None
         _assign(self.cancel_button, disabled=record is None or record.state.ended)
@@ -375,35 +372,36 @@ class Dashboard(widgets.VBox):
         self._shown_running = TaskState.RUNNING in summary.counts
         return self._shown_running
 
-    def _send(self, values: dict[str, Any], counts: Mapping[TaskState, int], now: float) -> None:
-        """Give the view ``values`` and, when a redraw is due, the timeline's numbers:
-        one message with those that changed.
+    def _send(self, values: dict[str, Any], counts: Mapping[TaskState, int], now: float,
+              *, changed: bool) -> None:
+        """Give the view ``values`` and, when tasks ``changed`` since the timeline was
+        last sent, the timeline's numbers: one message with those that changed.
 
-        The timeline is redrawn at most every ``timeline_interval`` and no more than
-        :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due). Once
-        no task is pending or running only the second bound applies: the final picture
-        goes out with the final summary (a ``%wait`` that returns finds it sent).
+        So the timeline shows what the table shows, in the same message, unless its last
+        redraw was costly: a redraw is followed by none for its cost over
+        :data:`MAX_SHARE` (a refresh is then asked for when it is due). While tasks run,
+        ``now`` goes out with every refresh, so running bars grow as durations tick.
         """
-        active = any(s in ACTIVE for s in counts)
+        self._timeline_stale |= changed
         mono = self._clock()
-        due = self._timeline_at + (self._timeline_gap if active else self._timeline_cost_gap)
-        redraw = mono >= due
+        due = self._timeline_at + self._timeline_cost_gap
+        redraw = self._timeline_stale and mono >= due
         cost = self._cost_clock()
         if redraw:
             self._timeline_at = mono
+            self._timeline_stale = False
             columns = self._columns
             values["timeline"] = {
                 "names": columns.names(), "rows": columns.rows(), "modes": list(columns.modes),
                 "total": len(self._registry), "t0": columns.run_start() or now}
-            if active:
-                values["now"] = now
-        else:
+        elif self._timeline_stale:
             self._throttle.request(due - mono)
+        if any(s in ACTIVE for s in counts):
+            values["now"] = now
         _assign(self.view, **values)
         if redraw:
             # What the redraw cost, with the message it went in.
             self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
-            self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
 
     def _render_output(self, record: TaskRecord | None) -> None:
         sink = record.sink if record is not None and self._output_shown else None
