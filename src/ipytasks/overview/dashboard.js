@@ -54,6 +54,17 @@ function num(v) {
   return String(Math.round(v * 10) / 10);
 }
 
+// A packed timeline's lane labels: lane k holds the k-th task running at once, so its number
+// is how many ran together there. Every `step` lanes (1, 2, 5, 10…), at least 12 px apart.
+export function laneLabels(lanes, rowH) {
+  const least = Math.ceil(12 / rowH);
+  const step = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+    .find((s) => s >= least) || least;
+  const out = [];
+  for (let k = 1; k <= lanes; k += k === 1 && step > 1 ? step - 1 : step) out.push(k);
+  return out;
+}
+
 // A binary heap of numbers or [key, value] pairs, smallest first.
 class Heap {
   constructor(less) { this.items = []; this.less = less; }
@@ -189,7 +200,7 @@ export function svg(model) {
   const lanes = Math.max(view.lanes, 1);
   let labelW, rowH;
   if (packed) {
-    labelW = 8;
+    labelW = 12 + 7 * String(lanes).length;
     rowH = Math.min(16, Math.max(MAX_HEIGHT / lanes, 0.5));
   } else {
     const longest = Math.max(4, ...view.tasks.map((t) => t.name.length));
@@ -252,6 +263,16 @@ export function svg(model) {
       const ty = num(top + bar.lane * rowH + rowH * 0.72);
       out.push(`<text x="${labelW - 6}" y="${ty}" text-anchor="end" ` +
                `fill="${colour}">${icon} ${esc(name)}<title>${text}</title></text>`);
+    }
+  }
+  if (packed) {
+    // As LANE_TITLE in timeline.py (first fit: a bar takes the lowest free lane).
+    const what = "lane %: % tasks ran at once when a bar here started";
+    for (const k of laneLabels(lanes, rowH)) {
+      out.push(`<text class="ipytasks-lane" x="${labelW - 6}" ` +
+               `y="${num(top + (k - 1) * rowH + Math.min(rowH, 12) * 0.8)}" ` +
+               `text-anchor="end" fill="${TEXT}">${k}` +
+               `<title>${what.replaceAll("%", k)}</title></text>`);
     }
   }
   if (packed && omitted) {
