@@ -28,7 +28,7 @@ from typing import Any
 from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskOptions, TaskRegistry
+from ipytasks.records import TaskOptions, TaskRegistry
 
 SIZES = (1_000, 2_000, 4_000, 8_000)
 QUICK_SIZES = (500, 2_000)

@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 
 from conftest import GatedMode
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskConflictWarning, TaskOptions, TaskRegistry
+from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRegistry
 
 pytestmark = pytest.mark.anyio
 

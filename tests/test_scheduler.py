@@ -19,7 +19,7 @@ from IPython.core.error import UsageError
 from conftest import GatedMode
 from ipytasks.output import OutputCapture
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskFailed, TaskOptions, TaskRegistry, TaskState
+from ipytasks.records import TaskFailed, TaskOptions, TaskRegistry, TaskState
 
 pytestmark = pytest.mark.anyio
 
@@ -308,7 +308,7 @@ async def test_close_cancels_unfinished(scheduler: Scheduler, gated: GatedMode) 
 def test_registry_iterates_in_submission_order() -> None:
     """Iterating the registry yields names in the order they were first submitted; a name
     submitted again (a retry, a fixed cell) keeps its place."""
-    from ipytasks.tasks import TaskRecord
+    from ipytasks.records import TaskRecord
 
     reg = TaskRegistry()
     for name in ("a", "b", "a"):

@@ -22,13 +22,13 @@ from .api import use as use
 from .api import wait as wait
 from .namespace.shipping import RemoteError as RemoteError
 from .namespace.shipping import ShippingError as ShippingError
-from .tasks import BrokenWorker as BrokenWorker
-from .tasks import TaskCancelled as TaskCancelled
-from .tasks import TaskConflictWarning as TaskConflictWarning
-from .tasks import TaskFailed as TaskFailed
-from .tasks import TaskRecord as TaskRecord
-from .tasks import TaskSkipped as TaskSkipped
-from .tasks import TaskState as TaskState
+from .records import BrokenWorker as BrokenWorker
+from .records import TaskCancelled as TaskCancelled
+from .records import TaskConflictWarning as TaskConflictWarning
+from .records import TaskFailed as TaskFailed
+from .records import TaskRecord as TaskRecord
+from .records import TaskSkipped as TaskSkipped
+from .records import TaskState as TaskState
 
 try:
     __version__ = _version("ipytasks")

@@ -13,7 +13,7 @@ from .limits import parse_rate
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
 from .scheduler import Scheduler
-from .tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from .records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 __all__ = (
     "submit", "wait", "cancel", "retry", "result", "results", "tasks", "dashboard", "timeline",

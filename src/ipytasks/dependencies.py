@@ -34,7 +34,7 @@ from .namespace.analysis import CellNames, analyze
 
 if TYPE_CHECKING:
     from .cells import CompiledCell
-    from .tasks import TaskOptions, TaskRecord
+    from .records import TaskOptions, TaskRecord
 
 __all__ = ("DependencyIndex", "TaskNames", "task_names")
 

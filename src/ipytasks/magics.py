@@ -26,7 +26,7 @@ from traitlets import Int, TraitError, observe, validate
 
 from . import api
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
-from .tasks import TaskFailed
+from .records import TaskFailed
 
 __all__ = ("TaskMagics",)
 

@@ -30,7 +30,7 @@ from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
-from .tasks import (
+from .records import (
     TaskCancelled,
     TaskError,
     TaskConflictWarning,

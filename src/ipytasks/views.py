@@ -12,11 +12,11 @@ import html
 import time
 from typing import TYPE_CHECKING, Any
 
-from .tasks import TaskState
+from .records import TaskState
 
 if TYPE_CHECKING:
     from .output import TaskOutput
-    from .tasks import TaskRecord
+    from .records import TaskRecord
 
 __all__ = ("describe", "CellView", "TextView", "STATE_STYLE")
 

@@ -35,7 +35,7 @@ from IPython.core.error import UsageError
 
 from ipytasks.namespace.shipping import ShippingError
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import BrokenWorker, TaskFailed, TaskOptions, TaskRecord, TaskRegistry
+from ipytasks.records import BrokenWorker, TaskFailed, TaskOptions, TaskRecord, TaskRegistry
 
 pytestmark = pytest.mark.anyio
 

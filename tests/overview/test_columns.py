@@ -11,7 +11,7 @@ from ipytasks.overview._common import run_start
 from ipytasks.overview.columns import TaskColumns
 from ipytasks.overview.render import Summary, summarize
 from ipytasks.overview.testing import timeline_tasks
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 # Steps: submit a new record under a name (replacing a finished one), start it, put it
 # back to pending for a retry (it keeps its first start), end it; or hand the changes

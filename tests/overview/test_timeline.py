@@ -15,7 +15,7 @@ from ipytasks.overview.timeline import (
     PNG_NEEDS_MATPLOTLIB,
     render_svg,
 )
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 T0 = 1_700_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"

@@ -24,7 +24,7 @@ from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tas
 from ipytasks.overview.widgets import Dashboard
 from ipytasks.output import TaskOutput
 from ipytasks.scheduler import ChangeFeed, Scheduler
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 T0 = 1_700_000_000.0
 

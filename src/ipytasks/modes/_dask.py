@@ -43,7 +43,7 @@ worker process mode uses, started the same way — so:
   task ends as ``cancelled``/``timed_out``. The next job gets a fresh process. A
   task cancelled before it started never starts.
 * **A body that kills its process** (``os._exit``, a segfault, out of memory)
-  fails its task with :class:`~ipytasks.tasks.BrokenWorker` ("worker process died
+  fails its task with :class:`~ipytasks.records.BrokenWorker` ("worker process died
   (exit code 3) on Dask worker tcp://…"); the Dask worker, and any other task on it,
   carry on. A **Dask worker that dies** (killed from outside, or by its nanny's
   memory limit) fails the task it ran with ``BrokenWorker`` too, from Dask's
@@ -95,14 +95,14 @@ from typing import TYPE_CHECKING, Any
 from .. import _dask_worker, _worker
 from ..namespace.shipping import decode_reply, merge
 from ..output import _report_internal_error
-from ..tasks import BrokenWorker, TaskError
+from ..records import BrokenWorker, TaskError
 from ._process import CLOSED_FILES, ProcessMode, _cpu_count
 from .abc import Mode
 
 if TYPE_CHECKING:
     from ..namespace.shipping import Job
     from ..output import TaskOutput
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = ("DaskMode",)
 

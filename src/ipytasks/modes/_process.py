@@ -112,14 +112,14 @@ from ..cells import MapItemCell
 from ..namespace.analysis import CellNames, analyze
 from ..namespace.shipping import Job, Reply, decode_reply, merge
 from ..output import _report_internal_error
-from ..tasks import BrokenWorker, TaskError
+from ..records import BrokenWorker, TaskError
 from .abc import Mode
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..output import TaskOutput
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = ("BrokenWorker", "ProcessMode")
 

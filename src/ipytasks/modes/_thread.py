@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..cells import CompiledCell
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 #: Enough for the usual fan-out of blocking I/O (anyio's default limiter is 40 too).
 DEFAULT_MAX_THREADS = 40

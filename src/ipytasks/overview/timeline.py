@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..tasks import TaskState
+from ..records import TaskState
 from ..views import STATE_STYLE
 from ._common import offset, records_of, run_start, seconds
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = (
     "PNG_NEEDS_MATPLOTLIB",

@@ -48,7 +48,7 @@ import ipywidgets as widgets
 import traitlets
 
 from ..output import _report_internal_error
-from ..tasks import ACTIVE, UNSUCCESSFUL, TaskState
+from ..records import ACTIVE, UNSUCCESSFUL, TaskState
 from .render import summarize, summary_html, table_html, text_table
 from .throttle import CallLater, Throttle
 from ..views import STATE_STYLE
@@ -57,7 +57,7 @@ from .timeline import LABELLED_LANES
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = (
     "FILTERS",
