@@ -28,6 +28,7 @@ from types import CodeType, FunctionType
 from typing import Any
 
 from ._worker import split_compile
+from .namespace.analysis import CellNames, analyze
 
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
@@ -50,6 +51,8 @@ class CompiledCell:
     #: With ``private``: the cell as ``def f(out): global …; try: …; return last;
     #: finally: out.update(locals())``.
     function: CodeType | None = None
+    #: The names the cell uses (:func:`~ipytasks.namespace.analysis.analyze` of ``tree``).
+    names: CellNames | None = None
 
     async def run_async(self, namespace: dict[str, Any]) -> Any:
         """Run the cell in ``namespace`` on the current event loop; return its last value."""
@@ -119,7 +122,8 @@ def _compile_cell(shell: Any, source: str, number: int) -> CompiledCell:
     is_async = any(
         code is not None and bool(code.co_flags & inspect.CO_COROUTINE) for code in (body, last)
     )
-    private, function = _private_names(tree, is_async, filename, shell.compile.flags)
+    names = analyze(tree)
+    private, function = _private_names(tree, names, is_async, filename, shell.compile.flags)
     return CompiledCell(
         source=source,
         transformed=transformed,
@@ -132,6 +136,7 @@ def _compile_cell(shell: Any, source: str, number: int) -> CompiledCell:
         quiet_result=source.rstrip().endswith(";"),
         private=private,
         function=function,
+        names=names,
     )
 
 
@@ -143,13 +148,10 @@ _RUN_AT_ONCE = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>"})
 
 
 def _private_names(
-    tree: ast.Module, is_async: bool, filename: str, flags: int
+    tree: ast.Module, names: CellNames, is_async: bool, filename: str, flags: int
 ) -> tuple[frozenset[str], CodeType | None]:
     """The cell's throwaway names that can be kept private, and the cell as a function
     of them (see the module); ``(frozenset(), None)`` when there are none."""
-    from .namespace.analysis import analyze
-
-    names = analyze(tree)
     private = set(names.loose)
     if not private or names.unknown or "locals" in names.binds | names.reads:
         return frozenset(), None
