@@ -42,7 +42,7 @@ from ipytasks.overview import open_dashboard
 from ipytasks.overview import widgets as dashboard_widgets
 from ipytasks.overview.testing import WidgetMessages
 from ipytasks.scheduler import ChangeFeed, Scheduler
-from ipytasks.tasks import TaskOptions, TaskRegistry
+from ipytasks.records import TaskOptions, TaskRegistry
 
 SCENARIOS = {
     "burst": ("await asyncio.sleep(0)", {}),

@@ -30,7 +30,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.modes._dask import DaskMode
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry
 
 DASK = TaskOptions(on="dask", quiet=True)
 

@@ -46,7 +46,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.modes._process import PIPE_SIZE
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry
 
 PROCESS = TaskOptions(mode="process", quiet=True)
 

@@ -25,7 +25,9 @@ Parts (``--only`` takes these names):
                  task against a plain cell;
 - ``analysis``   bench_analysis.py: the namespace analysis of a 200-line cell;
 - ``cache``      bench_cache.py: ``--cache``: fingerprinting a 200 MiB array, a hit that
-                 binds one, the overhead on a trivial task.
+                 binds one, the overhead on a trivial task;
+- ``limits``     bench_limits.py: tasks queued on a group limit, released one by one, against
+                 the same tasks without a limit.
 
 The table goes to stdout and, as Markdown, to ``test-output/bench.md`` (``--output``). A part
 that cannot run (a peer not installed, process mode missing) says so in its rows; a part that
@@ -43,6 +45,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -217,6 +220,31 @@ def part_analysis(quick: bool, timeout: float) -> dict[str, list[Row]]:
                         fmt_ratio(analyze / parse), "< 5 ms", verdict(analyze < 5))]}
 
 
+def part_limits(quick: bool, timeout: float) -> dict[str, list[Row]]:
+    """bench_limits.py: tasks queued on ``--limit 1``, per task, against no limit."""
+    measure = "tasks queued on --limit 1 (bench_limits.py)"
+    try:
+        r = run_json([sys.executable, "bench_limits.py", *_q(quick)], timeout)
+    except PartFailed as exc:
+        return {LIMITS: [error_row(measure, str(exc))]}
+    rows: list[Row] = []
+    for n in r["sizes"]:
+        ours, base = r[str(n)]["limit1"], r[str(n)]["unlimited"]
+        ratio = statistics.median(ours) / statistics.median(base)
+        last = n == r["sizes"][-1]
+        rows.append((
+            f"{n:,} tasks queued on --limit 1, per task (median, lowest–highest of "
+            f"{r['rounds']})",
+            f"{fmt_time(statistics.median(ours))} ({fmt_time(min(ours))}–{fmt_time(max(ours))})",
+            f"no limit {fmt_time(statistics.median(base))} "
+            f"({fmt_time(min(base))}–{fmt_time(max(base))})",
+            fmt_ratio(ratio),
+            "≤ 1.5× no limit" if last else "",
+            verdict(ratio <= 1.5 if last else None),
+        ))
+    return {LIMITS: rows}
+
+
 def part_process(quick: bool, timeout: float) -> dict[str, list[Row]]:
     """bench_process.py's own table, read back; any failure of it is process mode not available."""
     measure = "process mode (bench_process.py)"
@@ -319,12 +347,15 @@ CORE = "Submission, inference, memory (bench_core.py, in a kernel)"
 ANALYSIS = "Namespace analysis (bench_analysis.py)"
 OUTPUT = "Task output (bench_output.py, in a kernel)"
 CACHE = "Cached outcomes, --cache (bench_cache.py, an InteractiveShell)"
-ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS, CACHE)
+LIMITS = "Group limits: releasing queued tasks (bench_limits.py, a scheduler in one process)"
+ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS, CACHE,
+         LIMITS)
 
 # name -> (function, timeout quick, timeout full); run in this order
 PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, float]] = {
     "analysis": (part_analysis, 60, 300),
     "cache": (part_cache, 90, 600),
+    "limits": (part_limits, 60, 600),
     "core": (part_core, 90, 900),
     "output": (part_output, 90, 600),
     "scenarios": (part_scenarios, 90, 1200),

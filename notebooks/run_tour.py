@@ -3,7 +3,7 @@
     python notebooks/run_tour.py [NOTEBOOK] [--output PATH]
 
 Executes every cell with nbclient on a kernel of the Python running this script (120 s per cell,
-widget state stored), writes the executed notebook to ``test-output/tour.ipynb`` and prints the
+widget state stored; the kernel talks over local IPC sockets, not TCP), writes the executed notebook to ``test-output/tour.ipynb`` and prints the
 standard output of the last cell (the tour ends with ``%tasks``, which prints the task table).
 A failing cell exits with status 1 and its error; the notebook as far as it ran is still written.
 
@@ -70,11 +70,20 @@ def run_tour(
         name = _write_kernelspec(Path(tmp), python or sys.executable)
 
         class TourKernelManager(AsyncKernelManager):
-            """Finds kernelspecs in our temporary folder only."""
+            """Finds kernelspecs in our temporary folder only; talks to the kernel over IPC
+            (Unix sockets): local only, and ipykernel warns about plain TCP."""
 
             @default("kernel_spec_manager")
             def _private_kernelspecs(self) -> KernelSpecManager:
                 return KernelSpecManager(kernel_dirs=[tmp])
+
+            @default("transport")
+            def _local_sockets(self) -> str:
+                return "ipc"
+
+            @default("ip")
+            def _socket_prefix(self) -> str:
+                return str(Path(tmp) / "kernel")
 
         client = NotebookClient(
             nb,

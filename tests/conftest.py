@@ -159,7 +159,7 @@ async def scheduler(shell: object) -> Iterator[object]:
     import asyncio
 
     from ipytasks.scheduler import Scheduler
-    from ipytasks.tasks import TaskRegistry
+    from ipytasks.records import TaskRegistry
 
     sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
     yield sched

@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 
 from conftest import GatedMode
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskConflictWarning, TaskOptions, TaskRegistry
+from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRegistry
 
 pytestmark = pytest.mark.anyio
 
@@ -200,8 +200,26 @@ async def test_a_run_of_binders_makes_a_chain_not_a_clique(sched: Scheduler) -> 
     with pytest.warns(TaskConflictWarning):
         loose = sched.submit("x = 99", "loose", gated(infer=False))
     after_loose = sched.submit("z = x", "after_loose", gated())
-    assert set(after_loose.waits_for) == {"b0", "b1", "b2", "b3", "b4", "loose"}  # newest did not infer
+    # The newest did not infer: it counts, and so does b4, which stands for those before it.
+    assert set(after_loose.waits_for) == {"b4", "loose"}
     assert loose.waits_for == ()
     release(sched, *(r.name for r in records), "reader", "loose", "after_loose")
     with anyio.fail_after(5):
         await sched.wait([*records, reader, loose, after_loose])
+
+
+async def test_throwaway_names_neither_order_nor_warn(sched: Scheduler) -> None:
+    """Cells sharing only loop variables, except-as names or ``_`` run together, with
+    --no-infer too without a warning; a reader of the loop variable waits for both."""
+    first = sched.submit("for i in range(3):\n    pass\ntry:\n    1 / 0\nexcept ZeroDivisionError"
+                         " as e:\n    _ = 1", "first", gated())
+    second = sched.submit("for i in range(2):\n    pass\n_ = 2", "second", gated())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TaskConflictWarning)
+        third = sched.submit("for i in 'ab':\n    pass", "third", gated(infer=False))
+    reader = sched.submit("j = i", "reader", gated())
+    assert first.waits_for == second.waits_for == third.waits_for == ()
+    assert set(reader.waits_for) == {"first", "second", "third"}
+    release(sched, "first", "second", "third", "reader")
+    with anyio.fail_after(5):
+        await sched.wait([first, second, third, reader])

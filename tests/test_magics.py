@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from kernel_driver import Execution, Kernel
+from kernel_driver import Execution, Kernel, strip_ansi
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,8 @@ def test_busy_name_is_refused(kernel: Kernel) -> None:
 
 
 def test_interrupt_ends_only_the_wait(fresh_kernel: Kernel) -> None:
-    """The kernel's interrupt during %wait ends the wait; the task keeps running."""
+    """The kernel's interrupt during %wait ends the wait, saying so in one line; the task
+    keeps running."""
     k = fresh_kernel
     k.execute("%load_ext ipytasks\nimport asyncio, ipytasks\nrelease = asyncio.Event()")
     k.execute("%%parallel long11\nawait release.wait()\n'finished'")
@@ -262,7 +263,10 @@ def test_interrupt_ends_only_the_wait(fresh_kernel: Kernel) -> None:
     k.wait_until(lambda: "waiting now" in waiting.stdout, what="the %wait cell to run")
     k.interrupt_cell(waiting)
     assert waiting.status == "error"
-    assert "the wait was interrupted; the tasks keep running" in waiting.error_text
+    # One line (a UsageError, which the shell prints on stderr), no traceback.
+    assert waiting.errors == [] and waiting.reply["ename"] == "UsageError"
+    assert strip_ansi(waiting.stderr).strip() == (
+        "UsageError: the wait was interrupted; the tasks keep running (%cancel stops them)")
     assert value(k, "ipytasks.tasks['long11'].state") == "'running'"
     k.execute("release.set()\n%wait long11")
     assert value(k, "ipytasks.result('long11')") == "'finished'"
@@ -460,3 +464,34 @@ def test_a_busy_task_refreshes_its_cell_at_most_five_times_a_second(kernel: Kern
     took = float(value(kernel, "ipytasks.tasks['chatty35'].duration"))
     assert 3 <= len(updates) <= 5 * took + 3, (len(updates), took)
     assert area_text(kernel, sub).count("tick") > 100  # what it printed, in one display
+
+
+def test_map_expression_is_read_as_python(kernel: Kernel) -> None:
+    """--map VAR in EXPR takes any expression: minus signs, strings holding an option, a
+    comprehension; the next option after it still counts; a broken EXPR names itself."""
+    kernel.execute("k21 = 3")
+    kernel.execute("%%parallel neg21 --map n in range(0, -k21, -1) --limit 2\nn * 10")
+    kernel.execute("%%parallel str21 --map s in ['a --limit 9', 'b -g x'] -g g21\ns.upper()")
+    kernel.execute("%%parallel comp21 --map n in [x for x in range(6) if x in (1, 4)]\nn")
+    kernel.execute("%wait neg21 str21 comp21")
+    assert value(kernel, "ipytasks.result('neg21')") == "[0, -10, -20]"
+    assert value(kernel, "(ipytasks.result('str21'), ipytasks.tasks['str21'].group)") == (
+        "(['A --LIMIT 9', 'B -G X'], 'g21')")
+    assert value(kernel, "ipytasks.result('comp21')") == "[1, 4]"
+    ename, evalue = error_of(kernel.execute("%%parallel bad21 --map n in range(3,\nn",
+                                            allow_errors=True))
+    assert ename == "UsageError" and "--map n in EXPR: 'range(3,' is not a Python expression" in evalue
+
+
+def test_unknown_after_names_a_few_and_counts_the_rest(kernel: Kernel) -> None:
+    """--after naming a missing task, after a large --map: the error suggests the close name
+    and lists a few known ones, not every item of the map."""
+    kernel.execute("%%parallel big22 --map n in range(500) --quiet\nn")
+    kernel.execute("for k in range(12):\n    ipytasks.submit('1', f'few22_{k}', quiet=True)")
+    kernel.execute("%wait big22")
+    ename, evalue = error_of(kernel.execute("%%parallel late22 --after bg22\n1", allow_errors=True))
+    assert ename == "UsageError"
+    assert "no task or group named 'bg22' (did you mean 'big22'?)" in evalue, evalue
+    assert "big22[" not in evalue and "few22_11" in evalue, evalue
+    assert re.search(r"and [\d,]+ more\)$", evalue), evalue
+    assert len(evalue) < 400, evalue

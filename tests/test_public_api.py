@@ -40,3 +40,22 @@ def test_dashboard_stays_a_function_after_the_overview_loads() -> None:
     import ipytasks.overview  # noqa: F401
 
     assert callable(ipytasks.dashboard) and callable(ipytasks.timeline)
+
+
+def test_tasks_is_the_registry_and_no_module_shadows_it() -> None:
+    """``ipytasks.tasks`` is the registry, whatever was imported before: the module of task
+    records is ``ipytasks.records``, and ``import ipytasks.tasks`` names no module."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import ipytasks.records
+
+    assert isinstance(ipytasks.tasks, ipytasks.records.TaskRegistry)
+    assert ipytasks.records.TaskRecord is ipytasks.TaskRecord
+    assert importlib.util.find_spec("ipytasks.tasks") is None
+    # In a fresh interpreter, as a user would type it.
+    done = subprocess.run(
+        [sys.executable, "-c", "import ipytasks.tasks"], capture_output=True, text=True,
+        check=False)
+    assert done.returncode == 1 and "No module named 'ipytasks.tasks'" in done.stderr

@@ -19,7 +19,7 @@ from IPython.core.error import UsageError
 from conftest import GatedMode
 from ipytasks.output import OutputCapture
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskFailed, TaskOptions, TaskRegistry, TaskState
+from ipytasks.records import TaskFailed, TaskOptions, TaskRegistry, TaskState
 
 pytestmark = pytest.mark.anyio
 
@@ -306,13 +306,15 @@ async def test_close_cancels_unfinished(scheduler: Scheduler, gated: GatedMode) 
 
 
 def test_registry_iterates_in_submission_order() -> None:
-    """Iterating the registry yields names in submission order; a replaced name moves last."""
-    from ipytasks.tasks import TaskRecord
+    """Iterating the registry yields names in the order they were first submitted; a name
+    submitted again (a retry, a fixed cell) keeps its place."""
+    from ipytasks.records import TaskRecord
 
     reg = TaskRegistry()
     for name in ("a", "b", "a"):
         reg._add(TaskRecord(name=name, source="", options=TaskOptions()))
-    assert list(reg) == ["b", "a"]
+    assert list(reg) == ["a", "b"]
+    assert reg["a"] is reg.history[-1]
     assert len(reg.history) == 3
     assert TaskState.DONE == "done"
     assert sys.version_info >= (3, 11)
@@ -479,3 +481,18 @@ async def test_a_change_feed_wakes_once_until_taken_and_when_all_have_ended(
     scheduler.unsubscribe(feed)
     scheduler.submit("y = 1", "late", opts())
     assert feed.take() == [] and wakes == [False, False, True]
+
+
+def test_retry_delays_double_up_to_the_cap() -> None:
+    """The wait before a retry doubles from --retry-delay, jittered, and stops at
+    RETRY_DELAY_MAX: --retries 20 never waits 2**19 s; a base above the cap is kept."""
+    from ipytasks.scheduler import RETRY_DELAY_MAX, RETRY_JITTER, retry_delay
+
+    low, high = 1 - RETRY_JITTER, 1 + RETRY_JITTER
+    for _ in range(200):
+        assert low <= retry_delay(1, 1.0) <= high
+        assert 4 * low <= retry_delay(3, 1.0) <= 4 * high
+        assert RETRY_DELAY_MAX * low <= retry_delay(20, 1.0) <= RETRY_DELAY_MAX
+        assert retry_delay(1000, 0.5) <= RETRY_DELAY_MAX
+        assert 300 * low <= retry_delay(5, 300.0) <= 300.0
+        assert retry_delay(4, 0.0) == 0.0

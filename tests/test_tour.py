@@ -157,3 +157,23 @@ def test_cache_section_reuses_then_reruns_with_its_reason(tour: list[dict]) -> N
     shown = cell_text(find(tour, "# prices per region"))
     assert "prices cached" in shown and "downloaded 2 prices" in shown and "'south': 2.25" in shown
     assert "done | input prices changed" in cell_text(find(tour, 'ipytasks.tasks["worth"].cache_note'))
+
+
+def test_make_tour_runs_its_kernel_over_ipc_quietly(tmp_path: Path) -> None:
+    """run_tour.py (``make tour``) talks to its kernel over IPC: no TCP-encryption warning."""
+    import json
+    import subprocess
+
+    notebook = tmp_path / "tiny.ipynb"
+    notebook.write_text(json.dumps({
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "c0", "metadata": {},
+                   "outputs": [], "source": "from ipykernel.kernelapp import IPKernelApp\n"
+                   "print(IPKernelApp.instance().transport)"}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "notebooks" / "run_tour.py"), str(notebook),
+         "--output", str(tmp_path / "out.ipynb")],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ipc"
+    assert "without encryption" not in done.stderr and "WARNING" not in done.stderr, done.stderr

@@ -22,13 +22,13 @@ from .api import use as use
 from .api import wait as wait
 from .namespace.shipping import RemoteError as RemoteError
 from .namespace.shipping import ShippingError as ShippingError
-from .tasks import BrokenWorker as BrokenWorker
-from .tasks import TaskCancelled as TaskCancelled
-from .tasks import TaskConflictWarning as TaskConflictWarning
-from .tasks import TaskFailed as TaskFailed
-from .tasks import TaskRecord as TaskRecord
-from .tasks import TaskSkipped as TaskSkipped
-from .tasks import TaskState as TaskState
+from .records import BrokenWorker as BrokenWorker
+from .records import TaskCancelled as TaskCancelled
+from .records import TaskConflictWarning as TaskConflictWarning
+from .records import TaskFailed as TaskFailed
+from .records import TaskRecord as TaskRecord
+from .records import TaskSkipped as TaskSkipped
+from .records import TaskState as TaskState
 
 try:
     __version__ = _version("ipytasks")
@@ -62,18 +62,13 @@ __all__ = (
 
 def load_ipython_extension(ip: _Any) -> None:
     """Install the magics (``%load_ext ipytasks``). Starts nothing until the first task."""
-    from .magics import TaskMagics, await_waiting_cells, await_wait_lines
+    from .magics import TaskMagics, await_waiting_cells, await_wait_lines, mode_settings
 
     if _api._session is not None:
         return
     magics = TaskMagics(shell=ip)
     ip.register_magics(magics)
-    settings = {
-        "thread": {"max_threads": magics.max_threads},
-        "process": {"max_workers": magics.max_workers or None},
-        "dask": {"n_workers": magics.max_workers or None},  # the LocalCluster's
-    }
-    session = _api._Session(ip, settings)
+    session = _api._Session(ip, mode_settings(magics))
     if session.in_kernel:
         ip.input_transformers_cleanup.append(await_waiting_cells)
         ip.input_transformers_post.append(await_wait_lines)

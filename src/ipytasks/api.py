@@ -14,7 +14,7 @@ from .limits import parse_rate
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
 from .scheduler import Scheduler
-from .tasks import SUCCESSFUL, UNSUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry
+from .records import SUCCESSFUL, UNSUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry
 from .views import CellDisplays, CellView, TextView
 
 __all__ = (

@@ -5,17 +5,30 @@ A cell goes through IPython's own input transformations first (so ``%time``,
 cell: the statements, and the last expression whose value is the task's result.
 Both parts are compiled with top-level ``await`` allowed; a cell that uses it
 compiles to coroutines and runs on the event loop.
+
+A cell's throwaway names (:attr:`~ipytasks.namespace.analysis.CellNames.loose`: loop
+variables, ``except … as`` names, ``_``) are private to its task while it runs in the
+notebook's namespace, so that two tasks looping over ``i`` at once never read each
+other's ``i``: the cell runs as the body of a function in which those names are local
+and every other name it binds is declared ``global``; what the locals hold at the end
+is then bound in the namespace, as a cell run at top level would leave them. Where that
+cannot mean the same as the cell (a function or generator the cell defines keeps one
+of the names: it would keep the local, not the namespace's name), the name stays
+ordinary.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import CodeType, FunctionType
 from typing import Any
 
 from ._worker import split_compile
+from .namespace.analysis import CellNames, analyze
 
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
@@ -33,9 +46,23 @@ class CompiledCell:
     last: CodeType | None
     is_async: bool
     quiet_result: bool
+    #: The throwaway names the cell keeps private while it runs (see the module).
+    private: frozenset[str] = frozenset()
+    #: With ``private``: the cell as ``def f(out): global …; try: …; return last;
+    #: finally: out.update(locals())``.
+    function: CodeType | None = None
+    #: The names the cell uses (:func:`~ipytasks.namespace.analysis.analyze` of ``tree``).
+    names: CellNames | None = None
 
     async def run_async(self, namespace: dict[str, Any]) -> Any:
         """Run the cell in ``namespace`` on the current event loop; return its last value."""
+        if self.function is not None:
+            kept: dict[str, Any] = {}
+            try:
+                value = FunctionType(self.function, namespace)(kept)
+                return await value if self.is_async else value
+            finally:
+                self._publish(namespace, kept)
         for code in (self.body, self.last):
             if code is None:
                 continue
@@ -46,12 +73,21 @@ class CompiledCell:
 
     def run_sync(self, namespace: dict[str, Any]) -> Any:
         """Run a cell without top-level ``await`` in ``namespace``; return its last value."""
+        if self.function is not None:
+            kept: dict[str, Any] = {}
+            try:
+                return FunctionType(self.function, namespace)(kept)
+            finally:
+                self._publish(namespace, kept)
         value = None
         if self.body is not None:
             exec(self.body, namespace)  # noqa: S102 - running the user's own cell
         if self.last is not None:
             value = eval(self.last, namespace)  # noqa: S307
         return value
+
+    def _publish(self, namespace: dict[str, Any], kept: dict[str, Any]) -> None:
+        namespace.update({name: kept[name] for name in self.private if name in kept})
 
 
 #: Recently compiled cells: submitting the same text again (a loop over
@@ -86,6 +122,8 @@ def _compile_cell(shell: Any, source: str, number: int) -> CompiledCell:
     is_async = any(
         code is not None and bool(code.co_flags & inspect.CO_COROUTINE) for code in (body, last)
     )
+    names = analyze(tree)
+    private, function = _private_names(tree, names, is_async, filename, shell.compile.flags)
     return CompiledCell(
         source=source,
         transformed=transformed,
@@ -96,7 +134,75 @@ def _compile_cell(shell: Any, source: str, number: int) -> CompiledCell:
         last=last,
         is_async=is_async,
         quiet_result=source.rstrip().endswith(";"),
+        private=private,
+        function=function,
+        names=names,
     )
+
+
+_CELL_FUNCTION = "__ipytasks_cell__"
+_KEPT = "__ipytasks_kept__"
+#: Nested code run on the spot, so a name it shares with the cell means the same whether
+#: that name is the cell function's local or the namespace's.
+_RUN_AT_ONCE = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>"})
+
+
+def _private_names(
+    tree: ast.Module, names: CellNames, is_async: bool, filename: str, flags: int
+) -> tuple[frozenset[str], CodeType | None]:
+    """The cell's throwaway names that can be kept private, and the cell as a function
+    of them (see the module); ``(frozenset(), None)`` when there are none."""
+    private = set(names.loose)
+    if not private or names.unknown or "locals" in names.binds | names.reads:
+        return frozenset(), None
+    while private:
+        try:
+            code = _cell_function(tree, names.binds - private, is_async, filename, flags)
+        except SyntaxError:  # e.g. an annotated name, which cannot be declared global
+            return frozenset(), None
+        kept = {name for c in _nested(code) if c.co_name not in _RUN_AT_ONCE
+                for name in c.co_freevars} & private
+        if not kept:
+            return frozenset(private), code
+        private -= kept
+    return frozenset(), None
+
+
+def _nested(code: CodeType) -> Iterator[CodeType]:
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield const
+            yield from _nested(const)
+
+
+def _cell_function(
+    tree: ast.Module, shared: set[str], is_async: bool, filename: str, flags: int
+) -> CodeType:
+    """``def f(kept): global <shared>; try: <cell>; return <last>; finally: kept.update(locals())``."""
+    body = list(tree.body)
+    if body and isinstance(body[-1], ast.Expr):
+        last = body.pop()
+        body.append(ast.copy_location(ast.Return(value=last.value), last))
+    keep = ast.Expr(ast.Call(
+        func=ast.Attribute(value=ast.Name(_KEPT, ast.Load()), attr="update", ctx=ast.Load()),
+        args=[ast.Call(func=ast.Name("locals", ast.Load()), args=[], keywords=[])],
+        keywords=[]))
+    statements: list[ast.stmt] = [ast.Global(names=sorted(shared))] if shared else []
+    statements.append(ast.Try(body=body or [ast.Pass()], handlers=[], orelse=[],
+                              finalbody=[keep]))
+    kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
+    extra = {"type_params": []} if sys.version_info >= (3, 12) else {}
+    func = kind(
+        name=_CELL_FUNCTION,
+        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=_KEPT)], kwonlyargs=[],
+                           kw_defaults=[], defaults=[]),
+        body=statements, decorator_list=[], returns=None, lineno=1, col_offset=0, **extra)
+    module = ast.fix_missing_locations(ast.Module(body=[func], type_ignores=[]))
+    code = compile(module, filename, "exec", flags, dont_inherit=True)
+    function = next(c for c in code.co_consts
+                    if isinstance(c, CodeType) and c.co_name == _CELL_FUNCTION)
+    # Its frames in a traceback read as the cell's own, like those of a cell run at top level.
+    return function.replace(co_name="<module>", co_qualname="<module>")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,12 @@ order matters, so each name ends with the value an in-order run would give:
 - it *changes* in place (``df['x'] = …``) a name the other binds or reads;
 - it *rebinds* a name the other reads, binds or changes (``rebinds x``).
 
+Throwaway names are the exception: a name that both tasks bind only as a ``for``
+target, an ``except … as`` name, or ``_`` (:attr:`CompiledCell.private
+<ipytasks.cells.CompiledCell.private>`) orders nothing between them, since each
+task keeps its own while it runs. A task that reads such a name still waits for
+every unfinished task that binds it.
+
 Two tasks that only store into the same object (``results['a'] = …`` and
 ``results['b'] = …``) run together, and a later task that reads ``results``
 waits for both. Importing the same module in two cells is no reason to wait. A
@@ -28,7 +34,7 @@ from .namespace.analysis import CellNames, analyze
 
 if TYPE_CHECKING:
     from .cells import CompiledCell
-    from .tasks import TaskOptions, TaskRecord
+    from .records import TaskOptions, TaskRecord
 
 __all__ = ("DependencyIndex", "TaskNames", "task_names")
 
@@ -42,6 +48,8 @@ class TaskNames:
     mutates: frozenset[str]
     imports: frozenset[str]
     unknown: str | None = None
+    #: Names in ``binds`` that are throwaway and private to the task while it runs.
+    loose: frozenset[str] = frozenset()
 
 
 def task_names(cell: CompiledCell, options: TaskOptions) -> TaskNames:
@@ -62,9 +70,10 @@ _ANALYSED_MAX = 256
 
 
 def _task_names(cell: CompiledCell, options: TaskOptions) -> TaskNames:
-    names: CellNames = analyze(cell.tree)
+    names: CellNames = cell.names if cell.names is not None else analyze(cell.tree)
     if options.map is None:
-        return TaskNames(names.reads, names.binds, names.mutates, names.imports, names.unknown)
+        return TaskNames(names.reads, names.binds, names.mutates, names.imports, names.unknown,
+                         loose=cell.private)
     # A map's items run in scopes of their own: they bind nothing in the notebook
     # (``global`` aside), and read EXPR's names besides their own free names.
     var, expr = options.map
@@ -128,18 +137,21 @@ class DependencyIndex:
     def _latest_binders(self, name: str) -> list[TaskRecord]:
         """The unfinished binders of ``name`` a new task must come after.
 
-        Binders of one name are ordered among themselves: each came after those
-        before it. So the newest one stands for all, unless it did not infer its
-        order (``--no-infer``); then every one counts. This keeps a long run of cells
-        binding the same name linear rather than quadratic.
+        A binder that binds ``name`` as an ordinary name and inferred its order came
+        after every binder before it, so it stands for them all: this keeps a long run
+        of cells binding the same name linear rather than quadratic. Binders after it
+        that bind it as a throwaway name, or did not infer (``--no-infer``), are not
+        ordered among themselves, so each of them counts.
         """
         holders = self._binders.get(name)
         if not holders:
             return []
-        newest = next(reversed(holders))
-        if newest.options.infer:
-            return [newest]
-        return list(holders)
+        found = []
+        for holder in reversed(holders):
+            found.append(holder)
+            if holder.options.infer and name not in self._names[holder].loose:
+                break
+        return found
 
     def shared(self, names: TaskNames) -> dict[TaskRecord, list[str]]:
         """The unfinished tasks that a task with ``names`` must come after, with why."""
@@ -162,6 +174,9 @@ class DependencyIndex:
             if binders and name in names.imports:
                 # The same import in two cells binds the same module: no order needed.
                 binders = [r for r in binders if name not in self._names[r].imports]
+            if binders and name in names.loose:
+                # Two loops over `i` each keep their own `i` while they run.
+                binders = [r for r in binders if name not in self._names[r].loose]
             note(binders, "rebinds", name)
         for record in self._unknown:
             why.setdefault(record, []).append(f"its names cannot be known ({self._names[record].unknown})")

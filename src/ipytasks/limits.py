@@ -1,7 +1,9 @@
 """Limits and rates per group: who may start, in priority order (``--limit``, ``--rate``).
 
 Both serve waiters by priority (higher first), then by arrival. They run on the
-scheduler's loop only.
+scheduler's loop only. Queueing, granting and counting waiters cost O(log n) with n
+waiting (a heap, and a count kept as waiters come and go): releasing 10,000 queued
+tasks one by one stays linear overall.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ class _Waiter:
 
 
 class _PriorityQueue:
+    """Waiters by priority, then arrival. A cancelled waiter stays in the heap until it
+    comes up (removing it from the middle would cost O(n)), but leaves the count at once
+    (:meth:`discard`)."""
+
     def __init__(self) -> None:
         self._heap: list[_Waiter] = []
         self._order = itertools.count()
+        self._waiting = 0
 
     def push(self, priority: int) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, _Waiter((-priority, next(self._order)), future))
+        self._waiting += 1
         return future
 
     def pop(self) -> asyncio.Future[None] | None:
@@ -35,11 +43,17 @@ class _PriorityQueue:
         while self._heap:
             waiter = heapq.heappop(self._heap)
             if not waiter.future.done():
+                self._waiting -= 1
                 return waiter.future
         return None
 
+    def discard(self, future: asyncio.Future[None]) -> None:
+        """``future``, pushed here, was cancelled before its turn: it waits no more."""
+        if future.cancelled():
+            self._waiting -= 1
+
     def __len__(self) -> int:
-        return sum(1 for w in self._heap if not w.future.done())
+        return self._waiting
 
 
 class Limiter:
@@ -64,6 +78,7 @@ class Limiter:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # granted just as we were cancelled: pass the slot on
+            self._waiting.discard(future)
             raise
 
     def release(self) -> None:
@@ -104,7 +119,11 @@ class RateLimiter:
             return
         future = self._waiting.push(priority)
         self._arm(loop)
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._waiting.discard(future)
+            raise
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is None:

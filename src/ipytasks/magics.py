@@ -10,19 +10,23 @@ background task.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import io
 import re
 import shlex
+import tokenize
+from collections.abc import Collection
 from typing import Any
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from traitlets import Int
+from traitlets import Int, TraitError, observe, validate
 
 from . import api
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
-from .tasks import TaskFailed
+from .records import TaskFailed
 
 __all__ = ("TaskMagics",)
 
@@ -78,12 +82,14 @@ def task_args(f: Any) -> Any:
         ),
         magic_arguments.argument(
             "--retries", metavar="N", type=int, default=0,
-            help="Run the body again up to N times after it fails or times out.",
+            help="Run the body again up to N times after it fails or times out, waiting "
+            "--retry-delay seconds before the first retry and twice as long before each "
+            "next one, up to 60 s.",
         ),
         magic_arguments.argument(
             "--retry-delay", dest="retry_delay", metavar="S", type=float, default=1.0,
-            help="Wait S seconds before the first retry (default 1), doubling each time, "
-            "with jitter.",
+            help="Wait S seconds before the first retry (default 1), doubling each time "
+            "(with 20%% jitter) up to a cap of 60 s; a delay above 60 s stays as it is.",
         ),
         magic_arguments.argument(
             "--limit", metavar="N", type=int, default=None,
@@ -97,8 +103,10 @@ def task_args(f: Any) -> Any:
             "--map", metavar="VAR in EXPR", default=None,
             help="Fan out: one task per item of EXPR with VAR bound to it, named NAME[0], "
             "NAME[1]...; each item runs in a scope of its own and the task's result is the "
-            "list of the items' results, in order. EXPR is evaluated once the tasks it "
-            "depends on have ended.",
+            "list of the items' results, in order. EXPR is any Python expression "
+            "(range(0, -k, -1), a comprehension); it runs to the next option of this magic "
+            "outside brackets and strings, and is evaluated once the tasks it depends on "
+            "have ended.",
         ),
         magic_arguments.argument(
             "--priority", metavar="N", type=int, default=0,
@@ -142,6 +150,15 @@ def task_args(f: Any) -> Any:
     return f
 
 
+def mode_settings(magics: TaskMagics) -> dict[str, dict[str, Any]]:
+    """What each run mode is made with, from the magics' settings."""
+    return {
+        "thread": {"max_threads": magics.max_threads},
+        "process": {"max_workers": magics.max_workers or None},
+        "dask": {"n_workers": magics.max_workers or None},  # the LocalCluster's
+    }
+
+
 def _chain_arg(f: Any) -> Any:
     return magic_arguments.argument(
         "--chain", metavar="C", default="main",
@@ -149,19 +166,66 @@ def _chain_arg(f: Any) -> Any:
     )(f)
 
 
-# --map VAR in EXPR: EXPR runs to the next option (or the end), so it may hold spaces.
-_MAP_OPTION = re.compile(r"(?:^|\s)--map(?:\s+(?P<spec>.*?))?(?=\s+-{1,2}[a-zA-Z]|\s*$)")
+_MAP_OPTION = re.compile(r"(?:^|\s)--map(?=\s|$)")
+MAP_USAGE = "%%{magic}: --map needs VAR in EXPR (e.g. --map url in urls), not {spec!r}"
+MAP_EXPRESSION = "%%{magic}: --map {var} in EXPR: {expr!r} is not a Python expression: {why}"
 
 
-def _split_map(magic: str, line: str) -> tuple[str, str | None]:
-    """Take ``--map VAR in EXPR`` out of a magic line: (rest of the line, "VAR in EXPR")."""
+def _split_map(magic: str, line: str, options: Collection[str]) -> tuple[str, str | None]:
+    """Take ``--map VAR in EXPR`` out of a magic line: (rest of the line, "VAR in EXPR").
+
+    EXPR is read as Python: it ends at the first of the magic's ``options`` (``-g``,
+    ``--limit``) that stands outside brackets and strings after white space where what
+    comes before is an expression, else at the end of the line. So ``range(0, -k, -1)``,
+    ``a -b`` and ``["a --limit"]`` are whole expressions.
+    """
     match = _MAP_OPTION.search(line)
     if match is None:
         return line, None
-    spec = (match["spec"] or "").strip()
-    if not re.match(r"^\S+\s+in\s+\S", spec):
-        raise UsageError(f"%%{magic}: --map needs VAR in EXPR (e.g. --map url in urls), not {spec!r}")
-    return line[: match.start()] + " " + line[match.end():], spec
+    rest = line[match.end():]
+    head = re.match(r"\s*(?P<var>[^\W\d]\w*)\s+in(?=[\s(\[{'\"])", rest)
+    if head is None:
+        raise UsageError(MAP_USAGE.format(magic=magic, spec=rest.strip()))
+    var, start = head["var"], head.end()
+    ends = [*_option_starts(rest, start, options), len(rest)]
+    why = "nothing after 'in'"
+    for end in ends:
+        expr = rest[start:end].strip()
+        if not expr:
+            continue
+        try:
+            ast.parse(expr, mode="eval")
+        except SyntaxError as exc:
+            why = exc.msg
+            continue
+        return line[: match.start()] + " " + rest[end:], f"{var} in {expr}"
+    raise UsageError(MAP_EXPRESSION.format(magic=magic, var=var, expr=rest[start:].strip(),
+                                           why=why))
+
+
+def _option_starts(text: str, start: int, options: Collection[str]) -> list[int]:
+    """Offsets in ``text`` (from ``start``) where one of ``options`` begins, outside
+    brackets and strings, after white space."""
+    found: list[int] = []
+    depth = 0
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text[start:]).readline))
+    except (tokenize.TokenError, SyntaxError):  # an open bracket or string: no option inside
+        tokens = []
+    for token, after in zip(tokens, tokens[1:]):
+        if token.type != tokenize.OP:
+            continue
+        if token.string in "([{":
+            depth += 1
+        elif token.string in ")]}":
+            depth -= 1
+        elif token.string == "-" and depth == 0 and after.start == token.end:
+            at = start + token.start[1]
+            word = re.match(r"-{1,2}[\w-]+", text[at:])
+            if (at > 0 and text[at - 1].isspace() and word is not None
+                    and word[0] in options):
+                found.append(at)
+    return found
 
 
 def _syntax_message(magic: str, exc: SyntaxError) -> str:
@@ -193,11 +257,37 @@ class TaskMagics(Magics):
     ``%tasks``, ``%tasks_backend``, ``%tasks_cache``."""
 
     max_threads = Int(
-        40, help="How many thread-mode bodies may run at once (the worker-thread pool's size)."
+        40, help="How many thread-mode bodies may run at once (the worker-thread pool's "
+        "size). A change takes effect at once, also after %load_ext.",
     ).tag(config=True)
     max_workers = Int(
-        0, help="How many worker processes process mode keeps (0: one per core)."
+        0, help="How many worker processes process mode keeps (0: one per core); also the "
+        "workers of the LocalCluster the Dask backend starts. A change takes effect at once "
+        "for local worker processes, also after %load_ext; a LocalCluster already running "
+        "keeps its workers.",
     ).tag(config=True)
+
+    @validate("max_threads", "max_workers")
+    def _at_least(self, proposal: Any) -> int:
+        value, name = proposal["value"], proposal["trait"].name
+        least = 1 if name == "max_threads" else 0
+        if value < least:
+            raise TraitError(f"TaskMagics.{name} must be at least {least}, not {value}")
+        return value
+
+    @observe("max_threads", "max_workers")
+    def _resize(self, change: Any) -> None:
+        """Apply a changed setting to the modes (see ``Scheduler.configure``)."""
+        session = api._session
+        if session is None:  # not loaded yet: loading reads the settings
+            return
+        settings = mode_settings(self)
+        for name, values in settings.items():
+            session.mode_settings.setdefault(name, {}).update(values)
+        scheduler = session._scheduler
+        if scheduler is not None:
+            for note in scheduler.configure(settings):
+                print(f"ipytasks: {note}")
 
     def _task_options(self, args: Any, chain: str | None) -> tuple[str | None, dict[str, Any]]:
         options = dict(
@@ -234,7 +324,7 @@ class TaskMagics(Magics):
     def submit_cell(self, magic: str, line: str, cell: str) -> api.TaskRecord:
         """Parse a ``%%parallel``/``%%sequential`` line and submit ``cell``."""
         method = getattr(self, magic)
-        line, mapping = _split_map(magic, line)
+        line, mapping = _split_map(magic, line, method.parser._option_string_actions)
         args = _parse(method, line)
         name, options = self._task_options(args, args.chain if magic == "sequential" else None)
         options["map"] = mapping
@@ -662,8 +752,10 @@ async def awaited_wait(line: str) -> None:
     except (TaskFailed, TimeoutError) as exc:
         raise _without_traceback(exc) from None
     except asyncio.CancelledError:
-        # Still a CancelledError, so the kernel's cancellation completes as usual.
-        raise asyncio.CancelledError(WAIT_INTERRUPTED) from None
+        # The kernel cancels an await cell when interrupted. What the user did is no
+        # error of ours: one line (the shell shows a UsageError without a traceback),
+        # and the cell ends there, which is all the kernel's cancellation asks.
+        raise UsageError(WAIT_INTERRUPTED) from None
 
 
 async def awaited_cell(magic: str, line: str, cell: str) -> None:
@@ -677,4 +769,4 @@ async def awaited_cell(magic: str, line: str, cell: str) -> None:
     except TaskFailed as exc:
         raise _without_traceback(exc) from None
     except asyncio.CancelledError:
-        raise asyncio.CancelledError(WAIT_INTERRUPTED) from None
+        raise UsageError(WAIT_INTERRUPTED) from None

@@ -14,6 +14,7 @@ import dataclasses
 import concurrent.futures
 import contextvars
 import itertools
+import difflib
 import random
 import sys
 import threading
@@ -31,7 +32,7 @@ from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
-from .tasks import (
+from .records import (
     SUCCESSFUL,
     TaskCancelled,
     TaskError,
@@ -49,7 +50,9 @@ __all__ = ("Scheduler",)
 T = TypeVar("T")
 
 TASK_BUSY = "task {name!r} is {state}: %cancel {name} first, or give this cell another NAME"
-UNKNOWN_TARGET = "{option}: no task or group named {target!r} (known: {known})"
+UNKNOWN_TARGET = "{option}: no task or group named {target!r}{hint} (known: {known})"
+#: How many known names an unknown-target error lists (the rest are counted).
+KNOWN_NAMED = 8
 SELF_CYCLE = "cycle: task {name!r} cannot wait for itself ({option} {name})"
 ASYNC_IN_THREAD = (
     "task {name!r}: the cell uses top-level await, which runs only on the event loop; "
@@ -70,6 +73,14 @@ _SUCCESS = SUCCESSFUL
 _RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT)
 #: How many conflicting tasks a conflict warning names (the rest are counted).
 CONFLICTS_NAMED = 3
+#: The longest wait before a retry, in seconds: the doubling stops there (as tenacity's
+#: ``wait_exponential(max=…)`` and the capped backoff of cloud SDKs do), so ``--retries 20``
+#: retries every minute or so at the end rather than after 2**19 times the first delay. A
+#: ``--retry-delay`` above it is used as it is, without doubling.
+RETRY_DELAY_MAX = 60.0
+#: The spread of a retry's delay around its nominal value (a fraction either way), so that
+#: tasks failing together do not retry in lockstep.
+RETRY_JITTER = 0.2
 #: How often running tasks' elapsed times tick in their status lines.
 TICK_INTERVAL = 0.5
 
@@ -413,8 +424,21 @@ class Scheduler:
         members = [r for r in self.tasks.values() if r.options.group == target]
         if members:
             return members
-        known = ", ".join(self.tasks) or "none yet"
-        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target, known=known))
+        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target,
+                                               **self._known_targets(target)))
+
+    def _known_targets(self, target: str) -> dict[str, str]:
+        """What an unknown-target error suggests: close names, and a few of those known
+        (groups, and tasks other than a map's items, which their map's name stands for)."""
+        names = dict.fromkeys(n for n, r in self.tasks.items() if r.parent is None)
+        names.update(dict.fromkeys(r.options.group for r in self.tasks.values()
+                                   if r.options.group is not None))
+        close = difflib.get_close_matches(target, list(names), n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        shown = list(names)[-KNOWN_NAMED:]  # the newest: the likeliest to be meant
+        rest = len(names) - len(shown)
+        known = ", ".join(shown) + (f" and {rest:,} more" if rest else "")
+        return {"hint": hint, "known": known or "none yet"}
 
     def resolve(self, targets: Iterable[str], option: str) -> list[TaskRecord]:
         """Records for names and groups, in submission order, each once; all if empty."""
@@ -576,7 +600,7 @@ class Scheduler:
     async def _back_off(self, record: TaskRecord, error: BaseException | None) -> None:
         options = record.options
         done, total = record.attempts, options.retries + 1
-        delay = options.retry_delay * 2 ** (done - 1) * random.uniform(0.8, 1.2)
+        delay = retry_delay(done, options.retry_delay)
         if error is not None:
             record.failures.append(error)
             record.sink.write(
@@ -642,6 +666,29 @@ class Scheduler:
         if old is not None and old is not mode:
             old.close()
         self._modes[mode.name] = mode
+
+    def configure(self, settings: dict[str, dict[str, Any]]) -> list[str]:
+        """Apply changed mode settings (``%config TaskMagics…`` after loading): modes not
+        made yet are made with them, the thread pool and the local worker pool resize.
+        Returns what keeps its old value, and why."""
+        for name, values in settings.items():
+            self._mode_settings.setdefault(name, {}).update(values)
+        return self._host.call(self._configure_modes, settings)
+
+    def _configure_modes(self, settings: dict[str, dict[str, Any]]) -> list[str]:
+        thread, process = self._modes.get("thread"), self._modes.get("process")
+        if thread is not None:
+            thread.resize(settings["thread"]["max_threads"])  # type: ignore[attr-defined]
+        if process is not None:
+            process.resize(settings["process"]["max_workers"])  # type: ignore[attr-defined]
+        dask = self._modes.get("dask")
+        n_workers = settings["dask"]["n_workers"]
+        cluster = getattr(dask, "cluster", None)
+        if cluster is not None and n_workers is not None and n_workers != dask.n_workers:  # type: ignore[union-attr]
+            return [f"the Dask LocalCluster already running keeps its {dask.n_workers} "  # type: ignore[union-attr]
+                    "workers (a new one, after %unload_ext and %load_ext, starts with "
+                    f"{n_workers})"]
+        return []
 
     def installed_mode(self, name: str) -> Mode | None:
         """The instance of mode ``name`` in use, if one was made or installed."""
@@ -850,6 +897,14 @@ class Scheduler:
                 print(SHUTDOWN_NOTICE.format(n=len(unfinished), s=s, names=names), file=stream)
         for mode in self._modes.values():
             mode.close()
+
+
+def retry_delay(failed: int, base: float, *, cap: float = RETRY_DELAY_MAX) -> float:
+    """Seconds to wait after attempt ``failed`` (1, 2, …) failed: ``base`` doubling with
+    each attempt, jittered by :data:`RETRY_JITTER`, and never more than ``max(cap, base)``."""
+    cap = max(cap, base)
+    nominal = base * 2.0 ** min(failed - 1, 64)  # past 2**64 the cap has long applied
+    return min(nominal * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER), cap)
 
 
 def _check_map_expression(spec: tuple[str, str]) -> None:

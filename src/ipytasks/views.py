@@ -18,23 +18,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .bundle import WIDGET_MIME, is_widget, merge
 from .output import FLUSH_INTERVAL, _left_out_note
-from .tasks import TaskState
+from .records import TaskState
 
 if TYPE_CHECKING:
     from .output import TaskOutput
-    from .tasks import TaskRecord
+    from .records import TaskRecord
 
 __all__ = ("describe", "CellView", "CellDisplays", "TextView", "STATE_STYLE")
 
 #: Per state: an icon that does not rely on colour alone, and a colour.
 STATE_STYLE: dict[TaskState, tuple[str, str]] = {
-    TaskState.PENDING: ("⏳", "#8a6d00"),
+    TaskState.PENDING: ("○", "#8a6d00"),
     TaskState.RUNNING: ("▶", "#1f6feb"),
     TaskState.DONE: ("✔", "#1a7f37"),
     TaskState.CACHED: ("✔", "#0a6e66"),
     TaskState.FAILED: ("✖", "#cf222e"),
     TaskState.CANCELLED: ("⊘", "#6e7781"),
-    TaskState.TIMED_OUT: ("⏱", "#bc4c00"),
+    TaskState.TIMED_OUT: ("◷", "#bc4c00"),
     TaskState.SKIPPED: ("↷", "#6e7781"),
 }
 

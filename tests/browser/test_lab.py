@@ -555,3 +555,187 @@ CELLS_BOX = """([first, last]) => {
   const bottom = cells[b].node.getBoundingClientRect();
   return {x: top.x, y: top.y, width: Math.min(top.width, 900), height: bottom.bottom - top.y};
 }"""
+
+# -- the dashboard answers every click, during a running cell and after it -------------------
+
+#: Milliseconds within which the dashboard must answer a change of filter, page or row.
+ANSWER_MS = 1_000
+#: Quick tasks that end at once, then the running ones: the table's "all" has two pages.
+QUICK_TASKS = 25
+RUNNING_TASKS = ("slow_a", "slow_b")
+CLICKS_NOTEBOOK = [
+    "%load_ext ipytasks\nimport asyncio, ipytasks",
+    f"for k in range({QUICK_TASKS}):\n    ipytasks.submit('pass', f'quick{{k}}', quiet=True)",
+    "%wait",
+    *(f"%%parallel {name}\nawait asyncio.sleep(120)" for name in RUNNING_TASKS),
+    "%tasks",
+    "await asyncio.sleep(600)",
+]
+
+#: Whether the notebook's last cell (the foreground ``await``) is running, as its prompt says.
+FOREGROUND_RUNNING = """(running) => {
+  const cells = window.jupyterapp.shell.currentWidget.content.widgets;
+  const prompt = cells[cells.length - 1].node.querySelector('.jp-InputPrompt');
+  return !!prompt && prompt.textContent.includes('[*]') === running
+         && (running || /\\[\\d+\\]/.test(prompt.textContent));
+}"""
+
+#: The table's rows: each task's name, with ``*`` when the row is highlighted as picked.
+TABLE_ROWS = """(el) => [...el.querySelectorAll('.ipytasks-table tr[data-task]')].map(
+  r => r.dataset.task + (r.style.backgroundColor ? '*' : ''))"""
+
+
+def _notebook(sources: list[str]) -> str:
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {},
+              "outputs": [], "source": source} for i, source in enumerate(sources)]
+    metadata = json.loads(TOUR.read_text())["metadata"]  # the tour's kernel
+    return json.dumps({"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5})
+
+
+def _answered(page, dashboard, check, what: str) -> float:
+    """Wait up to ANSWER_MS for ``check(rows, label)`` to hold (the kernel's answer shown);
+    return the seconds it took."""
+    start = time.monotonic()
+    label = dashboard.locator(".ipytasks-page-label")
+    while True:
+        rows, text = dashboard.evaluate(TABLE_ROWS), label.inner_text()
+        if check(rows, text):
+            return time.monotonic() - start
+        if time.monotonic() - start > ANSWER_MS / 1000:
+            raise AssertionError(f"not answered within {ANSWER_MS} ms: {what}; "
+                                 f"the table shows {text!r}: {rows}")
+        page.wait_for_timeout(20)  # polling the page, as expect() does
+
+
+def _click_through(page, dashboard, rounds: int) -> float:
+    """Change the filter, turn the page, pick rows and toggle the output, each answered
+    within ANSWER_MS; return the slowest answer's seconds."""
+    show = dashboard.locator("select.ipytasks-show")
+    next_page = dashboard.locator('button[title="next page"]')
+    prev_page = dashboard.locator('button[title="previous page"]')
+    output = dashboard.locator("button", has_text="utput")
+    total = QUICK_TASKS + len(RUNNING_TASKS)
+    running = set(RUNNING_TASKS)
+
+    def names(rows: list[str]) -> set[str]:
+        return {r.rstrip("*") for r in rows}
+
+    took = [0.0]
+    for turn in range(rounds):
+        show.select_option("running")
+        took.append(_answered(page, dashboard, lambda rows, label: names(rows) == running
+                              and label == "1–2 of 2", f"round {turn}: show running"))
+        pick = RUNNING_TASKS[turn % 2]
+        dashboard.locator(f'tr[data-task="{pick}"]').click()
+        took.append(_answered(page, dashboard, lambda rows, label: f"{pick}*" in rows,
+                              f"round {turn}: pick {pick}"))
+        show.select_option("done")
+        took.append(_answered(page, dashboard, lambda rows, label: not running & names(rows)
+                              and label == f"1–20 of {QUICK_TASKS}", f"round {turn}: show done"))
+        show.select_option("all")
+        took.append(_answered(page, dashboard, lambda rows, label: label == f"1–20 of {total}",
+                              f"round {turn}: show all"))
+        next_page.click()
+        took.append(_answered(page, dashboard, lambda rows, label: running <= names(rows)
+                              and label == f"21–{total} of {total}", f"round {turn}: next page"))
+        prev_page.click()
+        took.append(_answered(page, dashboard, lambda rows, label: label == f"1–20 of {total}",
+                              f"round {turn}: previous page"))
+        # The Output button shows the picked task's output, and hides it again.
+        expected = "Output" if output.inner_text().strip() == "Hide output" else "Hide output"
+        output.click()
+        start = time.monotonic()
+        try:
+            page.wait_for_function("([el, text]) => el.textContent.trim() === text",
+                                   arg=[output.element_handle(), expected], timeout=ANSWER_MS,
+                                   polling=20)
+        except Exception as exc:
+            raise AssertionError(f"not answered within {ANSWER_MS} ms: round {turn}: "
+                                 f"the Output button") from exc
+        took.append(time.monotonic() - start)
+    return max(took)
+
+
+def test_dashboard_answers_every_click(tools: Tools, lab: Lab) -> None:
+    """With tasks running, every change of the filter, the page and the picked row (and the
+    Output button) is answered within ANSWER_MS, while a foreground ``await`` cell runs and
+    after it was interrupted.
+
+    ipykernel 7 handles a widget message that arrives during an ``await`` cell without
+    reporting busy/idle for it, and the browser's widget manager sends a model's next state
+    update only after that idle: a dashboard whose clicks were state updates stopped
+    answering for good after its first change during a running cell.
+    """
+    (lab.root / "clicks.ipynb").write_text(_notebook(CLICKS_NOTEBOOK))
+    with tools.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            try:
+                page.goto(f"{lab.url}lab/tree/clicks.ipynb?token={lab.token}",
+                          wait_until="domcontentloaded")
+                page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+                page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+                assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"])
+                page.evaluate(
+                    "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+                dashboard = page.locator(
+                    '[data-ipytasks-test="dashboard"] .jp-OutputArea-output').first
+                tools.expect(dashboard.locator(".ipytasks-summary")).to_contain_text(
+                    re.compile(r"\b2 running\b"), timeout=WAIT_MS)
+                # The foreground cell runs (the kernel's status is no sign of it: ipykernel 7
+                # reports idle after each widget message it handles meanwhile).
+                page.wait_for_function(FOREGROUND_RUNNING, arg=True, timeout=WAIT_MS)
+                during = _click_through(page, dashboard, rounds=4)
+                assert page.evaluate(FOREGROUND_RUNNING, True), "the foreground cell ended"
+                page.evaluate(
+                    "() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
+                page.wait_for_function(FOREGROUND_RUNNING, arg=False, timeout=WAIT_MS)
+                after = _click_through(page, dashboard, rounds=4)
+                print(f"slowest answer: {during:.2f} s during the cell, {after:.2f} s after")
+            except BaseException:
+                page.screenshot(path=OUTPUT_DIR / "failure.png")
+                raise
+        finally:
+            browser.close()
+
+
+# -- the state icons are drawn by the fonts a plain Linux desktop has --------------------------
+
+#: The icons among ``icons`` that the browser draws as the font's missing-glyph box (the same
+#: pixels as a code point no font has), in the dashboard's font (``sans-serif``).
+MISSING_GLYPHS = """(icons) => {
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 48;
+  const ctx = canvas.getContext('2d', {willReadFrequently: true});
+  const draw = (text) => {
+    ctx.clearRect(0, 0, 48, 48);
+    ctx.font = '28px sans-serif';
+    ctx.fillText(text, 6, 36);
+    return ctx.getImageData(0, 0, 48, 48).data.join(',');
+  };
+  const missing = draw('\\u{10FFFD}');
+  const blank = draw(' ');
+  return icons.filter((icon) => [missing, blank].includes(draw(icon)));
+}"""
+
+
+def test_state_icons_have_glyphs_without_an_emoji_font(tools: Tools) -> None:
+    """Every state's icon is drawn by the fonts here (DejaVu and Liberation, no emoji font,
+    as on many Linux desktops), not as an empty box."""
+    from ipytasks.views import STATE_STYLE
+
+    icons = [icon for icon, _ in STATE_STYLE.values()]
+    with tools.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+        try:
+            page = browser.new_page()
+            page.set_content("<html><body style='font-family:sans-serif'></body></html>")
+            if not page.evaluate(MISSING_GLYPHS, ["\u23f3", "\u23f1"]):  # the old icons
+                pytest.skip("an emoji font is installed: no missing glyph to tell apart here")
+            assert page.evaluate(MISSING_GLYPHS, icons) == []
+        finally:
+            browser.close()

@@ -30,7 +30,7 @@ from IPython.core.error import UsageError
 from ipytasks.modes._process import BrokenWorker, ProcessMode
 from ipytasks.namespace.shipping import RemoteError, ShippingError
 from ipytasks.scheduler import Scheduler
-from ipytasks.tasks import TaskFailed, TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskFailed, TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 pytestmark = pytest.mark.anyio
 
@@ -694,7 +694,7 @@ def test_workers_exit_when_the_kernel_dies(tmp_path: Path) -> None:
             import asyncio
             from IPython.core.interactiveshell import InteractiveShell
             from ipytasks.scheduler import Scheduler
-            from ipytasks.tasks import TaskOptions, TaskRegistry
+            from ipytasks.records import TaskOptions, TaskRegistry
 
             async def main():
                 ip = InteractiveShell.instance()

@@ -25,7 +25,7 @@ AFTER_THREAD_TASKS_UNDER_A_PROFILER = textwrap.dedent(
     import asyncio, cProfile
     from IPython.core.interactiveshell import InteractiveShell
     from ipytasks.scheduler import Scheduler
-    from ipytasks.tasks import TaskOptions, TaskRegistry
+    from ipytasks.records import TaskOptions, TaskRegistry
 
     async def main():
         sched = Scheduler(InteractiveShell.instance(), TaskRegistry(),

@@ -872,3 +872,23 @@ def test_straight_line_reads_match_execution(src: str) -> None:
     assert r.deletes & _TRACKED == deletes, src
     assert r.mutates & _TRACKED == mutates, src
     assert r.unknown is None
+
+
+@pytest.mark.parametrize(
+    ("src", "loose"),
+    [
+        ("for i in range(3):\n    print(i)", {"i"}),
+        ("for k, v in d.items():\n    out[k] = v", {"k", "v"}),
+        ("try:\n    f()\nexcept E as e:\n    print(e)", {"e"}),
+        ("_ = f()", {"_"}),
+        ("for i in x:\n    pass\nprint(i)", set()),  # read after the loop: maybe not bound by it
+        ("print(i)\nfor i in x:\n    pass", set()),  # read from the notebook first
+        ("i = 0\nfor i in x:\n    pass", set()),  # also bound as an ordinary name
+        ("for i in x:\n    pass\ndel i", set()),
+        ("def f():\n    global i\n    for i in x:\n        pass", set()),
+        ("get_ipython().run_line_magic('time', 'for j in x: pass')", set()),  # the magic's own
+    ],
+)
+def test_loose_names_are_loop_and_except_targets_only(src: str, loose: set[str]) -> None:
+    """``loose``: names bound only as ``for``/``except … as`` targets (or ``_``) and not read."""
+    assert names(src).loose == loose

@@ -11,7 +11,7 @@ from ipytasks.overview._common import run_start
 from ipytasks.overview.columns import TaskColumns
 from ipytasks.overview.render import Summary, summarize
 from ipytasks.overview.testing import timeline_tasks
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 # Steps: submit a new record under a name (replacing a finished one), start it, put it
 # back to pending for a retry (it keeps its first start), end it; or hand the changes
@@ -114,7 +114,7 @@ def test_a_retried_task_counts_its_work_once() -> None:
 
 def test_unreported_resubmitted_and_cleared_records_are_caught() -> None:
     """A record added without a report (a map's item before it starts), a name submitted
-    again (its record moves to the end) and a cleared registry rebuild the model."""
+    again (its record takes the old one's place) and a cleared registry rebuild the model."""
     registry = TaskRegistry()
     columns = TaskColumns(registry)
     registry._add(TaskRecord(name="quiet", source="", options=TaskOptions(), submitted=1.0))
@@ -128,7 +128,7 @@ def test_unreported_resubmitted_and_cleared_records_are_caught() -> None:
                        mode="process")
     registry._add(again)
     columns.update([again])
-    assert columns.names() == b"a\nquiet"
+    assert columns.names() == b"quiet\na"
     _assert_matches(columns, registry, 6.0)
     registry._clear()
     _assert_matches(columns, registry, 7.0)
@@ -141,7 +141,7 @@ def test_unreported_resubmitted_and_cleared_records_are_caught() -> None:
     b2 = TaskRecord(name="b", source="", options=TaskOptions(), submitted=9.0)
     registry._add(b2)
     columns.update([b2])
-    assert columns.names() == b"item\nb"
+    assert columns.names() == b"b\nitem"
     _assert_matches(columns, registry, 10.0)
     # A changed task and a new one reported, as many arrived as were reported, but one
     # unreported: the batch is not the registry's newest.
@@ -150,7 +150,7 @@ def test_unreported_resubmitted_and_cleared_records_are_caught() -> None:
     c = TaskRecord(name="c", source="", options=TaskOptions(), submitted=11.0)
     registry._add(c)
     columns.update([b2, c])
-    assert columns.names() == b"item\nb\nitem2\nc"
+    assert columns.names() == b"b\nitem\nitem2\nc"
     _assert_matches(columns, registry, 12.0)
 
 

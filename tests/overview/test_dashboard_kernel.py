@@ -79,8 +79,8 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
 
     # A click on the task's row picks it.
     assert '<tr data-task="dash_slow"' in _value(kernel, parts["view"])
-    kernel.send_comm_msg(parts["view"], {"method": "update", "buffer_paths": [],
-                                        "state": {"selected": "dash_slow"}})
+    kernel.send_comm_msg(parts["view"], {"method": "custom", "content": {
+        "event": "selected", "value": "dash_slow"}})
     kernel.wait_until(
         lambda: "background:#ddf4ff" in _value(kernel, parts["view"]),
         what="the picked row to be highlighted",
@@ -94,8 +94,8 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
     out = kernel.execute("print(api.tasks['dash_slow'].state)").stdout
     assert out.strip() == "cancelled"
     # The filter, as the browser sets it: the table keeps the tasks that did not succeed.
-    kernel.send_comm_msg(parts["view"], {"method": "update", "buffer_paths": [],
-                                        "state": {"show": "unsuccessful"}})
+    kernel.send_comm_msg(parts["view"], {"method": "custom", "content": {
+        "event": "show", "value": "unsuccessful"}})
     kernel.wait_until(
         lambda: "<b>dash_ok</b>" not in (shown := _value(kernel, parts["view"]))
         and "<b>dash_bad</b>" in shown and "<b>dash_slow</b>" in shown,
@@ -143,3 +143,44 @@ def test_many_quick_tasks_send_few_messages(kernel: Kernel) -> None:
     assert busiest < 10, sent
     assert len(updates) <= 3 * elapsed + 3, (len(updates), elapsed)
     kernel.execute("_dash2.close()")
+
+
+def test_retried_task_keeps_its_row(kernel: Kernel) -> None:
+    """A retried task stays on the dashboard's page it was on, in its place (it used to
+    move to the end: the last page)."""
+    before = set(kernel.widget_states())
+    kernel.execute(
+        "import ipytasks\n"
+        "tries3 = []\n"
+        "ipytasks.submit('1', 'keep_a', quiet=True)\n"
+        "ipytasks.submit('tries3.append(1)\\nif len(tries3) < 2:\\n    raise OSError(\"flaky\")',"
+        " 'keep_flaky', quiet=True)\n"
+        "for k in range(30):\n"
+        "    ipytasks.submit('1', f'keep_more{k}', quiet=True)\n"
+    )
+    kernel.execute("%wait keep_more29")
+    kernel.execute(OPEN.format(var="_dash3"))
+    parts = _dashboard_widgets(kernel, before)
+    # The page it is on (earlier tests of this kernel left tasks before it).
+    at = int(kernel.execute("print(list(api.tasks).index('keep_flaky'))").stdout)
+    kernel.send_comm_msg(parts["view"], {"method": "custom", "content": {
+        "event": "page", "value": at // 20}})
+
+    def row_of_flaky() -> str:
+        html = _value(kernel, parts["view"])
+        at = html.find('<tr data-task="keep_flaky"')
+        return html[at:html.find("</tr>", at)] if at >= 0 else ""
+
+    kernel.wait_until(lambda: "failed" in row_of_flaky(), what="keep_flaky failed, on its page")
+
+    def page() -> list[str]:
+        rows = _value(kernel, parts["view"]).split("<tr data-task=")[1:]
+        return [row.split('"')[1] for row in rows]
+
+    shown = page()
+    assert "keep_flaky" in shown
+    kernel.execute("%retry keep_flaky")
+    kernel.wait_until(lambda: "done" in row_of_flaky(),
+                      what="the retried keep_flaky done, on the same page")
+    assert page() == shown
+    kernel.execute("_dash3.close()")

@@ -15,7 +15,7 @@ from ipytasks.overview.timeline import (
     PNG_NEEDS_MATPLOTLIB,
     render_svg,
 )
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 T0 = 1_700_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"
@@ -120,7 +120,7 @@ def test_svg_bars_have_state_colours_and_hover_titles() -> None:
     assert load_title == "load: done (thread)\n+0.00 s to +2.00 s (2.0 s)"
     # The name labels carry the state icon: colour is not the only sign.
     labels = [t.text for t in root.iter(f"{SVG}text")]
-    assert "✔ load" in labels and "✖ prep" in labels and "⏳ plot" in labels
+    assert "✔ load" in labels and "✖ prep" in labels and "○ plot" in labels
     idle = [r for r in root.iter(f"{SVG}rect")
             if r.find(f"{SVG}title") is not None and r.find(f"{SVG}title").text.startswith("idle")]
     assert len(idle) == 1 and "idle 1.0 s" in idle[0].find(f"{SVG}title").text
@@ -195,3 +195,58 @@ def test_snapshot_of_no_tasks() -> None:
     """A snapshot with no tasks says so and draws nothing."""
     html = snapshot_html([], now=T0)
     assert "no tasks yet" in html and "<svg" not in html
+
+
+def _packed_records() -> list[TaskRecord]:
+    """100 tasks, at most 4 at a time (packed into 4 lanes)."""
+    return [record(f"t{i}", TaskState.DONE, 0, (i // 4) * 1.0, (i // 4) * 1.0 + 0.9)
+            for i in range(100)]
+
+
+def test_packed_timeline_file_numbers_its_lanes() -> None:
+    """A dense timeline (packed lanes) labels its lanes with how many tasks ran at once."""
+    root = ET.fromstring(render_svg(timeline_geometry(_packed_records(), now=T0 + 30)))
+    labels = {t.text: t.find(f"{SVG}title").text for t in root.iter(f"{SVG}text")
+              if t.find(f"{SVG}title") is not None and t.text and t.text.isdigit()}
+    assert labels == {str(k): f"lane {k}: {k} tasks ran at once when a bar here started"
+                      for k in (1, 2, 3, 4)}
+
+
+def test_live_packed_timeline_numbers_its_lanes(tmp_path: Path) -> None:
+    """The live view (dashboard.js, run by node as the browser runs it) labels a packed
+    timeline's lanes as the files do."""
+    import json
+    import shutil
+    import subprocess
+
+    from ipytasks.overview.columns import TaskColumns
+    from ipytasks.views import STATE_STYLE
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    registry = TaskRegistry()
+    for r in _packed_records():
+        registry._add(r)
+    columns = TaskColumns(registry)
+    script = tmp_path / "draw.mjs"
+    js = Path(__file__).resolve().parents[2] / "src" / "ipytasks" / "overview" / "dashboard.js"
+    state = {
+        "timeline": {"modes": list(columns.modes), "total": 100, "t0": T0},
+        "now": T0 + 30, "labelled": 40,
+        "states": [[str(s), *STATE_STYLE[s]] for s in TaskState],
+    }
+    script.write_text(
+        f"import {{ svg }} from {json.dumps(str(js))};\n"
+        f"const state = {json.dumps(state)};\n"
+        f"const names = Buffer.from({json.dumps(columns.names().decode())});\n"
+        f"const rows = Buffer.from({json.dumps(columns.rows().hex())}, 'hex');\n"
+        "state.timeline.names = new DataView(names.buffer, names.byteOffset, names.length);\n"
+        "state.timeline.rows = new DataView(rows.buffer, rows.byteOffset, rows.length);\n"
+        "console.log(svg({ get: (k) => state[k] }));\n"
+    )
+    drawn = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=30,
+                           check=True).stdout
+    lanes = re.findall(r'<text class="ipytasks-lane"[^>]*>(\d+)<title>([^<]*)</title>', drawn)
+    assert lanes == [(str(k), f"lane {k}: {k} tasks ran at once when a bar here started")
+                     for k in (1, 2, 3, 4)], drawn[:500]

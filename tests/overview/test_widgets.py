@@ -24,7 +24,7 @@ from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tas
 from ipytasks.overview.widgets import Dashboard
 from ipytasks.output import TaskOutput
 from ipytasks.scheduler import ChangeFeed, Scheduler
-from ipytasks.tasks import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 T0 = 1_700_000_000.0
 
@@ -134,10 +134,12 @@ def summary(dash: Dashboard) -> str:
     return dash.view.get_state()["summary"]
 
 
-def from_front_end(widget: Any, **state: Any) -> None:
-    """Apply ``state`` to ``widget`` the way a front end's update message does."""
-    widget._handle_msg({"content": {"data": {"method": "update", "state": state}},
-                        "buffers": []})
+def from_front_end(widget: Any, **events: Any) -> None:
+    """Send ``widget`` the events the browser sends (``dashboard.js``): for each
+    keyword, the custom message ``{"event": name, "value": value}``."""
+    for event, value in events.items():
+        widget._handle_msg({"content": {"data": {"method": "custom", "content": {
+            "event": event, "value": value}}}, "buffers": []})
 
 
 def pick(dash: Dashboard, name: str) -> None:
@@ -193,7 +195,7 @@ async def test_rows_show_every_column(board: Board) -> None:
     dash = board.open()
     shown = table(dash)
     assert shown.count("<tr") == 4
-    assert "✔ done" in shown and "▶ running" in shown and "⏳ pending" in shown
+    assert "✔ done" in shown and "▶ running" in shown and "○ pending" in shown
     assert "#1a7f37" in shown  # done's colour, beside its icon
     assert "<b>load</b>" in shown and ">io<" in shown and ">main<" in shown and ">thread<" in shown
     assert "+2.50 s" in shown  # fit started 2.5 s after the first submission
@@ -425,9 +427,9 @@ async def test_output_of_the_picked_task_is_shown_and_follows_it(board: Board) -
     board.sched.add(rec)
     dash = board.open()
     pick(dash, "talk")
-    dash.output_button.value = True
+    dash.output_button.click()
     await settle()
-    assert dash.output.layout.display is None
+    assert dash.output.layout.display is None and dash.output_button.description == "Hide output"
     assert list(dash.output.get_state()["outputs"]) == [
         {"output_type": "stream", "name": "stdout", "text": "hello\n"}
     ]
@@ -436,10 +438,10 @@ async def test_output_of_the_picked_task_is_shown_and_follows_it(board: Board) -
     rec.sink.flush()  # what the sink's own timer does
     board.at(5)
     assert dash.output.outputs[0]["text"] == "hello\nworld\n"
-    dash.output_button.value = False
+    dash.output_button.click()
     await settle()
     assert rec.sink.views == [] and dash.output.layout.display == "none"
-    dash.output_button.value = True
+    dash.output_button.click()
     await settle()
     dash.close()
     assert rec.sink.views == []
@@ -643,3 +645,21 @@ async def test_a_costly_timeline_is_redrawn_less_often(board: Board,
         assert timeline(dash) == drawn, f"redrawn {at} s after a 0.1 s redraw"
     board.at(6)
     assert timeline(dash)["b2"][0] == "done"
+
+
+async def test_timeline_shows_what_the_table_shows(board: Board) -> None:
+    """The refresh that shows a change in the table carries the timeline's numbers too (it
+    used to wait up to a second for its own interval); while tasks run, every refresh
+    moves the time running bars reach."""
+    a = board.sched.add(record("a", TaskState.RUNNING, 0, 0))
+    board.sched.add(record("b", TaskState.RUNNING, 0, 0))
+    dash = board.open()
+    board.at(0.6)
+    a.state, a.ended = TaskState.DONE, T0 + 0.6
+    board.sched.changed(a)
+    board.at(0.75)  # the refresh that follows the change
+    assert "✔ done" in table(dash)
+    assert timeline(dash)["a"][0] == "done"
+    reached = dash.view.now
+    board.at(1.9)  # a tick: no task changed
+    assert dash.view.now > reached

@@ -39,7 +39,7 @@ from .fingerprint import Unfingerprintable, digest_text, fingerprint
 from .store import DEFAULT_MAX_SIZE, CacheCorrupt, Entry, Store, load_secret, parse_size
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = ("Plan", "ResultCache", "default_root")
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .abc import Mode
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 
 class AsyncMode(Mode):

@@ -43,7 +43,7 @@ worker process mode uses, started the same way — so:
   task ends as ``cancelled``/``timed_out``. The next job gets a fresh process. A
   task cancelled before it started never starts.
 * **A body that kills its process** (``os._exit``, a segfault, out of memory)
-  fails its task with :class:`~ipytasks.tasks.BrokenWorker` ("worker process died
+  fails its task with :class:`~ipytasks.records.BrokenWorker` ("worker process died
   (exit code 3) on Dask worker tcp://…"); the Dask worker, and any other task on it,
   carry on. A **Dask worker that dies** (killed from outside, or by its nanny's
   memory limit) fails the task it ran with ``BrokenWorker`` too, from Dask's
@@ -95,22 +95,23 @@ from typing import TYPE_CHECKING, Any
 from .. import _dask_worker, _worker
 from ..namespace.shipping import decode_reply, merge
 from ..output import _report_internal_error
-from ..tasks import BrokenWorker, TaskError
+from ..records import BrokenWorker, TaskError
 from ._process import CLOSED_FILES, ProcessMode, _cpu_count, show_displays
 from .abc import Mode
 
 if TYPE_CHECKING:
     from ..namespace.shipping import Job
     from ..output import TaskOutput
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = ("DaskMode",)
 
 STARTED = (
     "ipytasks: started a Dask LocalCluster for --on dask tasks ({workers} worker{s}, "
-    "{threads} thread{ts} each); dashboard: {link}{hint}\n"
+    "{threads} thread{ts} each){dashboard}\n"
 )
-NO_BOKEH = " (the dashboard needs bokeh: pip install bokeh)"
+#: Dask's own dashboard, when bokeh is there to serve it (``pip install 'ipytasks[dask]'``).
+DASHBOARD = "; dashboard: {link}"
 DIED_ON = "{died} on Dask worker {worker}"
 WORKER_DIED = (
     "the Dask worker running it died ({address}): Dask's KilledWorker, after {deaths} "
@@ -463,12 +464,15 @@ class DaskMode(Mode):
         from distributed import Client, LocalCluster
 
         give_main_a_spec()
+        # Dask's dashboard needs bokeh (the [dask] extra brings it); without it the
+        # cluster starts without one rather than warn in the first task's output.
+        has_dashboard = importlib.util.find_spec("bokeh") is not None
         cluster = LocalCluster(
             n_workers=self.n_workers,
             threads_per_worker=self.threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
+            dashboard_address="127.0.0.1:0" if has_dashboard else None,
             silence_logs=logging.ERROR,
             scheduler_kwargs={"allowed_failures": 0},
             preload=[IGNORE_SIGINT],
@@ -479,16 +483,15 @@ class DaskMode(Mode):
             cluster.close(timeout=CLOSE_TIMEOUT)
             raise
         if sink is not None:
-            hint = NO_BOKEH if importlib.util.find_spec("bokeh") is None else ""
+            dashboard = DASHBOARD.format(link=cluster.dashboard_link) if has_dashboard else ""
             sink.write(
-                "stderr",
+                "stdout",  # news, not a warning
                 STARTED.format(
                     workers=self.n_workers,
                     s="s" if self.n_workers != 1 else "",
                     threads=self.threads_per_worker,
                     ts="s" if self.threads_per_worker != 1 else "",
-                    link=cluster.dashboard_link,
-                    hint=hint,
+                    dashboard=dashboard,
                 ),
             )
         return client, cluster

@@ -114,14 +114,14 @@ from ..cells import MapItemCell
 from ..namespace.analysis import CellNames, analyze
 from ..namespace.shipping import Job, Reply, decode_reply, merge
 from ..output import _report_internal_error
-from ..tasks import BrokenWorker, TaskError
+from ..records import BrokenWorker, TaskError
 from .abc import Mode
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..output import TaskOutput
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = ("BrokenWorker", "ProcessMode")
 
@@ -481,10 +481,18 @@ class _Pool:
                 waiter.set_result(None)
                 return
 
+    def resize(self, size: int) -> None:
+        """Keep up to ``size`` workers from now on: more start as jobs need them; idle
+        ones beyond it stop now, busy ones when their job ends."""
+        self.size = size
+        while self._count() > size and self._idle:
+            self._forget(self._idle.popleft())
+        self._wake()  # a job waiting for a worker may start one now
+
     def release(self, worker: _Worker) -> None:
         """Take back a worker whose job ended normally."""
         self._busy.discard(worker)
-        if self.closed or not worker.alive():
+        if self.closed or not worker.alive() or self._count() >= self.size:
             self._forget(worker)
             self._start_filling()
             return
@@ -578,6 +586,12 @@ class ProcessMode(Mode):
             it = "them" if len(parts) > 1 else "it"
             hint = SHELL_HINT if "!" in magics else ""
             raise UsageError(NEEDS_IPYTHON.format(name=task.name, what=what, it=it, hint=hint))
+
+    def resize(self, max_workers: int | None) -> None:
+        """Keep up to ``max_workers`` worker processes (``None``: one per core) from now on."""
+        self.max_workers = max_workers or _cpu_count()
+        if self._pool is not None:
+            self._pool.resize(self.max_workers)
 
     def _get_pool(self) -> _Pool:
         if self._closed:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ..cells import CompiledCell
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 #: Enough for the usual fan-out of blocking I/O (anyio's default limiter is 40 too).
 DEFAULT_MAX_THREADS = 40
@@ -115,40 +115,79 @@ class _Job:
 
 
 class _ThreadPool:
-    """A bounded pool of daemon threads; a thread lives until the pool is closed."""
+    """A bounded pool of daemon threads; a thread lives until the pool is closed or
+    shrunk.
+
+    Every item put in the queue is taken care of once: by an idle thread that it
+    reserves (``_idle``), by a thread started for it, or else it waits in
+    ``_backlog`` for the next thread that finishes a body. So the pool knows, without
+    racing its threads, whether a new body needs a new thread.
+    """
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # threads waiting for an item that no item has reserved yet
+        self._backlog = 0  # queued items no thread has been counted for
         self._closed = False
 
     def submit(self, fn: Callable[[], Any], done: Callable[[tuple[bool, Any]], None]) -> None:
         """Run ``fn()`` in a pool thread, then ``done((True, value))`` or ``done((False,
         error))`` in that thread."""
-        thread = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("the thread pool is closed")
             self._queue.put((fn, done))
-            if self._idle > 0:
-                self._idle -= 1
-            elif len(self._threads) < self.max_workers:
-                thread = threading.Thread(
-                    target=self._work, name=f"ipytasks-thread-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
+            thread = self._care_for_one()
         if thread is not None:
             # Outside the lock: start() waits for the new thread to run, and a worker
             # that just finished a body needs the lock to say it is idle.
+            thread.start()
+
+    def _care_for_one(self) -> threading.Thread | None:
+        """Count a thread for one more queued item (under the lock): an idle one, a new
+        one (returned, to start), or the next one to finish."""
+        if self._idle > 0:
+            self._idle -= 1
+            return None
+        if len(self._threads) < self.max_workers:
+            thread = threading.Thread(
+                target=self._work, name=f"ipytasks-thread-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            return thread
+        self._backlog += 1
+        return None
+
+    def resize(self, max_workers: int) -> None:
+        """Let up to ``max_workers`` bodies run at once from now on: bodies queued beyond
+        the old size start at once; threads beyond the new size end after their body."""
+        threads = []
+        with self._lock:
+            self.max_workers = max_workers
+            if self._closed:
+                return
+            while self._backlog and len(self._threads) < max_workers:
+                self._backlog -= 1  # counted again: now a new thread can take it
+                thread = self._care_for_one()
+                if thread is not None:
+                    threads.append(thread)
+            for _ in range(len(self._threads) - max_workers):
+                # Behind the queued bodies: the thread that takes it ends.
+                self._queue.put(None)
+                self._care_for_one()
+        for thread in threads:
             thread.start()
 
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
+                with self._lock:
+                    if threading.current_thread() in self._threads:  # shrunk, not closed
+                        self._threads.remove(threading.current_thread())
                 return
             fn, done = item
             # Outcomes travel as values: a KeyboardInterrupt or SystemExit from a
@@ -161,7 +200,10 @@ class _ThreadPool:
             done(outcome)
             del fn, done, item, outcome
             with self._lock:
-                self._idle += 1
+                if self._backlog:
+                    self._backlog -= 1  # this thread takes the next waiting item
+                else:
+                    self._idle += 1
 
     def close(self) -> None:
         with self._lock:
@@ -238,6 +280,10 @@ class ThreadMode(Mode):
     def _notice_if_stuck(job: _Job, task: TaskRecord) -> None:
         if not job.finished and task.sink is not None:
             task.sink.write("stderr", STUCK_NOTICE.format(name=task.name))
+
+    def resize(self, max_threads: int) -> None:
+        """Let up to ``max_threads`` bodies run at once from now on."""
+        self._pool.resize(max_threads)
 
     def close(self) -> None:
         self._pool.close()

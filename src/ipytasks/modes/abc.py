@@ -6,7 +6,7 @@ from abc import ABCMeta, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = ("Mode",)
 

@@ -144,6 +144,11 @@ class CellNames:
       Callers treat an unknown cell as reading and binding everything.
     - ``magics``: the IPython magics the cell calls (names without ``%``, line
       and cell magics alike), and ``"!"`` when it runs shell commands.
+    - ``loose``: the subset of ``binds`` that are throwaway names: bound at top level
+      of the cell's own code only as ``for`` targets or ``except … as`` names, or
+      ``_`` however bound; never read from the namespace, changed in place or
+      deleted by the cell. Their value after the cell is an accident of the loop
+      (or of the error), so no other cell's order should hang on them.
     """
 
     reads: frozenset[str]
@@ -153,6 +158,7 @@ class CellNames:
     imports: frozenset[str] = frozenset()
     unknown: str | None = None
     magics: frozenset[str] = frozenset()
+    loose: frozenset[str] = frozenset()
 
 
 _PARSE_FLAGS = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -179,13 +185,18 @@ def analyze(tree: ast.Module) -> CellNames:
         imports=frozenset(a.import_binds - a.other_binds),
         unknown=a.unknown,
         magics=frozenset(a.magics),
+        loose=frozenset(
+            n for n in a.binds
+            if n == "_" or (n in a.loose_binds and n not in a.other_binds
+                            and n not in a.import_binds)
+        ) - a.reads - a.mutates - a.deletes,
     )
 
 
 # --------------------------------------------------------------------------- scopes
 
 _MODULE, _CLASS, _FUNC, _COMP = 0, 1, 2, 3
-_OTHER, _IMPORT, _DELETE = 0, 1, 2
+_OTHER, _IMPORT, _DELETE, _LOOSE = 0, 1, 2, 3
 
 
 class _Scope:
@@ -395,6 +406,7 @@ class _Analyzer:
         self.deletes: set[str] = set()
         self.import_binds: set[str] = set()
         self.other_binds: set[str] = set()
+        self.loose_binds: set[str] = set()
         self.magics: set[str] = set()
         self.unknown: str | None = None
         self.module = _Scope(_MODULE, None)
@@ -458,6 +470,8 @@ class _Analyzer:
         self.binds.add(name)
         if kind == _IMPORT:
             self.import_binds.add(name)
+        elif kind == _LOOSE and self.line_override is None:  # not in a magic's code
+            self.loose_binds.add(name)
         else:
             self.other_binds.add(name)
             if kind == _DELETE:
@@ -469,13 +483,13 @@ class _Analyzer:
             self._module_bind(name, kind)
         elif k == _FUNC:
             if name in s.glob_decl:
-                self._module_bind(name, kind)
+                self._module_bind(name, _OTHER if kind == _LOOSE else kind)
             elif name not in s.nonlocal_decl:
                 s.locals.add(name)
             return
         elif k == _CLASS:
             if name in s.glob_decl:
-                self._module_bind(name, kind)
+                self._module_bind(name, _OTHER if kind == _LOOSE else kind)
                 return
         else:  # comprehension targets are collected up front
             return
@@ -743,7 +757,7 @@ class _Analyzer:
         s = self.scope
         if not s.flow or s.dead:
             if isinstance(node, (ast.For, ast.AsyncFor)):
-                self._target(node.target)
+                self._target(node.target, _LOOSE)
             elif not s.flow:
                 self._expr(node.test)
             self._block(node.body)
@@ -753,7 +767,7 @@ class _Analyzer:
         breaks: list[set[str]] = []
         s.loops.append((mark, breaks))
         if isinstance(node, (ast.For, ast.AsyncFor)):
-            self._target(node.target)
+            self._target(node.target, _LOOSE)
         self._block(node.body)
         s.loops.pop()
         self._undo(s, mark)
@@ -817,7 +831,7 @@ class _Analyzer:
         if h.type is not None:
             self._expr(h.type)
         if h.name:
-            self._store(h.name)
+            self._store(h.name, _LOOSE)
         self._block(h.body)
 
     def _s_with(self, node: ast.With | ast.AsyncWith) -> None:
@@ -951,15 +965,15 @@ class _Analyzer:
 
     # ------------------------------------------------------------ targets
 
-    def _target(self, t: ast.expr) -> None:
+    def _target(self, t: ast.expr, kind: int = _OTHER) -> None:
         tp = type(t)
         if tp is ast.Name:
-            self._store(t.id)
+            self._store(t.id, kind)
         elif tp is ast.Tuple or tp is ast.List:
             for e in t.elts:
-                self._target(e)
+                self._target(e, kind)
         elif tp is ast.Starred:
-            self._target(t.value)
+            self._target(t.value, kind)
         elif tp is ast.Subscript:
             self._store_base(t.value)
             self._expr(t.slice)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import _worker, plots
-from ..tasks import TaskError
+from ..records import TaskError
 
 if TYPE_CHECKING:
     from ..cells import CompiledCell

@@ -22,7 +22,7 @@ from .timeline import timeline_geometry as timeline_geometry
 from .timeline import write_timeline as write_timeline
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
     from .widgets import Dashboard
 
 __all__ = (

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 
 def records_of(records: Iterable[TaskRecord] | Mapping[str, TaskRecord] | Any) -> list[TaskRecord]:

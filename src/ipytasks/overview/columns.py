@@ -24,11 +24,11 @@ from itertools import islice, repeat
 from operator import attrgetter, sub
 from typing import TYPE_CHECKING, Any
 
-from ..tasks import ACTIVE, TaskState
+from ..records import ACTIVE, TaskState
 from .render import Summary
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = ("STATE_CODES", "TaskColumns")
 

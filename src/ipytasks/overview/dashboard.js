@@ -5,9 +5,13 @@
 // `summary`: HTML made by the kernel (counts per state, work against wall time).
 // `table`: `html`, the rows of the table's current page, made by the kernel, each row's
 // `data-task` its task's name; `label` and `pages`, and `page`: where that page is; `show`,
-// `filters`: which tasks the table lists, and the choices. What the user does is set on
-// the model and sent: `show` (the filter), `page` (the pager's buttons), `selected` (a
-// click on a row, or Enter on a focused one, picks its task for the actions).
+// `filters`: which tasks the table lists, and the choices; `selected`: the picked task.
+// Only the kernel sets them. What the user does goes to the kernel as an event, a custom
+// message `{event, value}`: `show` (the filter), `page` (the pager's buttons), `selected`
+// (a click on a row, or Enter on a focused one, picks its task for the actions); the
+// kernel answers with the new state. Not `model.set`: the widget manager sends a model's
+// next state update only once the kernel said idle for the previous one, which
+// ipykernel 7 never says for a message handled while an `await` cell runs.
 //
 // For the timeline the kernel sends numbers, not markup, in `timeline`: `names`, one
 // task name per line in submission order (UTF-8 bytes); `rows`, float64 little-endian in five columns
@@ -48,6 +52,17 @@ function offset(v) {
 
 function num(v) {
   return String(Math.round(v * 10) / 10);
+}
+
+// A packed timeline's lane labels: lane k holds the k-th task running at once, so its number
+// is how many ran together there. Every `step` lanes (1, 2, 5, 10…), at least 12 px apart.
+export function laneLabels(lanes, rowH) {
+  const least = Math.ceil(12 / rowH);
+  const step = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+    .find((s) => s >= least) || least;
+  const out = [];
+  for (let k = 1; k <= lanes; k += k === 1 && step > 1 ? step - 1 : step) out.push(k);
+  return out;
 }
 
 // A binary heap of numbers or [key, value] pairs, smallest first.
@@ -185,7 +200,7 @@ export function svg(model) {
   const lanes = Math.max(view.lanes, 1);
   let labelW, rowH;
   if (packed) {
-    labelW = 8;
+    labelW = 12 + 7 * String(lanes).length;
     rowH = Math.min(16, Math.max(MAX_HEIGHT / lanes, 0.5));
   } else {
     const longest = Math.max(4, ...view.tasks.map((t) => t.name.length));
@@ -250,6 +265,16 @@ export function svg(model) {
                `fill="${colour}">${icon} ${esc(name)}<title>${text}</title></text>`);
     }
   }
+  if (packed) {
+    // As LANE_TITLE in timeline.py (first fit: a bar takes the lowest free lane).
+    const what = "lane %: % tasks ran at once when a bar here started";
+    for (const k of laneLabels(lanes, rowH)) {
+      out.push(`<text class="ipytasks-lane" x="${labelW - 6}" ` +
+               `y="${num(top + (k - 1) * rowH + Math.min(rowH, 12) * 0.8)}" ` +
+               `text-anchor="end" fill="${TEXT}">${k}` +
+               `<title>${what.replaceAll("%", k)}</title></text>`);
+    }
+  }
   if (packed && omitted) {
     out.push(`<text x="${WIDTH - 20}" y="${num(top + plotH + 31)}" text-anchor="end" ` +
              `fill="${TEXT}">` +
@@ -301,10 +326,7 @@ function render({ model, el }) {
   el.append(summary, timeline, bar, table);
 
   // What the user does is sent to the kernel, which answers with what to show.
-  const send = (name, value) => {
-    model.set(name, value);
-    model.save_changes();
-  };
+  const send = (event, value) => model.send({ event, value });
   show.addEventListener("change", () => send("show", show.value));
   prev.addEventListener("click", () => send("page", model.get("page") - 1));
   next.addEventListener("click", () => send("page", model.get("page") + 1));

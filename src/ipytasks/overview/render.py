@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..tasks import TaskState
+from ..records import TaskState
 from ..views import STATE_STYLE, describe, table
 from ._common import lane_of, offset, records_of, run_start, seconds
 from .timeline import render_svg, timeline_geometry
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = (
     "COLUMNS",

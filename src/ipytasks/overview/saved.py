@@ -36,7 +36,7 @@ from .render import snapshot_html, summarize, text_table
 from .throttle import Throttle
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
     from ..views import CellDisplays
     from .widgets import Dashboard
 

@@ -143,7 +143,7 @@ def timeline_tasks(names: bytes, rows: bytes) -> dict[str, tuple[str, float, flo
                                                               float | None]]:
     """Decode a live timeline's ``names`` and ``rows`` (as ``dashboard.js`` reads them):
     name → (state, submitted, started, ended), times in epoch seconds or ``None``."""
-    from ..tasks import TaskState
+    from ..records import TaskState
 
     lines = bytes(names).decode().split("\n") if names else []
     n = len(lines)

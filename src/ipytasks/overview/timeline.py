@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..tasks import TaskState
+from ..records import TaskState
 from ..views import STATE_STYLE
 from ._common import offset, records_of, run_start, seconds
 
 if TYPE_CHECKING:
-    from ..tasks import TaskRecord
+    from ..records import TaskRecord
 
 __all__ = (
     "PNG_NEEDS_MATPLOTLIB",
@@ -218,6 +218,21 @@ def _ticks(span: float) -> tuple[float, ...]:
     return tuple(i * step for i in range(int(span / step + 1e-9) + 1))
 
 
+#: What a packed timeline's lane number means (first fit: a bar takes the lowest free lane).
+LANE_TITLE = "lane {k}: {k} tasks ran at once when a bar here started"
+
+
+def lane_labels(lanes: int, row_h: float) -> list[int]:
+    """The lanes of a packed timeline that get a label (numbered from 1: lane k holds the
+    k-th task running at once): every 1, 2, 5, 10… lanes, at least 12 px apart."""
+    least = math.ceil(12 / row_h)
+    step = next((s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+                 if s >= least), least)
+    if step == 1:
+        return list(range(1, lanes + 1))
+    return [1, *range(step, lanes + 1, step)]
+
+
 def _tick_label(value: float, step: float) -> str:
     if step >= 60:
         return f"{value / 60:g} min"
@@ -249,7 +264,7 @@ def render_svg(
     tl = timeline
     lanes = max(len(tl.lanes), 1)
     if tl.packed:
-        label_w = 8
+        label_w = 12 + 7 * len(str(lanes))
         row_h = min(16.0, max(max_height / lanes, 0.5))
     else:
         longest = max((len(name) for name in tl.lanes), default=4)
@@ -335,6 +350,12 @@ def render_svg(
                 f'<text x="{label_w - 6}" y="{_num(top + bar.lane * row_h + row_h * 0.72)}" '
                 f'text-anchor="end" fill="{colour}">{icon} {html.escape(name)}'
                 f"<title>{title}</title></text>"
+            )
+    if tl.packed:
+        for k in lane_labels(lanes, row_h):
+            out.append(
+                f'<text x="{label_w - 6}" y="{_num(top + (k - 1) * row_h + min(row_h, 12) * 0.8)}" '
+                f'text-anchor="end" fill="{_TEXT}">{k}<title>{LANE_TITLE.format(k=k)}</title></text>'
             )
     if tl.packed and tl.omitted:
         out.append(

@@ -16,7 +16,9 @@ front end must create and each changed widget is a message of its own, so 1,000
 tasks would mean thousands of models (several buttons each) and, while they run,
 one message per changed row. Here what a refresh changes (summary, timeline, table,
 page) goes out as one message of one model, whatever the number of tasks, and only
-the page being looked at is rendered. Refreshes and timeline redraws also space out
+the page being looked at is rendered. The timeline's numbers go out with the refresh
+that shows a change in the table, so both show the same moment; between changes only
+the time running bars reach (``now``) moves. Refreshes and timeline redraws also space out
 with their own cost (:data:`MAX_SHARE`), so a session of 10,000 tasks is drawn less
 often rather than slowing the kernel down.
 
@@ -36,7 +38,6 @@ from __future__ import annotations
 import contextvars
 import importlib
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -47,7 +48,7 @@ import ipywidgets as widgets
 import traitlets
 
 from ..output import _report_internal_error
-from ..tasks import ACTIVE, UNSUCCESSFUL, TaskState
+from ..records import ACTIVE, UNSUCCESSFUL, TaskState
 from .render import summarize, summary_html, table_html, text_table
 from .throttle import CallLater, Throttle
 from ..views import STATE_STYLE
@@ -57,8 +58,8 @@ from .timeline import LABELLED_LANES
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
+    from ..records import TaskRecord
     from ..views import CellDisplays
-    from ..tasks import TaskRecord
 
 __all__ = (
     "FILTERS",
@@ -67,7 +68,6 @@ __all__ = (
     "PAGE_SIZE",
     "SETTLE",
     "TICK_INTERVAL",
-    "TIMELINE_INTERVAL",
     "Dashboard",
     "TasksView",
     "open_dashboard",
@@ -79,8 +79,6 @@ MININTERVAL = 0.5
 SETTLE = 0.1
 #: Seconds between two refreshes while tasks run and nothing else changes.
 TICK_INTERVAL = 1.0
-#: Least seconds between two redraws of the timeline (its data is the largest part of a message).
-TIMELINE_INTERVAL = 1.0
 #: The most of the kernel's time the dashboard's refreshes may take: a refresh (or a
 #: timeline redraw) that took ``c`` seconds of CPU is followed by none for ``c / MAX_SHARE``.
 MAX_SHARE = 0.02
@@ -123,8 +121,18 @@ class TasksView(anywidget.AnyWidget):
     not SVG: a redraw of 1,000 tasks costs it a few copies of memory, and the layout is
     the one of the timeline files (one lane per task up to ``labelled`` tasks, else
     packed). The table's rows are HTML (:func:`~ipytasks.overview.render.table_html`),
-    of the page shown only. The front end sets :attr:`show`, :attr:`page` and
-    :attr:`selected` when the user picks a filter, turns the page or clicks a row.
+    of the page shown only.
+
+    The kernel alone sets :attr:`show`, :attr:`page` and :attr:`selected`. When the user
+    picks a filter, turns the page or clicks a row, the front end sends an event (a
+    custom message ``{"event": "show" | "page" | "selected", "value": …}``) and the
+    kernel answers with the new state. Events rather than state updates, because a
+    front end sends its next state update of a model only once the kernel reported
+    idle for the previous one, and ipykernel 7 handles a widget message that arrives
+    while an ``await`` cell runs without reporting busy or idle for it: one change
+    made then would hold back every later change for good. Custom messages are not
+    held back (buttons use them too), and with one writer the kernel never races a
+    user's change with a refresh.
     """
 
     # The source itself, not its path: anywidget watches a path for changes by holding
@@ -185,7 +193,6 @@ class Dashboard(widgets.VBox):
     :param page_size: rows per page of the table.
     :param mininterval: least seconds between two refreshes.
     :param tick_interval: seconds between refreshes while tasks run and nothing changes.
-    :param timeline_interval: least seconds between two redraws of the timeline.
     :param retry: ``retry(name)`` for the Retry button; default ``ipytasks.api.retry``
         when it exists. Without one the button is hidden.
     :param clock: monotonic seconds for throttling (``time.monotonic``); when given, it
@@ -206,7 +213,6 @@ class Dashboard(widgets.VBox):
         page_size: int = PAGE_SIZE,
         mininterval: float = MININTERVAL,
         tick_interval: float = TICK_INTERVAL,
-        timeline_interval: float = TIMELINE_INTERVAL,
         retry: Callable[[str], Any] | None = _MISSING,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] | None = None,
@@ -220,8 +226,10 @@ class Dashboard(widgets.VBox):
                                             tooltip="cancel the picked task")
         self.retry_button = widgets.Button(description="Retry", icon="redo", disabled=True,
                                            tooltip="run the picked task's cell again")
-        self.output_button = widgets.ToggleButton(description="Output", icon="align-left",
-                                                  tooltip="show the picked task's output")
+        # A Button, not a ToggleButton: a click is a custom message, which a front end
+        # never holds back (see TasksView), where a toggle's value is a state update.
+        self.output_button = widgets.Button(description="Output", icon="align-left",
+                                            tooltip="show the picked task's output")
         self.message = widgets.HTML()
         self.output = widgets.Output(layout=Layout(
             display="none", max_height="320px", overflow="auto", border="1px solid #d0d7de"))
@@ -234,12 +242,12 @@ class Dashboard(widgets.VBox):
         )
         self.page_size = page_size
         self.tick_interval = tick_interval
-        self.timeline_interval = timeline_interval
         self._clock = clock or time.monotonic
         self._cost_clock = clock or time.thread_time
         self._timeline_at = -math.inf
-        self._timeline_gap = timeline_interval
         self._timeline_cost_gap = 0.0
+        # Tasks changed since the timeline's numbers last went out.
+        self._timeline_stale = True
         self._table_rows: dict[TaskRecord, tuple[float, bool, str]] = {}
         self._wall = wall or time.time
         self._loop = scheduler.loop
@@ -271,15 +279,13 @@ class Dashboard(widgets.VBox):
         self._output_view = _OutputView(self)
         self._watched: TaskOutput | None = None
         self._shown_version = -1
-        #: The thread rendering, if any: what the kernel itself sets on the view is
-        #: not a front-end event (one from a subshell thread meanwhile still is).
-        self._rendering: int | None = None
+        self._output_shown = False
         self._closed = False
 
-        self.view.observe(self._on_view, ("show", "page", "selected"))
+        self.view.on_msg(self._on_event)
         self.cancel_button.on_click(lambda _: self._post(self._cancel_selected))
         self.retry_button.on_click(lambda _: self._post(self._retry_selected))
-        self.output_button.observe(lambda c: self._post(self._show_output, c["new"]), "value")
+        self.output_button.on_click(lambda _: self._post(self._toggle_output))
 
         self._columns = TaskColumns(self._registry)
         self._feed = scheduler.subscribe(self._wake)
@@ -337,11 +343,11 @@ class Dashboard(widgets.VBox):
         records = list(self._registry.values())
         now = self._wall()
         watched = self._watched
-        seen = (self._page, self._show, self._selected, self.output_button.value,
+        seen = (self._page, self._show, self._selected, self._output_shown,
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
-            self._send({}, self._shown_counts, now)
+            self._send({}, self._shown_counts, now, changed=False)
             return False
         self._seen = seen
         keep = FILTERS[self._show]
@@ -362,7 +368,7 @@ class Dashboard(widgets.VBox):
                                           selected=selected, cache=self._table_rows),
                        "label": label, "pages": pages},
              "page": page, "show": self._show, "selected": selected},
-            summary.counts, now)
+            summary.counts, now, changed=bool(changed))
 
         record = self._registry.get(selected) if selected is not None else None
         _assign(self.cancel_button, disabled=record is None or record.state.ended)
@@ -373,46 +379,39 @@ class Dashboard(widgets.VBox):
         self._shown_running = TaskState.RUNNING in summary.counts
         return self._shown_running
 
-    def _send(self, values: dict[str, Any], counts: Mapping[TaskState, int], now: float) -> None:
-        """Give the view ``values`` and, when a redraw is due, the timeline's numbers:
-        one message with those that changed.
+    def _send(self, values: dict[str, Any], counts: Mapping[TaskState, int], now: float,
+              *, changed: bool) -> None:
+        """Give the view ``values`` and, when tasks ``changed`` since the timeline was
+        last sent, the timeline's numbers: one message with those that changed.
 
-        The timeline is redrawn at most every ``timeline_interval`` and no more than
-        :data:`MAX_SHARE` of the time (else a refresh is asked for when it is due). Once
-        no task is pending or running only the second bound applies: the final picture
-        goes out with the final summary (a ``%wait`` that returns finds it sent).
+        So the timeline shows what the table shows, in the same message, unless its last
+        redraw was costly: a redraw is followed by none for its cost over
+        :data:`MAX_SHARE` (a refresh is then asked for when it is due). While tasks run,
+        ``now`` goes out with every refresh, so running bars grow as durations tick.
         """
-        active = any(s in ACTIVE for s in counts)
+        self._timeline_stale |= changed
         mono = self._clock()
-        due = self._timeline_at + (self._timeline_gap if active else self._timeline_cost_gap)
-        redraw = mono >= due
+        due = self._timeline_at + self._timeline_cost_gap
+        redraw = self._timeline_stale and mono >= due
         cost = self._cost_clock()
         if redraw:
             self._timeline_at = mono
+            self._timeline_stale = False
             columns = self._columns
             values["timeline"] = {
                 "names": columns.names(), "rows": columns.rows(), "modes": list(columns.modes),
                 "total": len(self._registry), "t0": columns.run_start() or now}
-            if active:
-                values["now"] = now
-        else:
+        elif self._timeline_stale:
             self._throttle.request(due - mono)
-        self._set_view(values)
+        if any(s in ACTIVE for s in counts):
+            values["now"] = now
+        _assign(self.view, **values)
         if redraw:
             # What the redraw cost, with the message it went in.
             self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
-            self._timeline_gap = max(self.timeline_interval, self._timeline_cost_gap)
-
-    def _set_view(self, values: dict[str, Any]) -> None:
-        """Assign ``values`` to the view, in one message (not taken for user events)."""
-        self._rendering = threading.get_ident()
-        try:
-            _assign(self.view, **values)
-        finally:
-            self._rendering = None
 
     def _render_output(self, record: TaskRecord | None) -> None:
-        sink = record.sink if record is not None and self.output_button.value else None
+        sink = record.sink if record is not None and self._output_shown else None
         if sink is not self._watched:
             self._unwatch()
             if sink is not None:
@@ -458,30 +457,33 @@ class Dashboard(widgets.VBox):
         else:
             self._post(fn)
 
-    def _on_view(self, change: dict[str, Any]) -> None:
-        if self._rendering == threading.get_ident():
+    def _on_event(self, _view: Any, content: Any, _buffers: Any) -> None:
+        """A filter picked, a page turned or a row clicked in the browser (TasksView)."""
+        if not isinstance(content, dict):
             return
-        action = {"show": self._set_filter, "page": self._goto, "selected": self._select}
-        self._post(action[change["name"]], change["new"])
+        action = {"show": self._set_filter, "page": self._goto,
+                  "selected": self._select}.get(content.get("event"))
+        if action is not None:
+            self._post(action, content.get("value"))
 
-    def _select(self, name: str | None) -> None:
+    def _select(self, name: Any) -> None:
         """Make ``name`` the task that the action buttons and the output area apply to."""
-        if name == self._selected:
+        if not isinstance(name, str | None) or name == self._selected:
             return
         self._selected = name
         _assign(self.message, value="")
         self._throttle.flush_now()
 
-    def _set_filter(self, value: str) -> None:
-        if value not in FILTERS:  # show the front end the filter in use
-            self._set_view({"show": self._show})
-            return
+    def _set_filter(self, value: Any) -> None:
+        if not isinstance(value, str) or value not in FILTERS:
+            return  # not one the front end offers: the filter in use stays
         self._show = value
         self._page = 0
         self._throttle.flush_now()
 
-    def _goto(self, page: int) -> None:
-        self._page = max(0, page)
+    def _goto(self, page: Any) -> None:
+        if isinstance(page, int) and not isinstance(page, bool):
+            self._page = max(0, page)
         self._throttle.flush_now()
 
     def _selected_record(self) -> TaskRecord | None:
@@ -515,7 +517,10 @@ class Dashboard(widgets.VBox):
             _assign(self.message, value=f"retrying <b>{record.name}</b>")
         self._throttle.flush_now()
 
-    def _show_output(self, show: bool) -> None:
+    def _toggle_output(self) -> None:
+        self._output_shown = show = not self._output_shown
+        _assign(self.output_button, description="Hide output" if show else "Output",
+                tooltip="hide the output" if show else "show the picked task's output")
         self.output.layout.display = None if show else "none"
         if show and self._selected is None:
             _assign(self.message, value=NO_SELECTION)

@@ -224,10 +224,10 @@ class TaskRecord:
 
 
 class TaskRegistry(Mapping[str, TaskRecord]):
-    """Every task of the session by name, in submission order.
+    """Every task of the session by name, in the order names were first submitted.
 
-    A name that is submitted again after its task ended maps to the new record;
-    the old one stays in :attr:`history`.
+    A name that is submitted again after its task ended maps to the new record, in
+    the old one's place; the old one stays in :attr:`history`.
     """
 
     def __init__(self) -> None:
@@ -261,8 +261,10 @@ class TaskRegistry(Mapping[str, TaskRecord]):
         return f"<tasks {{{states}}}>"
 
     def _add(self, record: TaskRecord) -> None:
-        # Re-inserting moves a replaced name to the end: iteration follows submission.
-        if self._latest.pop(record.name, None) is not None:
+        # A name submitted again (a retry, a fixed cell) keeps its place: iteration
+        # follows the first submission of each name, so the dashboard's row of a
+        # retried task stays where the user was looking.
+        if record.name in self._latest:
             self._removals += 1
         self._latest[record.name] = record
         self.history.append(record)
