@@ -155,7 +155,7 @@ def test_retry_failed_reruns_what_failed_and_what_it_skipped(fresh_kernel: Kerne
     k.execute("%wait")
     states = "[(t, ipytasks.tasks[t].state) for t in ipytasks.tasks]"
     assert value(k, states) == (
-        "[('fetch', 'done'), ('side', 'done'), ('parse', 'done'), ('report', 'done')]"
+        "[('fetch', 'done'), ('parse', 'done'), ('report', 'done'), ('side', 'done')]"
     )
     assert value(k, "ipytasks.tasks['fetch'] is fetch_run and ipytasks.tasks['side'] is side_run") == "True"
     assert value(k, "ipytasks.tasks['report'].waits_for") == "('parse',)"

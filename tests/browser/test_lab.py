@@ -682,7 +682,7 @@ def test_dashboard_answers_every_click(tools: Tools, lab: Lab) -> None:
                 page.evaluate(
                     "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
                 dashboard = page.locator(
-                    '[data-ipytasks-test="dashboard"] .jp-OutputArea-output').first
+                    '[data-ipytasks-test="dashboard"] .ipytasks-live').first
                 tools.expect(dashboard.locator(".ipytasks-summary")).to_contain_text(
                     re.compile(r"\b2 running\b"), timeout=WAIT_MS)
                 # The foreground cell runs (the kernel's status is no sign of it: ipykernel 7
