@@ -25,6 +25,7 @@ Needs Playwright (the ``browser`` dependency group) and Debian's ``/usr/bin/chro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -388,17 +389,25 @@ def _save_readme_screenshot(png: bytes, width: int, path: Path = README_SCREENSH
 
 def test_tour_live_in_jupyterlab(tools: Tools, lab: Lab) -> None:
     expect = tools.expect
+    expect.set_options(timeout=WAIT_MS)
+    with browser_page(tools) as page:
+        _drive(page, lab, expect)
+
+
+@contextlib.contextmanager
+def browser_page(tools: Tools, failure: str = "failure.png") -> Iterator[Any]:
+    """A page of headless Chromium (1280×1000, waits of WAIT_MS); when the block fails,
+    a picture of the page goes to ``test-output/browser/<failure>``."""
     with tools.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                              headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(WAIT_MS)
-            expect.set_options(timeout=WAIT_MS)
             try:
-                _drive(page, lab, expect)
+                yield page
             except BaseException:
-                page.screenshot(path=OUTPUT_DIR / "failure.png")
+                page.screenshot(path=OUTPUT_DIR / failure)
                 raise
         finally:
             browser.close()
@@ -667,39 +676,28 @@ def test_dashboard_answers_every_click(tools: Tools, lab: Lab) -> None:
     answering for good after its first change during a running cell.
     """
     (lab.root / "clicks.ipynb").write_text(_notebook(CLICKS_NOTEBOOK))
-    with tools.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            try:
-                page.goto(f"{lab.url}lab/tree/clicks.ipynb?token={lab.token}",
-                          wait_until="domcontentloaded")
-                page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
-                page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
-                assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"])
-                page.evaluate(
-                    "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-                dashboard = page.locator(
-                    '[data-ipytasks-test="dashboard"] .ipytasks-live').first
-                tools.expect(dashboard.locator(".ipytasks-summary")).to_contain_text(
-                    re.compile(r"\b2 running\b"), timeout=WAIT_MS)
-                # The foreground cell runs (the kernel's status is no sign of it: ipykernel 7
-                # reports idle after each widget message it handles meanwhile).
-                page.wait_for_function(FOREGROUND_RUNNING, arg=True, timeout=WAIT_MS)
-                during = _click_through(page, dashboard, rounds=4)
-                assert page.evaluate(FOREGROUND_RUNNING, True), "the foreground cell ended"
-                page.evaluate(
-                    "() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
-                page.wait_for_function(FOREGROUND_RUNNING, arg=False, timeout=WAIT_MS)
-                after = _click_through(page, dashboard, rounds=4)
-                print(f"slowest answer: {during:.2f} s during the cell, {after:.2f} s after")
-            except BaseException:
-                page.screenshot(path=OUTPUT_DIR / "failure.png")
-                raise
-        finally:
-            browser.close()
+    with browser_page(tools, "failure-clicks.png") as page:
+        page.goto(f"{lab.url}lab/tree/clicks.ipynb?token={lab.token}",
+                  wait_until="domcontentloaded")
+        page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+        page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+        assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"])
+        page.evaluate(
+            "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        dashboard = page.locator(
+            '[data-ipytasks-test="dashboard"] .ipytasks-live').first
+        tools.expect(dashboard.locator(".ipytasks-summary")).to_contain_text(
+            re.compile(r"\b2 running\b"), timeout=WAIT_MS)
+        # The foreground cell runs (the kernel's status is no sign of it: ipykernel 7
+        # reports idle after each widget message it handles meanwhile).
+        page.wait_for_function(FOREGROUND_RUNNING, arg=True, timeout=WAIT_MS)
+        during = _click_through(page, dashboard, rounds=4)
+        assert page.evaluate(FOREGROUND_RUNNING, True), "the foreground cell ended"
+        page.evaluate(
+            "() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
+        page.wait_for_function(FOREGROUND_RUNNING, arg=False, timeout=WAIT_MS)
+        after = _click_through(page, dashboard, rounds=4)
+        print(f"slowest answer: {during:.2f} s during the cell, {after:.2f} s after")
 
 
 # -- the state icons are drawn by the fonts a plain Linux desktop has --------------------------

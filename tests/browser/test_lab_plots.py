@@ -24,12 +24,10 @@ _spec = importlib.util.spec_from_file_location(
 _lab_module = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = _lab_module  # its dataclasses look their module up there
 _spec.loader.exec_module(_lab_module)
-CHROMIUM = _lab_module.CHROMIUM
-CHROMIUM_ARGS = _lab_module.CHROMIUM_ARGS
 KERNEL_IDLE = _lab_module.KERNEL_IDLE
 MARK_CELL = _lab_module.MARK_CELL
-OUTPUT_DIR = _lab_module.OUTPUT_DIR
 WAIT_MS = _lab_module.WAIT_MS
+browser_page = _lab_module.browser_page
 Lab = _lab_module.Lab
 Tools = _lab_module.Tools
 lab = _lab_module.lab
@@ -90,40 +88,29 @@ def test_plotting_task_figure_in_its_cell_live_and_after_reopening(tools: Tools,
     path = lab.root / "plots.ipynb"
     nbformat.write(nb, path)
     url = f"{lab.url}lab/tree/plots.ipynb?token={lab.token}"
-    with tools.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            try:
-                page.goto(url, wait_until="domcontentloaded")
-                page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
-                assert page.evaluate(MARK_CELL, [PLOT_CELL, "plot"])
-                assert page.evaluate(MARK_CELL, ["1 + 1", "last"])
-                page.evaluate(
-                    "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-                [live] = _plot_images(page, "plot")
-                assert _red_pixels(live) > 20
-                page.wait_for_function(  # the notebook has run to its end
-                    "() => document.querySelector('[data-ipytasks-test=\"last\"] .jp-OutputArea')"
-                    "?.textContent.includes('2')", timeout=WAIT_MS)
-                assert page.evaluate(IMAGES_ELSEWHERE, "plot") == 0
+    with browser_page(tools, "failure-plots.png") as page:
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+        assert page.evaluate(MARK_CELL, [PLOT_CELL, "plot"])
+        assert page.evaluate(MARK_CELL, ["1 + 1", "last"])
+        page.evaluate(
+            "() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        [live] = _plot_images(page, "plot")
+        assert _red_pixels(live) > 20
+        page.wait_for_function(  # the notebook has run to its end
+            "() => document.querySelector('[data-ipytasks-test=\"last\"] .jp-OutputArea')"
+            "?.textContent.includes('2')", timeout=WAIT_MS)
+        assert page.evaluate(IMAGES_ELSEWHERE, "plot") == 0
 
-                page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-                page.wait_for_function(
-                    "() => !window.jupyterapp.shell.currentWidget.context.model.dirty",
-                    timeout=WAIT_MS)
-                page.evaluate(
-                    "() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
-                page.goto(url, wait_until="domcontentloaded")
-                page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
-                assert page.evaluate(MARK_CELL, [PLOT_CELL, "plot"])
-                [reopened] = _plot_images(page, "plot")
-                assert _red_pixels(reopened) > 20
-                assert page.evaluate(IMAGES_ELSEWHERE, "plot") == 0
-            except BaseException:
-                page.screenshot(path=OUTPUT_DIR / "failure-plots.png")
-                raise
-        finally:
-            browser.close()
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function(
+            "() => !window.jupyterapp.shell.currentWidget.context.model.dirty",
+            timeout=WAIT_MS)
+        page.evaluate(
+            "() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
+        assert page.evaluate(MARK_CELL, [PLOT_CELL, "plot"])
+        [reopened] = _plot_images(page, "plot")
+        assert _red_pixels(reopened) > 20
+        assert page.evaluate(IMAGES_ELSEWHERE, "plot") == 0
