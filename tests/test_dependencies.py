@@ -7,7 +7,6 @@ names as running the cells one by one.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import warnings
@@ -20,8 +19,8 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
 from conftest import GatedMode
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRegistry
+from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 
@@ -140,7 +139,7 @@ async def test_map_waits_for_what_its_expression_reads(sched: Scheduler) -> None
 
 async def test_inferred_cycle_is_impossible(sched: Scheduler) -> None:
     """Edges only point at tasks that exist already, so a new task cannot close a cycle."""
-    a = sched.submit("x = 1", "a", gated())
+    sched.submit("x = 1", "a", gated())
     b = sched.submit("y = x", "b", gated(after=("a",)))
     assert b.reasons == {"a": "after; reads x"}
 

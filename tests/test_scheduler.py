@@ -18,8 +18,8 @@ from IPython.core.error import UsageError
 
 from conftest import GatedMode
 from ipytasks.output import OutputCapture
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskFailed, TaskOptions, TaskRegistry, TaskState
+from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 

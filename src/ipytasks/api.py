@@ -13,8 +13,8 @@ from IPython.core.error import UsageError
 from .limits import parse_rate
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
-from .scheduler import Scheduler
 from .records import SUCCESSFUL, UNSUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry
+from .scheduler import Scheduler
 from .views import CellDisplays, CellView, TextView
 
 __all__ = (

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import dataclasses
 import concurrent.futures
 import contextvars
-import itertools
+import dataclasses
 import difflib
+import itertools
 import random
 import sys
 import threading
@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
+from . import plots
 from .cache.outcome import Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
-from . import plots
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
@@ -35,8 +35,8 @@ from .output import TaskOutput, _report_internal_error, current_output
 from .records import (
     SUCCESSFUL,
     TaskCancelled,
-    TaskError,
     TaskConflictWarning,
+    TaskError,
     TaskFailed,
     TaskOptions,
     TaskRecord,

@@ -49,11 +49,11 @@ import traitlets
 
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
-from .render import summarize, summary_html, table_html, text_table
-from .throttle import CallLater, Throttle
 from ..views import STATE_STYLE
 from .columns import TaskColumns
+from .render import summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
+from .throttle import CallLater, Throttle
 from .timeline import LABELLED_LANES
 
 if TYPE_CHECKING:
