@@ -461,8 +461,10 @@ class Dashboard(widgets.VBox):
         """A filter picked, a page turned or a row clicked in the browser (TasksView)."""
         if not isinstance(content, dict):
             return
-        action = {"show": self._set_filter, "page": self._goto,
-                  "selected": self._select}.get(content.get("event"))
+        actions: dict[Any, Callable[[Any], None]] = {
+            "show": self._set_filter, "page": self._goto, "selected": self._select
+        }
+        action = actions.get(content.get("event"))
         if action is not None:
             self._post(action, content.get("value"))
 
