@@ -4,7 +4,7 @@
 #   make tour   run notebooks/tour.ipynb headless and print the task table
 #   make bench  every benchmark in bench/, one table (QUICK=1: a one-minute smoke run)
 #   make test   build .venv and .venv-ik6 (ipykernel 6.29 / IPython 8), install Debian's
-#               chromium for the browser test when missing, then run pytest
+#               chromium for the browser test when missing, run ruff and mypy, then pytest
 #               (PYTEST_ARGS="tests/test_x.py -k foo" to narrow it)
 
 PYTHON ?= python3
@@ -40,7 +40,10 @@ lab: $(STAMP)
 tour: $(STAMP)
 	$(PY) notebooks/run_tour.py notebooks/tour.ipynb
 
+# Lint and type check first (settings in pyproject.toml): either failing fails make test.
 test: $(STAMP) $(STAMP_IK6) chromium
+	$(PY) -m ruff check src tests bench notebooks
+	$(PY) -m mypy
 	IPYTASKS_IK6_PYTHON="$(abspath $(PY_IK6))" $(PY) -m pytest $(PYTEST_ARGS)
 
 env: $(STAMP)
@@ -58,8 +61,8 @@ chromium:
 	$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 		|| echo "make: installing chromium failed; the browser test will skip"
 
-# The main environment: the project with its extras and the test and browser groups
-# (--group needs pip>=25.1).
+# The main environment: the project with its extras and the test (pytest, ruff, mypy),
+# browser and bench groups (--group needs pip>=25.1).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip

@@ -119,7 +119,7 @@ def run(quick: bool) -> dict[str, float]:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     text = "".join(lines)
-    line = next(l for l in text.splitlines() if l.startswith("BENCH "))
+    line = next(ln for ln in text.splitlines() if ln.startswith("BENCH "))
     result = json.loads(line[len("BENCH "):])
     result.update(params)
     return result

@@ -41,8 +41,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from ipytasks.overview import open_dashboard
 from ipytasks.overview import widgets as dashboard_widgets
 from ipytasks.overview.testing import WidgetMessages
-from ipytasks.scheduler import ChangeFeed, Scheduler
 from ipytasks.records import TaskOptions, TaskRegistry
+from ipytasks.scheduler import ChangeFeed, Scheduler
 
 SCENARIOS = {
     "burst": ("await asyncio.sleep(0)", {}),

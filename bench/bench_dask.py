@@ -29,8 +29,8 @@ from distributed import Client, LocalCluster
 from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.modes._dask import DaskMode
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry
+from ipytasks.scheduler import Scheduler
 
 DASK = TaskOptions(on="dask", quiet=True)
 

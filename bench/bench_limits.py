@@ -27,8 +27,8 @@ from typing import Any
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskOptions, TaskRegistry
+from ipytasks.scheduler import Scheduler
 
 SIZES = (1_000, 2_000, 4_000, 8_000)
 QUICK_SIZES = (500, 2_000)

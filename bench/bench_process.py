@@ -45,8 +45,8 @@ import cloudpickle
 from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.modes._process import PIPE_SIZE
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry
+from ipytasks.scheduler import Scheduler
 
 PROCESS = TaskOptions(mode="process", quiet=True)
 

@@ -3,8 +3,9 @@
     python notebooks/run_tour.py [NOTEBOOK] [--output PATH]
 
 Executes every cell with nbclient on a kernel of the Python running this script (120 s per cell,
-widget state stored; the kernel talks over local IPC sockets, not TCP), writes the executed notebook to ``test-output/tour.ipynb`` and prints the
-standard output of the last cell (the tour ends with ``%tasks``, which prints the task table).
+widget state stored; the kernel talks over local IPC sockets, not TCP), writes the executed
+notebook to ``test-output/tour.ipynb`` and prints the standard output of the last cell (the tour
+ends with ``%tasks``, which prints the task table).
 A failing cell exits with status 1 and its error; the notebook as far as it ran is still written.
 
 Importable: ``run_tour(path) -> nbformat.NotebookNode`` (raises nbclient's CellExecutionError).

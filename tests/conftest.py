@@ -158,8 +158,8 @@ async def scheduler(shell: object) -> Iterator[object]:
     """A Scheduler running on the test's own event loop; closed after the test."""
     import asyncio
 
-    from ipytasks.scheduler import Scheduler
     from ipytasks.records import TaskRegistry
+    from ipytasks.scheduler import Scheduler
 
     sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop())
     yield sched

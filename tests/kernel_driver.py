@@ -144,7 +144,11 @@ def _workers_of(kernel_pid: int) -> list[int]:
         if state[state.rfind(")") + 2 :][:1] in ("Z", "X"):
             continue
         for i, arg in enumerate(args):
-            if arg.endswith(b"_worker.py") and len(args) > i + 3 and args[i + 3] == str(kernel_pid).encode():
+            if (
+                arg.endswith(b"_worker.py")
+                and len(args) > i + 3
+                and args[i + 3] == str(kernel_pid).encode()
+            ):
                 found.append(int(entry))
                 break
     return found

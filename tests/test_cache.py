@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from kernel_driver import Execution, Kernel
 
 SETUP = "%load_ext ipytasks\nimport ipytasks, pandas as pd, time\nn = 3"

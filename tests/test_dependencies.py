@@ -7,7 +7,6 @@ names as running the cells one by one.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import warnings
@@ -20,8 +19,8 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
 from conftest import GatedMode
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRegistry
+from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 
@@ -111,7 +110,9 @@ async def test_unknown_names_wait_for_everything(sched: Scheduler) -> None:
 async def test_no_infer_warns_and_strict_refuses(sched: Scheduler) -> None:
     """--no-infer runs at once and warns of the shared name; --strict makes it an error."""
     sched.submit("x = 1", "a", gated())
-    with pytest.warns(TaskConflictWarning, match=r"task 'b' rebinds x while task 'a' is (pending|running)"):
+    with pytest.warns(
+        TaskConflictWarning, match=r"task 'b' rebinds x while task 'a' is (pending|running)"
+    ):
         b = sched.submit("x = 2", "b", gated(infer=False))
     assert b.waits_for == ()
     with pytest.raises(UsageError, match=r"conflict \(--strict\).*--after a,b\)"):
@@ -140,7 +141,7 @@ async def test_map_waits_for_what_its_expression_reads(sched: Scheduler) -> None
 
 async def test_inferred_cycle_is_impossible(sched: Scheduler) -> None:
     """Edges only point at tasks that exist already, so a new task cannot close a cycle."""
-    a = sched.submit("x = 1", "a", gated())
+    sched.submit("x = 1", "a", gated())
     b = sched.submit("y = x", "b", gated(after=("a",)))
     assert b.reasons == {"a": "after; reads x"}
 
@@ -151,7 +152,11 @@ NAMES = ["a", "b", "c"]
 _expr = st.one_of(
     st.integers(-3, 9).map(str),
     st.sampled_from(NAMES),
-    st.tuples(st.sampled_from(NAMES), st.sampled_from(["+", "-", "*"]), st.sampled_from(NAMES + ["1", "2"])).map(" ".join),
+    st.tuples(
+        st.sampled_from(NAMES),
+        st.sampled_from(["+", "-", "*"]),
+        st.sampled_from(NAMES + ["1", "2"]),
+    ).map(" ".join),
 )
 # Stores into d use a key of the cell's own (KEY is replaced per cell): two cells storing
 # into one container run together by design, so only distinct keys have one in-order value.
@@ -161,10 +166,14 @@ _statement = st.one_of(
     _expr.map(lambda e: f"d[KEY] = {e}"),
     st.tuples(st.sampled_from(NAMES), _expr).map(lambda t: f"{t[0]} = len(d) + {t[1]}"),
 )
-_cell = st.lists(_statement, min_size=1, max_size=3).map(lambda lines: "_pause()\n" + "\n".join(lines))
+_cell = st.lists(_statement, min_size=1, max_size=3).map(
+    lambda lines: "_pause()\n" + "\n".join(lines)
+)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cells=st.lists(_cell, min_size=2, max_size=7))
 def test_parallel_cells_give_the_in_order_values(shell: Any, cells: list[str]) -> None:
     """Every cell %%parallel (threads, random pauses) ends with the in-order namespace."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from kernel_driver import Kernel, python_or_skip, strip_ansi
 
 

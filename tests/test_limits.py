@@ -43,7 +43,10 @@ def test_limiter_serves_higher_priority_first() -> None:
             order.append(name)
             limiter.release()
 
-        tasks = [asyncio.ensure_future(waiter(n, p)) for n, p in [("low", 0), ("high", 5), ("mid", 1), ("low2", 0)]]
+        tasks = [
+            asyncio.ensure_future(waiter(n, p))
+            for n, p in [("low", 0), ("high", 5), ("mid", 1), ("low2", 0)]
+        ]
         await asyncio.sleep(0)
         limiter.release()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
@@ -89,7 +92,9 @@ def test_rate_spaces_starts() -> None:
     assert all(gap >= 0.045 for gap in gaps), gaps
 
 
-@pytest.mark.parametrize(("text", "rate"), [("5/s", 5.0), ("120/min", 2.0), ("3", 3.0), ("0.5/s", 0.5)])
+@pytest.mark.parametrize(
+    ("text", "rate"), [("5/s", 5.0), ("120/min", 2.0), ("3", 3.0), ("0.5/s", 0.5)]
+)
 def test_parse_rate(text: str, rate: float) -> None:
     """Rates are starts per second or per minute."""
     assert parse_rate(text) == rate

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from kernel_driver import Execution, Kernel, strip_ansi
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import base64
 import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+
 from kernel_driver import python_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from IPython.core.error import UsageError
 
 from conftest import GatedMode
 from ipytasks.output import OutputCapture
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskFailed, TaskOptions, TaskRegistry, TaskState
+from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +69,8 @@ async def test_chain_runs_in_submission_order(scheduler: Scheduler, gated: Gated
     other = scheduler.submit("z = 0", "other", opts(chain="side"))
     await settle()
     assert gated.started == ["a", "other"]
-    assert b.state == "pending" and b.waits_for == ("a",) and b.reasons == {"a": "chain main; reads order"}
+    assert b.state == "pending" and b.waits_for == ("a",)
+    assert b.reasons == {"a": "chain main; reads order"}
     gated.gate("a").set()
     await settle()
     assert gated.started == ["a", "other", "b"]
@@ -159,7 +160,9 @@ async def test_own_timeout_error_is_a_failure(scheduler: Scheduler) -> None:
 
 @pytest.mark.parametrize("body", ["raise KeyboardInterrupt", "raise SystemExit(3)"])
 @pytest.mark.parametrize("mode", ["async", "thread"])
-async def test_interrupt_and_exit_become_failures(scheduler: Scheduler, body: str, mode: str) -> None:
+async def test_interrupt_and_exit_become_failures(
+    scheduler: Scheduler, body: str, mode: str
+) -> None:
     """KeyboardInterrupt and SystemExit from a body fail the task; the loop runs on."""
     t = scheduler.submit(body, "t", TaskOptions(mode=mode))
     with anyio.fail_after(5), pytest.raises(TaskFailed):
@@ -172,7 +175,9 @@ async def test_interrupt_and_exit_become_failures(scheduler: Scheduler, body: st
     assert after.result == "still fine"
 
 
-async def test_busy_name_is_refused_finished_name_replaced(scheduler: Scheduler, gated: GatedMode) -> None:
+async def test_busy_name_is_refused_finished_name_replaced(
+    scheduler: Scheduler, gated: GatedMode
+) -> None:
     """A running NAME cannot be submitted again; a finished one is replaced, history kept."""
     first = scheduler.submit("1", "a", opts())
     await settle()
@@ -204,7 +209,9 @@ async def test_auto_mode_picks_async_or_thread(scheduler: Scheduler) -> None:
     """auto runs a cell with top-level await on the loop and any other cell in a thread."""
     scheduler.shell.user_ns["asyncio"] = asyncio
     scheduler.shell.user_ns["threading"] = threading
-    a = scheduler.submit("await asyncio.sleep(0)\nthreading.current_thread().name", "a", TaskOptions())
+    a = scheduler.submit(
+        "await asyncio.sleep(0)\nthreading.current_thread().name", "a", TaskOptions()
+    )
     t = scheduler.submit("threading.current_thread().name", "t", TaskOptions())
     with anyio.fail_after(5):
         await scheduler.wait([a, t])
@@ -215,7 +222,9 @@ async def test_auto_mode_picks_async_or_thread(scheduler: Scheduler) -> None:
         scheduler.submit("await asyncio.sleep(0)", "x", TaskOptions(mode="thread"))
 
 
-async def test_output_is_kept_per_task(capsys: pytest.CaptureFixture[str], scheduler: Scheduler) -> None:
+async def test_output_is_kept_per_task(
+    capsys: pytest.CaptureFixture[str], scheduler: Scheduler
+) -> None:
     """Prints of concurrent tasks (loop and thread) land in their own task's output only."""
     scheduler.shell.user_ns["asyncio"] = asyncio
     with routed(scheduler.shell):
@@ -330,7 +339,9 @@ async def test_fixed_cell_keeps_its_place_in_chain(scheduler: Scheduler, gated: 
     with anyio.fail_after(5), pytest.raises(TaskFailed):
         await scheduler.wait([load, parse, save])
     assert (parse.state, save.state) == ("failed", "skipped")
-    parse2 = scheduler.submit("nums = [int(v) for v in raw if v.isdigit()]", "parse", opts(chain="etl"))
+    parse2 = scheduler.submit(
+        "nums = [int(v) for v in raw if v.isdigit()]", "parse", opts(chain="etl")
+    )
     save2 = scheduler.submit("total = sum(nums)", "save", opts(chain="etl"))
     assert parse2.upstream == (load,) and save2.upstream == (parse2,)
     with anyio.fail_after(5):
@@ -342,7 +353,9 @@ async def test_retries_run_again_until_success(scheduler: Scheduler) -> None:
     """--retries runs a failing body again; each attempt is counted and its failure kept."""
     scheduler.shell.user_ns["tries"] = []
     t = scheduler.submit(
-        "tries.append(1)\nif len(tries) < 3:\n    raise ConnectionError(f'try {len(tries)}')\nlen(tries)",
+        "tries.append(1)\n"
+        "if len(tries) < 3:\n    raise ConnectionError(f'try {len(tries)}')\n"
+        "len(tries)",
         "flaky", TaskOptions(mode="async", retries=3, retry_delay=0.01),
     )
     with anyio.fail_after(5):
@@ -354,7 +367,9 @@ async def test_retries_run_again_until_success(scheduler: Scheduler) -> None:
 
 async def test_retries_exhausted_fail(scheduler: Scheduler) -> None:
     """After its last retry a task fails with the last error."""
-    t = scheduler.submit("raise OSError('down')", "down", TaskOptions(mode="async", retries=2, retry_delay=0))
+    t = scheduler.submit(
+        "raise OSError('down')", "down", TaskOptions(mode="async", retries=2, retry_delay=0)
+    )
     with anyio.fail_after(5), pytest.raises(TaskFailed):
         await scheduler.wait([t])
     assert (t.state, t.attempts, len(t.failures)) == ("failed", 3, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kernel_driver import Kernel
 
 #: Seconds the lone body waits for a partner that cannot start (one thread): it then fails.

@@ -46,7 +46,9 @@ def test_wait_blocks_and_lists_failures() -> None:
         """
         ip = get_ipython()
         ip.run_cell("%load_ext ipytasks")
-        ip.run_cell("%%parallel slow --thread\\nimport time\\ntime.sleep(0.3)\\nraise ValueError('late')")
+        ip.run_cell(
+            "%%parallel slow --thread\\nimport time\\ntime.sleep(0.3)\\nraise ValueError('late')"
+        )
         r = ip.run_cell("%wait")
         print("wait failed with", type(r.error_in_exec).__name__)
         """

@@ -62,7 +62,7 @@ __all__ = (
 
 def load_ipython_extension(ip: _Any) -> None:
     """Install the magics (``%load_ext ipytasks``). Starts nothing until the first task."""
-    from .magics import TaskMagics, await_waiting_cells, await_wait_lines, mode_settings
+    from .magics import TaskMagics, await_wait_lines, await_waiting_cells, mode_settings
 
     if _api._session is not None:
         return
@@ -77,7 +77,7 @@ def load_ipython_extension(ip: _Any) -> None:
 
 def unload_ipython_extension(ip: _Any) -> None:
     """Cancel every task, stop ipytasks' threads, and restore what loading changed."""
-    from .magics import TaskMagics, await_waiting_cells, await_wait_lines
+    from .magics import TaskMagics, await_wait_lines, await_waiting_cells
 
     session = _api._session
     if session is None:

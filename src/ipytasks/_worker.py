@@ -319,7 +319,7 @@ class ValuePacker:
         return self.file.getvalue()
 
 
-def load_values(values: bytes | bytearray, buffers: list[Any], count: int) -> Any:
+def load_values(values: bytes | bytearray | memoryview, buffers: list[Any], count: int) -> Any:
     """Yield ``count`` values from a stream written by :class:`ValuePacker`."""
     unpickler = pickle.Unpickler(io.BytesIO(values), buffers=buffers)
     for _ in range(count):
@@ -440,7 +440,8 @@ class _BackendLoader:
             return None
         import importlib.machinery
 
-        return importlib.machinery.ModuleSpec(name, _BackendLoader)
+        # the class itself, with its static methods, is the loader (duck-typed, not a Loader)
+        return importlib.machinery.ModuleSpec(name, _BackendLoader)  # type: ignore[arg-type]
 
     @staticmethod
     def create_module(spec: Any) -> Any:
@@ -911,7 +912,7 @@ def main(argv: list[str]) -> None:
     marker = bytes.fromhex(argv[3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
-    sys.meta_path.insert(0, _BackendLoader)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, _BackendLoader)
     backend = _worker_backend(os.environb.get(b"MPLBACKEND"))
     if backend is not None:
         os.environb[b"MPLBACKEND"] = backend
@@ -919,7 +920,10 @@ def main(argv: list[str]) -> None:
         os.set_inheritable(fd, False)  # the cell's own subprocesses must not hold them
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+            # a stream without reconfigure (not a TextIOWrapper) is left as it is, below
+            stream.reconfigure(  # type: ignore[union-attr]
+                encoding="utf-8", errors="backslashreplace"
+            )
         except Exception:  # noqa: BLE001
             pass
     stdout, stderr = sys.stdout, sys.stderr

@@ -13,8 +13,8 @@ from IPython.core.error import UsageError
 from .limits import parse_rate
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .output import OutputCapture
-from .scheduler import Scheduler
 from .records import SUCCESSFUL, UNSUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry
+from .scheduler import Scheduler
 from .views import CellDisplays, CellView, TextView
 
 __all__ = (
@@ -29,7 +29,10 @@ NOT_LOADED = "ipytasks is not loaded: run %load_ext ipytasks first"
 BAD_NAME = "{what} must be a Python identifier, not {value!r}"
 BAD_CHOICE = "{option} must be one of {choices}, not {value!r}"
 BAD_TIMEOUT = "{option} must be a number of seconds greater than 0, not {value!r}"
-BAD_RATE = "--rate must be a number of starts above 0, per second or minute (5/s, 120/min), not {value!r}"
+BAD_RATE = (
+    "--rate must be a number of starts above 0, per second or minute (5/s, 120/min), "
+    "not {value!r}"
+)
 NOT_ENDED = "task {name!r} is {state}: %wait {name} first"
 UNKNOWN_TASK = "no task named {name!r} (known: {known})"
 ON_ERROR_CHOICES = ("stop", "continue")
@@ -119,7 +122,9 @@ def _names(value: str | Iterable[str] | None, option: str) -> tuple[str, ...]:
     if value is None:
         return ()
     items = value.split(",") if isinstance(value, str) else list(value)
-    return tuple(_check_name(item.strip(), f"each {option} target") for item in items if item.strip())
+    return tuple(
+        _check_name(item.strip(), f"each {option} target") for item in items if item.strip()
+    )
 
 
 def make_options(
@@ -144,7 +149,8 @@ def make_options(
     cache: bool = False,
     cache_key: str | None = None,
 ) -> TaskOptions:
-    """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming the bad one."""
+    """Check options as the magic line or ``submit`` gave them; raise ``UsageError`` naming
+    the bad one."""
     if mode not in MODES:
         raise UsageError(BAD_CHOICE.format(option="--mode", choices="|".join(MODES), value=mode))
     if on is not None:
@@ -157,7 +163,9 @@ def make_options(
                 raise UsageError(NEEDS_DASK.format(what="--on dask"))
     if on_error not in ON_ERROR_CHOICES:
         raise UsageError(
-            BAD_CHOICE.format(option="--on-error", choices="|".join(ON_ERROR_CHOICES), value=on_error)
+            BAD_CHOICE.format(
+                option="--on-error", choices="|".join(ON_ERROR_CHOICES), value=on_error
+            )
         )
     if timeout is not None:
         try:
@@ -169,7 +177,9 @@ def make_options(
         timeout = float(timeout)
     retries = _whole(retries, "--retries", minimum=0)
     if not _is_number(retry_delay) or float(retry_delay) < 0:
-        raise UsageError(f"--retry-delay must be a number of seconds, 0 or more, not {retry_delay!r}")
+        raise UsageError(
+            f"--retry-delay must be a number of seconds, 0 or more, not {retry_delay!r}"
+        )
     if limit is not None:
         limit = _whole(limit, "--limit", minimum=1)
     if rate is not None:
@@ -190,7 +200,9 @@ def make_options(
         try:
             compile(cache_key, "<--cache-key>", "eval")
         except SyntaxError as exc:
-            raise UsageError(f"--cache-key: {cache_key!r} is not an expression: {exc.msg}") from None
+            raise UsageError(
+                f"--cache-key: {cache_key!r} is not an expression: {exc.msg}"
+            ) from None
         cache = True
     if cache and map is not None:
         raise UsageError(CACHE_MAP)
@@ -240,7 +252,11 @@ def _is_number(value: Any) -> bool:
 
 
 def _whole(value: Any, option: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).lstrip("-").isdigit():
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | str)
+        or not str(value).lstrip("-").isdigit()
+    ):
         raise UsageError(f"{option} must be a whole number, not {value!r}")
     number = int(value)
     if minimum is not None and number < minimum:
@@ -369,7 +385,10 @@ def retry(name: str | None = None, *, failed: bool = False) -> TaskRecord | list
     record = _record(name)
     if record.state not in UNSUCCESSFUL:
         hint = "%wait it first" if not record.state.ended else "submit its cell again to rerun it"
-        raise UsageError(f"task {name!r} is {record.state}: only a task that did not succeed can be retried ({hint})")
+        raise UsageError(
+            f"task {name!r} is {record.state}: only a task that did not succeed can be retried "
+            f"({hint})"
+        )
     return _resubmit(record)
 
 

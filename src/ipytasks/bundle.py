@@ -78,9 +78,9 @@ def merge(outputs: list[dict[str, Any] | _Stream], note: str) -> tuple[str, str]
             rich.append(_PRE_SHADED.format(_escape(text)))
         elif not is_widget(item):
             data = item.get("data") or {}
-            text = data.get("text/plain")
-            if text is not None:
-                plain.append(_strip_ansi(_text(text)) + "\n")
+            shown = data.get("text/plain")
+            if shown is not None:
+                plain.append(_strip_ansi(_text(shown)) + "\n")
             rich.append(_display_html(data, item.get("metadata") or {}))
     return "".join(plain), "".join(rich)
 

@@ -23,6 +23,7 @@ import ast
 import inspect
 import sys
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import CodeType, FunctionType
 from typing import Any
@@ -176,13 +177,13 @@ def _nested(code: CodeType) -> Iterator[CodeType]:
 
 
 def _cell_function(
-    tree: ast.Module, shared: set[str], is_async: bool, filename: str, flags: int
+    tree: ast.Module, shared: AbstractSet[str], is_async: bool, filename: str, flags: int
 ) -> CodeType:
-    """``def f(kept): global <shared>; try: <cell>; return <last>; finally: kept.update(locals())``."""
+    """``def f(kept): global <shared>; try: <cell>; return <last>;
+    finally: kept.update(locals())``."""
     body = list(tree.body)
-    if body and isinstance(body[-1], ast.Expr):
-        last = body.pop()
-        body.append(ast.copy_location(ast.Return(value=last.value), last))
+    if body and isinstance(last := body[-1], ast.Expr):
+        body[-1] = ast.copy_location(ast.Return(value=last.value), last)
     keep = ast.Expr(ast.Call(
         func=ast.Attribute(value=ast.Name(_KEPT, ast.Load()), attr="update", ctx=ast.Load()),
         args=[ast.Call(func=ast.Name("locals", ast.Load()), args=[], keywords=[])],
@@ -191,7 +192,7 @@ def _cell_function(
     statements.append(ast.Try(body=body or [ast.Pass()], handlers=[], orelse=[],
                               finalbody=[keep]))
     kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
-    extra = {"type_params": []} if sys.version_info >= (3, 12) else {}
+    extra: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
     func = kind(
         name=_CELL_FUNCTION,
         args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=_KEPT)], kwonlyargs=[],
@@ -250,9 +251,8 @@ _ITEM_FUNCTION = "__ipytasks_map_item__"
 def compile_map_function(cell: CompiledCell, var: str, namespace: dict[str, Any]) -> Any:
     """The cell's body as ``def item(VAR): …; return <last expression>``, over ``namespace``."""
     body = [node for node in cell.tree.body]
-    if body and isinstance(body[-1], ast.Expr):
-        last = body.pop()
-        body.append(ast.copy_location(ast.Return(value=last.value), last))
+    if body and isinstance(last := body[-1], ast.Expr):
+        body[-1] = ast.copy_location(ast.Return(value=last.value), last)
     if not body:
         body = [ast.Pass()]
     kind = ast.AsyncFunctionDef if cell.is_async else ast.FunctionDef

@@ -179,10 +179,14 @@ class DependencyIndex:
                 binders = [r for r in binders if name not in self._names[r].loose]
             note(binders, "rebinds", name)
         for record in self._unknown:
-            why.setdefault(record, []).append(f"its names cannot be known ({self._names[record].unknown})")
+            why.setdefault(record, []).append(
+                f"its names cannot be known ({self._names[record].unknown})"
+            )
         if names.unknown:
             for record in self._names:
-                why.setdefault(record, []).append(f"this cell's names cannot be known ({names.unknown})")
+                why.setdefault(record, []).append(
+                    f"this cell's names cannot be known ({names.unknown})"
+                )
         ordered = sorted(why, key=lambda record: record.submitted)
         return {record: _dedupe(why[record]) for record in ordered}
 

@@ -17,7 +17,7 @@ import re
 import shlex
 import tokenize
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
@@ -27,6 +27,9 @@ from traitlets import Int, TraitError, observe, validate
 from . import api
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .records import TaskFailed
+
+if TYPE_CHECKING:
+    from .modes._dask import DaskMode
 
 __all__ = ("TaskMagics",)
 
@@ -119,7 +122,8 @@ def task_args(f: Any) -> Any:
         ),
         magic_arguments.argument(
             "--strict", action="store_true",
-            help="Make a conflict on a shared name (possible with --no-infer) an error, not a warning.",
+            help="Make a conflict on a shared name (possible with --no-infer) an error, "
+            "not a warning.",
         ),
         magic_arguments.argument(
             "--wait", action="store_true",
@@ -314,6 +318,7 @@ class TaskMagics(Magics):
 
     def _cell_number(self) -> int:
         # IPython counts the running cell before running it: In[n] runs with count n+1.
+        assert self.shell is not None  # the magics are registered with a shell
         return max(self.shell.execution_count - 1, 1)
 
     def _default_name(self) -> str:
@@ -470,6 +475,7 @@ class TaskMagics(Magics):
             if args.name is not None:
                 raise UsageError("%retry: give a NAME or --failed, not both")
             records = api.retry(failed=True)
+            assert isinstance(records, list)  # failed=True gives the list
             names = ", ".join(r.name for r in records)
             print(f"retrying: {names}" if records else "retrying: nothing (no task failed)")
             return
@@ -537,8 +543,9 @@ class TaskMagics(Magics):
                 raise UsageError(f"%tasks_cache --max-size: {exc}") from None
         if args.trust is not None:
             signed = cache.store.trust(args.trust)
+            listed = ": " + ", ".join(sorted({i.task for i in signed})) if signed else ""
             print(f"re-signed {len(signed)} entr{'y' if len(signed) == 1 else 'ies'} in "
-                  f"{args.trust}" + (": " + ", ".join(sorted({i.task for i in signed})) if signed else ""))
+                  f"{args.trust}" + listed)
             return
         if args.clear is not None:
             names = [n.strip() for item in args.clear for n in item.split(",") if n.strip()]
@@ -616,7 +623,9 @@ class TaskMagics(Magics):
         if not dask_available():
             raise UsageError(NEEDS_DASK.format(what="%tasks_backend dask"))
         api.use(args.address or "dask")
-        client = api._current().scheduler.installed_mode("dask").client
+        mode = api._current().scheduler.installed_mode("dask")
+        assert mode is not None  # api.use just installed it
+        client = cast("DaskMode", mode).client
         if client is None:
             print(
                 "process-mode bodies now run on Dask: a LocalCluster starts with the first "
@@ -699,7 +708,9 @@ def _cache_listing(cache: Any) -> str:
 
 
 # A %wait line, after IPython turned it into a call of the magic.
-_WAIT_LINE = re.compile(r"^(?P<indent>\s*)get_ipython\(\)\.run_line_magic\('wait', (?P<arg>.*)\)\s*$")
+_WAIT_LINE = re.compile(
+    r"^(?P<indent>\s*)get_ipython\(\)\.run_line_magic\('wait', (?P<arg>.*)\)\s*$"
+)
 _TASK_CELL = re.compile(r"^%%(?P<magic>parallel|sequential)(?P<line>(\s.*)?)$")
 
 

@@ -305,7 +305,7 @@ def inline_settings(shell: Any) -> dict[str, Any]:
         backend = backend_cls.instance()
         formats, kwargs = backend.figure_formats, backend.print_figure_kwargs
     else:
-        section = getattr(shell, "config", None)
+        section: Any = getattr(shell, "config", None)
         section = section.get("InlineBackend") if hasattr(section, "get") else None
         if section:
             formats = section.get("figure_formats", formats)

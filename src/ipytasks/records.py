@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .cells import CompiledCell
+    from .cells import CompiledCell, MapItemCell
     from .output import TaskOutput
 
 __all__ = (
@@ -154,7 +154,7 @@ class TaskRecord:
     name: str
     source: str
     options: TaskOptions
-    cell: CompiledCell | None = field(default=None, repr=False)
+    cell: CompiledCell | MapItemCell | None = field(default=None, repr=False)
     mode: str = "async"
     state: TaskState = TaskState.PENDING
     result: Any = field(default=None, repr=False)
@@ -247,13 +247,13 @@ class TaskRegistry(Mapping[str, TaskRecord]):
         return len(self._latest)
 
     # The dict's own views: Mapping's generic ones call __getitem__ per key.
-    def keys(self):  # type: ignore[override]
+    def keys(self):
         return self._latest.keys()
 
-    def values(self):  # type: ignore[override]
+    def values(self):
         return self._latest.values()
 
-    def items(self):  # type: ignore[override]
+    def items(self):
         return self._latest.items()
 
     def __repr__(self) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import dataclasses
 import concurrent.futures
 import contextvars
-import itertools
+import dataclasses
 import difflib
+import itertools
 import random
 import sys
 import threading
@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
+from . import plots
 from .cache.outcome import Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
-from . import plots
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
@@ -35,8 +35,8 @@ from .output import TaskOutput, _report_internal_error, current_output
 from .records import (
     SUCCESSFUL,
     TaskCancelled,
-    TaskError,
     TaskConflictWarning,
+    TaskError,
     TaskFailed,
     TaskOptions,
     TaskRecord,
@@ -324,7 +324,9 @@ class Scheduler:
                 reason = ", ".join(why)
                 upstream[other] = f"{upstream[other]}; {reason}" if other in upstream else reason
         else:
-            self._report_conflicts(name, options, {r: w for r, w in shared.items() if r not in upstream})
+            self._report_conflicts(
+                name, options, {r: w for r, w in shared.items() if r not in upstream}
+            )
 
         record = TaskRecord(
             name=name,
@@ -367,7 +369,8 @@ class Scheduler:
     def _report_conflicts(
         self, name: str, options: TaskOptions, conflicts: dict[TaskRecord, list[str]]
     ) -> None:
-        """A task that does not wait (``--no-infer``) but shares names: warn, or refuse (``--strict``)."""
+        """A task that does not wait (``--no-infer``) but shares names: warn, or refuse
+        (``--strict``)."""
         if not conflicts:
             return
         named = list(conflicts.items())[:CONFLICTS_NAMED]
@@ -485,7 +488,11 @@ class Scheduler:
                 self._end(record, state, result=result, error=error)
                 return
         except asyncio.CancelledError:
-            self._end(record, TaskState.CANCELLED, error=TaskCancelled(f"task {record.name!r} was cancelled"))
+            self._end(
+                record,
+                TaskState.CANCELLED,
+                error=TaskCancelled(f"task {record.name!r} was cancelled"),
+            )
         except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit included
             self._end(record, TaskState.FAILED, error=exc)
 
@@ -516,6 +523,9 @@ class Scheduler:
 
     async def _drive_map(self, record: TaskRecord) -> None:
         """Evaluate the map's EXPR, run one item task per value, gather their results."""
+        assert record.options.map is not None  # only --map tasks are driven here
+        cell = record.cell
+        assert isinstance(cell, CompiledCell)  # a --map task's own cell, not an item's
         var, expr = record.options.map
         record.state = TaskState.RUNNING
         record.started = time.time()
@@ -523,7 +533,7 @@ class Scheduler:
         items = record._map_items
         if items is None:
             items = self._map_items(expr)
-        function = compile_map_function(record.cell, var, self.shell.user_ns)
+        function = compile_map_function(cell, var, self.shell.user_ns)
         child_options = dataclasses.replace(
             record.options, map=None, chain=None, after=(), quiet=True, wait=False, mode=record.mode
         )
@@ -532,7 +542,7 @@ class Scheduler:
                 name=f"{record.name}[{index}]",
                 source=record.source,
                 options=child_options,
-                cell=MapItemCell(record.cell, function, item),
+                cell=MapItemCell(cell, function, item),
                 mode=record.mode,
                 parent=record,
             )
@@ -543,7 +553,9 @@ class Scheduler:
             self.tasks._add(child)
             self._active.add(child)
             child._runner = self.loop.create_task(
-                self._drive(child), name=f"ipytasks:{child.name}", context=contextvars.copy_context()
+                self._drive(child),
+                name=f"ipytasks:{child.name}",
+                context=contextvars.copy_context(),
             )
         self._changed(record)
         try:
@@ -574,7 +586,9 @@ class Scheduler:
             error = TypeError(f"--map: {expr!r} is not iterable (it is a {type(values).__name__})")
         raise error
 
-    async def _gated_attempt(self, record: TaskRecord) -> tuple[TaskState, Any, BaseException | None]:
+    async def _gated_attempt(
+        self, record: TaskRecord
+    ) -> tuple[TaskState, Any, BaseException | None]:
         """One attempt, once the group's limit and rate let it start."""
         options = record.options
         limiter = self._limiters.get(options.group) if options.group is not None else None
@@ -602,6 +616,7 @@ class Scheduler:
         done, total = record.attempts, options.retries + 1
         delay = retry_delay(done, options.retry_delay)
         if error is not None:
+            assert record.sink is not None  # set at registration
             record.failures.append(error)
             record.sink.write(
                 "stderr",
@@ -616,6 +631,7 @@ class Scheduler:
 
     async def _attempt(self, record: TaskRecord) -> tuple[TaskState, Any, BaseException | None]:
         """Run the body once through its mode; return how it ended (never raises but cancel)."""
+        assert record.sink is not None  # set at registration
         record.state = TaskState.RUNNING
         if record.started is None:
             record.started = time.time()
@@ -652,6 +668,7 @@ class Scheduler:
             return
         if record.cell is not None and record.cell.quiet_result:
             result = None  # a cell ending in `fig;` still shows its open figures
+        assert record.sink is not None  # set at registration
         try:
             await asyncio.to_thread(
                 plots.show_figures, figures, self.shell, record.sink,
@@ -718,6 +735,7 @@ class Scheduler:
         record.error = error
         sink = record.sink
         assert sink is not None
+        assert record.cell is not None  # both set at registration
         if error is not None and state in (TaskState.FAILED,):
             _trim_traceback(error, record.cell)
             self._show_error(record, error)
@@ -735,6 +753,7 @@ class Scheduler:
             self._changed(record.parent)  # "k of n done"
 
     def _show_result(self, record: TaskRecord, result: Any) -> None:
+        assert record.sink is not None  # set at registration
         rendered = record._result_display  # a figure a worker process rendered for it
         if rendered is not None:
             record.sink.display(*rendered)
@@ -755,6 +774,7 @@ class Scheduler:
             import traceback
 
             lines = traceback.format_exception(error)
+        assert record.sink is not None  # set at registration
         record.sink.error(type(error).__name__, str(error), list(lines))
 
     def subscribe(self, wake: Callable[[bool], None]) -> ChangeFeed:
@@ -935,7 +955,7 @@ def _prefixed(sink: TaskOutput | None, prefix: str) -> Callable[[str, str], None
     return forward
 
 
-def _trim_traceback(error: BaseException, cell: CompiledCell | None) -> None:
+def _trim_traceback(error: BaseException, cell: CompiledCell | MapItemCell | None) -> None:
     """Drop ipytasks' own frames, so the traceback starts in the user's cell."""
     if cell is None:
         return

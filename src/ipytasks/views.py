@@ -299,7 +299,9 @@ class CellDisplays:
             content["transient"] = {"display_id": display_id}
         msg_type = "update_display_data" if update else "display_data"
         session = pub.session
-        msg = session.msg(msg_type, content, parent=parent if parent is not None else pub.parent_header)
+        msg = session.msg(
+            msg_type, content, parent=parent if parent is not None else pub.parent_header
+        )
         session.send(pub.pub_socket, msg, ident=pub.topic)
         if view is not None and not self._executing:
             self._missed[view] = None

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kernel_driver import ci_mode
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ without the extra.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -34,8 +34,8 @@ import pytest
 from IPython.core.error import UsageError
 
 from ipytasks.namespace.shipping import ShippingError
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import BrokenWorker, TaskFailed, TaskOptions, TaskRecord, TaskRegistry
+from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 

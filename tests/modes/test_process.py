@@ -29,8 +29,8 @@ from IPython.core.error import UsageError
 
 from ipytasks.modes._process import BrokenWorker, ProcessMode
 from ipytasks.namespace.shipping import RemoteError, ShippingError
-from ipytasks.scheduler import Scheduler
 from ipytasks.records import TaskFailed, TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 

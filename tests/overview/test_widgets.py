@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from ipytasks.output import TaskOutput
 from ipytasks.overview import open_dashboard, summarize, text_table
 from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tasks
 from ipytasks.overview.widgets import Dashboard
-from ipytasks.output import TaskOutput
-from ipytasks.scheduler import ChangeFeed, Scheduler
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.scheduler import ChangeFeed, Scheduler
 
 T0 = 1_700_000_000.0
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _worker
+from ..cells import CompiledCell
 from ..dependencies import task_names
 from ..namespace.shipping import Reply, _is_ipython_entry, inputs_of, merge
 from .fingerprint import Unfingerprintable, digest_text, fingerprint
@@ -76,7 +77,11 @@ def default_root() -> Path:
     if where:
         return Path(where).expanduser()
     session = os.environ.get("JPY_SESSION_NAME", "")
-    if session.endswith(".ipynb") and os.path.isabs(session) and os.path.isdir(os.path.dirname(session)):
+    if (
+        session.endswith(".ipynb")
+        and os.path.isabs(session)
+        and os.path.isdir(os.path.dirname(session))
+    ):
         return Path(os.path.dirname(session)) / FOLDER
     return Path.cwd() / FOLDER
 
@@ -132,6 +137,7 @@ class ResultCache:
     def plan(self, record: TaskRecord) -> Plan:
         """The task's key now (its inputs as they are), or why it has none."""
         cell = record.cell
+        assert isinstance(cell, CompiledCell)  # a cached task is never a --map item
         names = task_names(cell, record.options)
         if names.unknown:
             return Plan(refused=f"its names cannot be known ({names.unknown})")
@@ -187,7 +193,8 @@ class ResultCache:
             return "code changed"
         reasons = []
         changed_upstream = sorted(
-            name for name, key in new["upstream"].items() if old.get("upstream", {}).get(name) != key
+            name for name, key in new["upstream"].items()
+            if old.get("upstream", {}).get(name) != key
         )
         old_inputs = old.get("inputs", {})
         changed = sorted(
@@ -199,6 +206,7 @@ class ResultCache:
         # more as "upstream clean recomputed".
         for other in record.upstream:
             if other.state == "done" and other.name not in changed_upstream:
+                assert isinstance(other.cell, CompiledCell)  # a registered task's own cell
                 binds = task_names(other.cell, other.options).binds
                 if any(name in binds for name in changed):
                     changed_upstream.append(other.name)
@@ -239,10 +247,14 @@ class ResultCache:
             return False, None
         except Exception as exc:  # noqa: BLE001 - signed by us, yet it will not load
             store.remove([plan.key])
-            record.cache_note = f"stored entry did not load ({type(exc).__name__}: {exc}): recomputed"
+            record.cache_note = (
+                f"stored entry did not load ({type(exc).__name__}: {exc}): recomputed"
+            )
             return False, None
         manifest = entry.manifest
-        result = merge(self.shell.user_ns, Reply(values=values, deleted=manifest["deleted"], result=result))
+        result = merge(
+            self.shell.user_ns, Reply(values=values, deleted=manifest["deleted"], result=result)
+        )
         if record.sink is not None:
             record.sink.restore(manifest.get("outputs", []), manifest.get("text", ""))
         record.cache_note = (
@@ -325,6 +337,7 @@ class ResultCache:
     def _write(self, task: str, plan: Plan, manifest: dict[str, Any],
                packed: tuple[bytes, list[Any]]) -> None:
         store = self.store
+        assert plan.key is not None  # only a plan with a key is written
         store.write(plan.key, manifest, *packed)
         # The note (what the key was made of, to say later why a task ran again) and the
         # eviction are housekeeping: the task need not wait for them.

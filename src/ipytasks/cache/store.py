@@ -219,7 +219,8 @@ class Store:
         key_id, manifest_size = _HEAD.unpack_from(view, len(MAGIC))
         if key_id != self._key_id:
             raise CacheCorrupt(
-                "signed with another secret (not yours: %tasks_cache --trust PATH after checking it)"
+                "signed with another secret "
+                "(not yours: %tasks_cache --trust PATH after checking it)"
             )
         expected = hmac.new(self._secret, view[: size - _SIG], hashlib.sha256).digest()
         if not hmac.compare_digest(expected, bytes(view[size - _SIG:])):
@@ -298,7 +299,9 @@ class Store:
         marker = self.root / ".gitignore"
         if not marker.exists():
             with contextlib.suppress(OSError):
-                marker.write_text("# ipytasks' cache: results of this machine, signed for its user\n*\n")
+                marker.write_text(
+                    "# ipytasks' cache: results of this machine, signed for its user\n*\n"
+                )
 
     # -- listing, eviction, clearing ------------------------------------------------
 

@@ -427,10 +427,10 @@ class DaskMode(Mode):
             connecting.done() and (connecting.cancelled() or connecting.exception() is not None)
         ):
             sink = task.sink
-            self._connecting = loop.run_in_executor(
+            connecting = self._connecting = loop.run_in_executor(
                 self._executor, self._connect_blocking, sink
             )
-        return await asyncio.shield(self._connecting)
+        return await asyncio.shield(connecting)
 
     def _connect_blocking(self, sink: TaskOutput | None) -> _Link:
         client, local, cluster = self._client, False, None
@@ -510,10 +510,11 @@ class DaskMode(Mode):
     # -- running ----------------------------------------------------------------------
 
     async def run(self, task: TaskRecord) -> Any:
-        job = self._job_told(task)
+        # borrowed from ProcessMode (see above): it uses only what both modes have
+        job = self._job_told(task)  # type: ignore[misc]
         link = await self._connect(task)
         if not link.local:
-            job.sys_path = None  # type: ignore[assignment] - the workers keep their own
+            job.sys_path = None  # the workers keep their own
         loop = asyncio.get_running_loop()
         tag = secrets.token_hex(8)
         route = _Route(task.sink, loop)

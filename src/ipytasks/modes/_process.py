@@ -571,7 +571,8 @@ class ProcessMode(Mode):
 
     def prepare(self, task: TaskRecord) -> None:
         """Refuse, at submission, a cell that cannot run in a worker whatever happens."""
-        assert task.cell is not None
+        # prepared at submission: the task's own cell, never a --map item's
+        assert task.cell is not None and not isinstance(task.cell, MapItemCell)
         names = analyze(task.cell.tree)
         if names.unknown:
             raise UsageError(UNKNOWN_NAMES.format(name=task.name, reason=names.unknown))

@@ -22,7 +22,7 @@ from .abc import Mode
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..cells import CompiledCell
+    from ..cells import CompiledCell, MapItemCell
     from ..records import TaskRecord
 
 #: Enough for the usual fan-out of blocking I/O (anyio's default limiter is 40 too).
@@ -75,7 +75,7 @@ def _take_back_stop() -> None:
 class _Job:
     """One body running in a worker thread, which the loop side can stop."""
 
-    def __init__(self, cell: CompiledCell, namespace: dict[str, Any]) -> None:
+    def __init__(self, cell: CompiledCell | MapItemCell, namespace: dict[str, Any]) -> None:
         self.cell = cell
         self.namespace = namespace
         self.context = contextvars.copy_context()

@@ -227,6 +227,10 @@ class _Scope:
         "targets",
         "home",
     )
+    resolve: _Scope | None
+    # set by _e_comp on a comprehension scope
+    targets: set[str]
+    home: _Scope
 
     def __init__(self, kind: int, parent: _Scope | None) -> None:
         self.kind = kind
@@ -620,16 +624,15 @@ class _Analyzer:
 
     def _s_augassign(self, node: ast.AugAssign) -> None:
         t = node.target
-        tp = type(t)
-        if tp is ast.Name:
+        if type(t) is ast.Name:
             self._load(t.id)
             self._expr(node.value)
             self._store(t.id)
             return
-        if tp is ast.Subscript:
+        if type(t) is ast.Subscript:
             self._expr(t.value)
             self._expr(t.slice)
-        elif tp is ast.Attribute:
+        elif type(t) is ast.Attribute:
             self._expr(t.value)
         self._expr(node.value)
         root = _root_name(t)
@@ -650,8 +653,8 @@ class _Analyzer:
                 self._store(t.id)  # makes it local, binds nothing at notebook level
             elif not node.simple:
                 self._load(t.id)
-        elif s.kind != _FUNC and type(t) in (ast.Subscript, ast.Attribute):
-            self._expr(t.value)  # type: ignore[attr-defined]
+        elif s.kind != _FUNC and (type(t) is ast.Subscript or type(t) is ast.Attribute):
+            self._expr(t.value)
             if type(t) is ast.Subscript:
                 self._expr(t.slice)
 
@@ -660,16 +663,15 @@ class _Analyzer:
             self._del_target(t)
 
     def _del_target(self, t: ast.expr) -> None:
-        tp = type(t)
-        if tp is ast.Name:
+        if type(t) is ast.Name:
             self._store(t.id, _DELETE)
-        elif tp is ast.Tuple or tp is ast.List:
+        elif type(t) is ast.Tuple or type(t) is ast.List:
             for e in t.elts:
                 self._del_target(e)
-        elif tp is ast.Subscript:
+        elif type(t) is ast.Subscript:
             self._store_base(t.value)
             self._expr(t.slice)
-        elif tp is ast.Attribute:
+        elif type(t) is ast.Attribute:
             self._store_base(t.value)
         else:
             self._expr(t)
@@ -875,34 +877,33 @@ class _Analyzer:
             self._merge(s, exits)
 
     def _pattern(self, p: ast.pattern) -> None:
-        tp = type(p)
-        if tp is ast.MatchAs:
+        if type(p) is ast.MatchAs:
             if p.pattern is not None:
                 self._pattern(p.pattern)
             if p.name is not None:
                 self._store(p.name)
-        elif tp is ast.MatchValue:
+        elif type(p) is ast.MatchValue:
             self._expr(p.value)
-        elif tp is ast.MatchSequence:
+        elif type(p) is ast.MatchSequence:
             for q in p.patterns:
                 self._pattern(q)
-        elif tp is ast.MatchStar:
+        elif type(p) is ast.MatchStar:
             if p.name is not None:
                 self._store(p.name)
-        elif tp is ast.MatchMapping:
+        elif type(p) is ast.MatchMapping:
             for k in p.keys:
                 self._expr(k)
             for q in p.patterns:
                 self._pattern(q)
             if p.rest is not None:
                 self._store(p.rest)
-        elif tp is ast.MatchClass:
+        elif type(p) is ast.MatchClass:
             self._expr(p.cls)
             for q in p.patterns:
                 self._pattern(q)
             for q in p.kwd_patterns:
                 self._pattern(q)
-        elif tp is ast.MatchOr:
+        elif type(p) is ast.MatchOr:
             for q in p.patterns:
                 self._pattern(q)
         # MatchSingleton: nothing
@@ -911,16 +912,16 @@ class _Analyzer:
         """What a ``def``/``lambda`` evaluates where it is defined."""
         for d in args.defaults:
             self._expr(d)
-        for d in args.kw_defaults:
-            if d is not None:
-                self._expr(d)
+        for kd in args.kw_defaults:
+            if kd is not None:
+                self._expr(kd)
         if annotations:
             for a in (*args.posonlyargs, *args.args, *args.kwonlyargs):
                 if a.annotation is not None:
                     self._expr(a.annotation)
-            for a in (args.vararg, args.kwarg):
-                if a is not None and a.annotation is not None:
-                    self._expr(a.annotation)
+            for va in (args.vararg, args.kwarg):
+                if va is not None and va.annotation is not None:
+                    self._expr(va.annotation)
 
     @staticmethod
     def _params(args: ast.arguments) -> set[str]:
@@ -966,31 +967,29 @@ class _Analyzer:
     # ------------------------------------------------------------ targets
 
     def _target(self, t: ast.expr, kind: int = _OTHER) -> None:
-        tp = type(t)
-        if tp is ast.Name:
+        if type(t) is ast.Name:
             self._store(t.id, kind)
-        elif tp is ast.Tuple or tp is ast.List:
+        elif type(t) is ast.Tuple or type(t) is ast.List:
             for e in t.elts:
                 self._target(e, kind)
-        elif tp is ast.Starred:
+        elif type(t) is ast.Starred:
             self._target(t.value, kind)
-        elif tp is ast.Subscript:
+        elif type(t) is ast.Subscript:
             self._store_base(t.value)
             self._expr(t.slice)
-        elif tp is ast.Attribute:
+        elif type(t) is ast.Attribute:
             self._store_base(t.value)
         else:
             self._expr(t)
 
     def _store_base(self, e: ast.expr) -> None:
         """``e`` is the object a subscript or attribute store changes in place."""
-        tp = type(e)
-        if tp is ast.Name:
+        if type(e) is ast.Name:
             self._mutate(e.id)
-        elif tp is ast.Subscript:
+        elif type(e) is ast.Subscript:
             self._store_base(e.value)
             self._expr(e.slice)
-        elif tp is ast.Attribute:
+        elif type(e) is ast.Attribute:
             if e.attr in _NS_ATTRS and _is_get_ipython_call(e.value):
                 self._unknown(e, f"get_ipython().{e.attr} gives access to every name")
             self._store_base(e.value)
@@ -1001,7 +1000,7 @@ class _Analyzer:
 
     def _expr(self, node: ast.expr) -> None:
         tp = type(node)
-        if tp is ast.Name:
+        if type(node) is ast.Name:
             if type(node.ctx) is ast.Load:
                 self._load(node.id)
             elif type(node.ctx) is ast.Store:
@@ -1081,15 +1080,14 @@ class _Analyzer:
             self._expr(a)
         for k in node.keywords:
             self._expr(k.value)
-        tf = type(f)
-        if tf is ast.Name:
+        if type(f) is ast.Name:
             name = f.id
             why = _UNKNOWN_CALLS.get(name)
             if why is None and not node.args and not node.keywords and self.scope.kind == _MODULE:
                 why = _UNKNOWN_MODULE_CALLS.get(name)
             if why is not None:
                 self._unknown(node, why)
-        elif tf is ast.Attribute and _is_get_ipython_call(f.value):
+        elif type(f) is ast.Attribute and _is_get_ipython_call(f.value):
             self._shell_call(node, f.attr)
 
     def _e_namedexpr(self, node: ast.NamedExpr) -> None:
@@ -1158,7 +1156,7 @@ class _Analyzer:
             self._target(g.target)
             for c in g.ifs:
                 self._expr(c)
-        if type(node) is ast.DictComp:
+        if isinstance(node, ast.DictComp):
             self._expr(node.key)
             self._expr(node.value)
         else:
@@ -1292,6 +1290,7 @@ class _Analyzer:
                 e = compile(src, "<magic>", "eval", ast.PyCF_ONLY_AST, dont_inherit=True)
             except (SyntaxError, ValueError):
                 continue
+            assert isinstance(e, ast.Expression)  # mode "eval" gives an Expression
             saved = self.line_override
             self.line_override = saved or node.lineno
             self._expr(e.body)

@@ -115,7 +115,8 @@ class Job:
     deletes: frozenset[str]
     placeholders: list[str] = field(default_factory=list)
     flags: int = 0
-    sys_path: list[str] = field(default_factory=list)
+    #: None: the worker keeps its own (a Dask worker on another machine)
+    sys_path: list[str] | None = field(default_factory=list)
     cwd: str | None = None
     environ: dict[bytes, bytes] = field(default_factory=dict)
     #: How the worker renders the figures the cell leaves open (the inline backend's settings).
@@ -368,6 +369,7 @@ def _stand_in_frame(exc: BaseException, filename: str, lineno: int, name: str) -
     except BaseException as raised:
         if raised is not exc:
             raise
+        assert raised.__traceback__ is not None  # a caught exception has one
         tb = raised.__traceback__.tb_next  # skip this function's own frame
     finally:
         namespace.clear()

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from itertools import islice, repeat
 from operator import attrgetter, sub
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..records import ACTIVE, TaskState
 from .render import Summary
@@ -45,7 +45,8 @@ _NONE_AS_NAN = {None: math.nan}.get  # get(t, t): NaN for None, else t
 
 
 def _nan_for_none(values: list[float | None]) -> list[float]:
-    return list(map(_NONE_AS_NAN, values, values))
+    # dict.get(t, t): its key type (None) is not what it is asked about (any float)
+    return list(map(_NONE_AS_NAN, values, values))  # type: ignore[arg-type]
 
 
 def _numbered(values: list[Any], numbers: Mapping[Any, float]
@@ -65,9 +66,9 @@ def _into(column: array[float], values: list[float | None]) -> tuple[list[float]
     try:
         column.fromlist(values)  # type: ignore[arg-type]
     except TypeError:  # a None: fromlist appended nothing
-        values = _nan_for_none(values)
-        column.fromlist(values)  # type: ignore[arg-type]
-        return values, False  # type: ignore[return-value]
+        filled = _nan_for_none(values)
+        column.fromlist(filled)
+        return filled, False
     return values, True  # type: ignore[return-value]
 
 
@@ -135,7 +136,7 @@ class TaskColumns:
         else:
             rows = list(map(self._indexed().get, records))
             if None not in rows:
-                self._modify(records, rows)
+                self._modify(records, cast("list[int]", rows))
             else:
                 known = [(r, i) for r, i in zip(records, rows) if i is not None]
                 if known:
@@ -152,7 +153,8 @@ class TaskColumns:
         if len(registry) != len(self._records) + count:
             return False
         try:
-            newest = list(islice(reversed(registry.values()), count))
+            # a dict's values are reversible, a Mapping's need not be (hence the except)
+            newest = list(islice(reversed(registry.values()), count))  # type: ignore[call-overload]
         except TypeError:  # a mapping whose values cannot be read backwards
             return False
         newest.reverse()
@@ -314,7 +316,9 @@ class TaskColumns:
 
     def rows(self) -> bytes:
         """The five columns, one after the other, as little-endian float64."""
-        columns = (self._submitted, self._started, self._ended, self._state, self._mode)
+        columns: tuple[array[float], ...] = (
+            self._submitted, self._started, self._ended, self._state, self._mode
+        )
         if sys.byteorder == "big":
             swapped = []
             for column in columns:

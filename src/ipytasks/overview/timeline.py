@@ -355,7 +355,8 @@ def render_svg(
         for k in lane_labels(lanes, row_h):
             out.append(
                 f'<text x="{label_w - 6}" y="{_num(top + (k - 1) * row_h + min(row_h, 12) * 0.8)}" '
-                f'text-anchor="end" fill="{_TEXT}">{k}<title>{LANE_TITLE.format(k=k)}</title></text>'
+                f'text-anchor="end" fill="{_TEXT}">{k}'
+                f'<title>{LANE_TITLE.format(k=k)}</title></text>'
             )
     if tl.packed and tl.omitted:
         out.append(

@@ -49,11 +49,11 @@ import traitlets
 
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
-from .render import summarize, summary_html, table_html, text_table
-from .throttle import CallLater, Throttle
 from ..views import STATE_STYLE
 from .columns import TaskColumns
+from .render import summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
+from .throttle import CallLater, Throttle
 from .timeline import LABELLED_LANES
 
 if TYPE_CHECKING:
@@ -461,8 +461,10 @@ class Dashboard(widgets.VBox):
         """A filter picked, a page turned or a row clicked in the browser (TasksView)."""
         if not isinstance(content, dict):
             return
-        action = {"show": self._set_filter, "page": self._goto,
-                  "selected": self._select}.get(content.get("event"))
+        actions: dict[Any, Callable[[Any], None]] = {
+            "show": self._set_filter, "page": self._goto, "selected": self._select
+        }
+        action = actions.get(content.get("event"))
         if action is not None:
             self._post(action, content.get("value"))
 
