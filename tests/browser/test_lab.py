@@ -418,9 +418,11 @@ def _drive(page, lab: Lab, expect) -> None:
     page.goto(f"{lab.url}lab/tree/tour.ipynb?token={lab.token}", wait_until="domcontentloaded")
     page.wait_for_function(KERNEL_IDLE, timeout=WAIT_MS)
     page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # room for the dashboard
-    page.evaluate(WATCH_STATUS_LINES)
     assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"]), "the tour has no %tasks cell"
-
+    # The tour is saved with the outputs of a headless run: start from a clean page.
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+    page.wait_for_function("() => !document.querySelector('.jp-OutputArea-output')")
+    page.evaluate(WATCH_STATUS_LINES)
     started = time.monotonic()
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
