@@ -104,8 +104,7 @@ def test_each_task_cell_keeps_its_final_outputs(saved: Any) -> None:
     broken = task_output(saved, "broken")["text/plain"]
     assert broken.startswith("✖ broken failed in ")
     assert "ValueError: invalid literal for int() with base 10: 'broken-value'" in broken
-    if saved.metadata["ipytasks_env"] == "ik7":  # IPython 8 shows no frame of a thread body
-        assert "int('broken-value')" in broken  # the traceback, with the cell's line
+    assert "int('broken-value')" in broken  # the traceback, with the cell's line
     assert "\x1b[" not in broken
 
 

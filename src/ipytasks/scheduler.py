@@ -767,8 +767,10 @@ class Scheduler:
 
     def _show_error(self, record: TaskRecord, error: BaseException) -> None:
         try:
+            # tb_offset=0: the traceback already starts at the cell (the shell's own
+            # offset of 1 would hide the cell's only frame on IPython 8).
             lines = self.shell.InteractiveTB.structured_traceback(
-                type(error), error, error.__traceback__
+                type(error), error, error.__traceback__, tb_offset=0
             )
         except Exception:  # noqa: BLE001
             import traceback
