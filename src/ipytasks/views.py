@@ -80,19 +80,24 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
     return f"{name} failed in {took_text}: {detail}".rstrip(": ")
 
 
-def status_text(record: TaskRecord) -> str:
-    """The status line as text: ``✔ fetch done in 1.00s``."""
-    return f"{STATE_STYLE[record.state][0]} {describe(record)}"
+def status_text(record: TaskRecord, state: TaskState | None = None, text: str = "") -> str:
+    """The status line as text: ``✔ fetch done in 1.00s``.
+
+    ``state`` and ``text`` (the words after the name) stand in for the record's own.
+    """
+    state = state or record.state
+    return f"{STATE_STYLE[state][0]} {record.name} {text}" if text else (
+        f"{STATE_STYLE[state][0]} {describe(record)}")
 
 
-def status_html(record: TaskRecord) -> str:
+def status_html(record: TaskRecord, state: TaskState | None = None, text: str = "") -> str:
     """The status line as HTML: icon and outcome in the state's colour, the name in bold."""
-    icon, colour = STATE_STYLE[record.state]
-    text = describe(record)
-    name, _, rest = text.partition(" ")
+    state = state or record.state
+    icon, colour = STATE_STYLE[state]
+    rest = text or describe(record).partition(" ")[2]
     return (
-        f'<div class="ipytasks-status"><span style="color:{colour}" title="{record.state}">'
-        f"{icon}</span> <b>{html.escape(name)}</b> "
+        f'<div class="ipytasks-status"><span style="color:{colour}" title="{state}">'
+        f"{icon}</span> <b>{html.escape(record.name)}</b> "
         f'<span style="color:{colour}">{html.escape(rest)}</span></div>'
     )
 
@@ -141,10 +146,13 @@ class CellView:
                 self._output_version = version
                 self._output_parts = merge(outputs, _left_out_note(record))
                 self._forward_widgets(outputs)
+        return self._compose()
+
+    def _compose(self, state: TaskState | None = None, words: str = "") -> dict[str, Any]:
         text, rich = self._output_parts
         return {
-            "text/plain": status_text(record) + ("\n" + text if text else ""),
-            "text/html": status_html(record) + rich,
+            "text/plain": status_text(self.record, state, words) + ("\n" + text if text else ""),
+            "text/html": status_html(self.record, state, words) + rich,
         }
 
     def show(self) -> None:
@@ -192,15 +200,8 @@ class CellView:
         if self.final or self.record.state.ended:
             return
         self.final = True
-        icon, colour = STATE_STYLE[TaskState.CANCELLED]
-        name = html.escape(self.record.name)
-        text, rich = self._output_parts
-        self._displays.publish({
-            "text/plain": f"{icon} {self.record.name} {SHUT_DOWN}" + ("\n" + text if text else ""),
-            "text/html": f'<div class="ipytasks-status"><span style="color:{colour}">{icon}</span> '
-                         f'<b>{name}</b> <span style="color:{colour}">{SHUT_DOWN}</span></div>'
-                         + rich,
-        }, self.display_id, update=True)
+        bundle = self._compose(TaskState.CANCELLED, SHUT_DOWN)
+        self._displays.publish(bundle, self.display_id, update=True)
 
     def _forward_widgets(self, outputs: list[Any]) -> None:
         for item in outputs:
