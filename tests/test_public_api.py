@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipytasks
 
-
 #: The public surface: the API and the magics' functions, the task record and its states,
 #: and the errors a user catches. A name added or lost is a decision, made here too.
 PUBLIC = {
