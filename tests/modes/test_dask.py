@@ -777,8 +777,13 @@ def test_in_a_kernel_tasks_backend_dask_and_interrupts(dask_kernel: Any) -> None
     assert shown.stdout.strip() == "42 dask done"
     area = task_area_text(k, submitted)
     assert "started a Dask LocalCluster" in area and "hello from" in area and "bokeh" not in area
-    k.interrupt()  # SIGINT to the kernel's process group, the Dask workers included
-    time.sleep(0.5)
+    # SIGINT to the kernel's process group, the Dask workers included; a blocking cell shows
+    # that it arrived.
+    blocked = k.submit("import time\ntime.sleep(120)")
+    k.wait_until(lambda: any(m["msg_type"] == "execute_input" for m in blocked.messages),
+                 what="the blocking cell started")
+    k.interrupt_cell(blocked)
+    assert "KeyboardInterrupt" in blocked.error_text
     k.execute("%tasks_backend local")
     k.execute("%%parallel kd2 --on dask --quiet\n'still there'")
     k.execute("%%parallel kd3 --process --quiet\n'here'")
