@@ -496,3 +496,15 @@ def test_unknown_after_names_a_few_and_counts_the_rest(kernel: Kernel) -> None:
     assert "big22[" not in evalue and "few22_11" in evalue, evalue
     assert re.search(r"and [\d,]+ more\)$", evalue), evalue
     assert len(evalue) < 400, evalue
+
+
+def test_a_failed_wait_shows_the_tasks_tracebacks_not_its_own(kernel: Kernel) -> None:
+    """%wait raising TaskFailed shows each failed task's traceback, through the cell's own
+    lines, and none of ipytasks' frames."""
+    kernel.execute("%%parallel broken36 --thread\nx36 = 1\nint('broken36')")
+    waited = kernel.execute("%wait broken36", allow_errors=True)
+    (error,) = waited.errors
+    shown = "\n".join(strip_ansi(line) for line in error["traceback"])
+    assert shown.startswith("TaskFailed: 1 task did not succeed: broken36 (failed)"), shown
+    assert "int('broken36')" in shown and "ValueError: invalid literal" in shown
+    assert "ipytasks" not in shown and ".py" not in shown, shown

@@ -106,6 +106,11 @@ class TaskFailed(TaskError):
             parts.append(f"\n--- {record.name}: {record.state} ---\n{record.error_text()}")
         super().__init__("".join(parts).rstrip())
 
+    def _render_traceback_(self) -> list[str]:
+        # What IPython shows when a cell raises this: the failed tasks' own tracebacks (in
+        # the message), not the frames of the wait that raised it.
+        return f"{type(self).__name__}: {self}".splitlines()
+
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
