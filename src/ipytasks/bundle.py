@@ -42,14 +42,15 @@ MAX_DISPLAYS = 40
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
-_PRE = (
-    '<pre style="margin:0;padding:1px 0;border:0;background:none;white-space:pre-wrap;'
-    'word-break:break-word">{}</pre>'
+# Monospace and tight as a notebook's own stream output, also where the page's styles for
+# HTML outputs (nbconvert's, a code host's) would set a text font and wide lines.
+_PRE_STYLE = (
+    "margin:0;border:0;white-space:pre-wrap;word-break:break-word;line-height:1.3;"
+    "font-family:var(--jp-code-font-family,SFMono-Regular,Menlo,Consolas,monospace);"
+    "font-size:var(--jp-code-font-size,13px)"
 )
-_PRE_SHADED = (
-    '<pre style="margin:0;padding:1px 2px;border:0;white-space:pre-wrap;word-break:break-word;'
-    'background:rgba(255,0,0,.08)">{}</pre>'
-)
+_PRE = f'<pre style="{_PRE_STYLE};padding:1px 0;background:none">{{}}</pre>'
+_PRE_SHADED = f'<pre style="{_PRE_STYLE};padding:1px 2px;background:rgba(255,0,0,.08)">{{}}</pre>'
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif")
 
 
