@@ -162,3 +162,47 @@ def test_retry_failed_reruns_what_failed_and_what_it_skipped(fresh_kernel: Kerne
     assert value(k, "ipytasks.tasks['report'].waits_for") == "('parse',)"
     assert value(k, "out") == "22"
     assert k.execute("%retry --failed").stdout.strip() == "retrying: nothing (no task failed)"
+
+
+def test_a_task_ends_before_its_entry_is_written(fresh_kernel: Kernel) -> None:
+    """A small entry is written after its task ended, on the cache's writer thread: while
+    that thread is busy the task is done and no entry is there (a run of the same key
+    misses); %tasks_cache waits for the write and lists it, and the next run is cached.
+    A write that fails later shows `not stored: …` in the task's status line. Unloading
+    waits for the writes under way."""
+    k = fresh_kernel
+    k.execute(SETUP + "\nimport threading\nfrom ipytasks.cache import outcome")
+    block = "gate = threading.Event()\nbusy = outcome._writer.submit(gate.wait)"
+    entries = k.cwd / ".ipytasks" / "entries"
+    cell = "%%parallel small --cache\nsmall = n * 2"
+
+    k.execute(block)
+    first = run(k, cell, "small")
+    assert re.fullmatch(r"✔ small done in 0\.\d\ds \(not stored before\)", status(k, first))
+    assert not entries.exists() or not list(entries.glob("*.ipt"))
+    assert status(k, run(k, cell, "small")).endswith("(not stored before)")  # not there yet
+    k.execute("gate.set()")
+    listing = k.execute("%tasks_cache").stdout
+    assert "\nsmall " in listing, listing
+    assert len(list(entries.glob("*.ipt"))) == 1
+    assert status(k, run(k, cell, "small")).startswith("✔ small cached")
+
+    # A folder whose entries cannot be made: the status line says so once the write failed.
+    broken = k.cwd / "broken"
+    broken.mkdir()
+    (broken / "entries").write_text("not a folder")
+    k.execute(f"%tasks_cache {broken}")
+    k.execute(block)
+    failed = run(k, cell.replace("small", "other"), "other")
+    assert status(k, failed).endswith("(not stored before)"), status(k, failed)
+    k.execute("gate.set()")
+    k.wait_until(lambda: status(k, failed).endswith("(not stored before; not stored: File exists)"),
+                 what="the status line to say the entry was not stored")
+    assert value(k, "ipytasks.tasks['other'].state") == "'done'"
+
+    # Unloading waits for the write under way (the writer is let go 0.5 s into the unload).
+    k.execute(f"%tasks_cache {k.cwd / 'last'}")
+    k.execute(block)
+    run(k, cell.replace("small", "last"), "last")
+    k.execute("threading.Timer(0.5, gate.set).start()\n%unload_ext ipytasks")
+    assert len(list((k.cwd / "last" / "entries").glob("*.ipt"))) == 1
