@@ -206,3 +206,28 @@ def test_a_task_ends_before_its_entry_is_written(fresh_kernel: Kernel) -> None:
     run(k, cell.replace("small", "last"), "last")
     k.execute("threading.Timer(0.5, gate.set).start()\n%unload_ext ipytasks")
     assert len(list((k.cwd / "last" / "entries").glob("*.ipt"))) == 1
+
+
+def test_cache_with_map_is_refused_saying_why_and_what_to_do(fresh_kernel: Kernel) -> None:
+    """--cache --map is a usage error that says why and what to do instead."""
+    k = fresh_kernel
+    k.execute(SETUP)
+    refused = k.execute("%%parallel calls --cache --map x in range(3)\ny = x * 2", allow_errors=True)
+    text = refused.error_text
+    assert "--cache does not combine with --map" in text, text
+    assert "not stored one by one" in text and "each as a --cache task of its own" in text, text
+    assert value(k, "'calls' in ipytasks.tasks") == "False"
+
+
+def test_a_kernel_restarted_finishes_the_writes_under_way(fresh_kernel: Kernel) -> None:
+    """A restart (a shutdown request, as a front end's Restart sends) lets the kernel
+    finish writing the entries of tasks that ended: the next session's run is cached."""
+    k = fresh_kernel
+    k.execute(SETUP + "\nimport threading\nfrom ipytasks.cache import outcome")
+    k.execute("gate = threading.Event()\nbusy = outcome._writer.submit(gate.wait)")
+    cell = "%%parallel small --cache\nsmall = n * 2"
+    run(k, cell, "small")
+    k.execute("threading.Timer(0.5, gate.set).start()")  # let go while the kernel exits
+    k.restart()
+    k.execute(SETUP)
+    assert status(k, run(k, cell, "small")).startswith("✔ small cached")
