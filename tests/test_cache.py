@@ -231,3 +231,19 @@ def test_a_kernel_restarted_finishes_the_writes_under_way(fresh_kernel: Kernel) 
     k.restart()
     k.execute(SETUP)
     assert status(k, run(k, cell, "small")).startswith("✔ small cached")
+
+
+def test_an_array_changed_after_the_end_is_stored_as_the_task_left_it(fresh_kernel: Kernel) -> None:
+    """A 400 kB array (out of band, yet small enough to be written after the task ended)
+    changed in place by the next cell before its entry is written: the entry holds the
+    array as the task left it."""
+    k = fresh_kernel
+    k.execute(SETUP + "\nimport threading\nimport numpy as np\nfrom ipytasks.cache import outcome")
+    k.execute("gate = threading.Event()\nbusy = outcome._writer.submit(gate.wait)")
+    cell = "%%parallel arr --cache\narr = np.zeros(50_000)"
+    run(k, cell, "arr")
+    k.execute("arr[0] = 99\ngate.set()")
+    k.execute("%tasks_cache")
+    k.execute("del arr")
+    assert status(k, run(k, cell, "arr")).startswith("✔ arr cached")
+    assert value(k, "(float(arr[0]), arr.nbytes)") == "(0.0, 400000)"

@@ -324,10 +324,11 @@ class ResultCache:
         store = self.store  # the folder now: a later %tasks_cache PATH does not move it
         pickled, buffers = packed
         if len(pickled) + sum(memoryview(b).nbytes for b in buffers) <= INLINE_SIZE:
-            # The task ends without waiting for the write (two file operations of about
-            # 0.3 ms each). Its buffers are copied (at most 1 MiB): what it bound may be
-            # changed in place once it has ended, and the entry must hold what it produced.
-            copied = (pickled, [memoryview(b).tobytes() for b in buffers])
+            # The task ends without waiting for the write (a file written, then renamed).
+            # Its buffers are copied (at most 1 MiB), byte for byte as Store.write takes
+            # them: what it bound may be changed in place once it has ended, and the entry
+            # must hold what it produced.
+            copied = (pickled, [bytes(memoryview(b).cast("B")) for b in buffers])
             return _submit(self._write, store, record, plan, manifest, copied)
         # A large entry is written from where its arrays lie, uncopied, so the task waits
         # for it (off the event loop): nothing changes them meanwhile. Through the same
