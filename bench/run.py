@@ -283,7 +283,7 @@ def parse_text_table(text: str) -> list[list[str]]:
 def judge(goal: str, value: str) -> str:
     """``ok?`` for a goal written ``< 0.3 s``, ``<= 3x``, ``>= 0.5``: the value's first number."""
     g = re.match(r"\s*(<=|>=|<|>|≤|≥)\s*([\d.]+)", goal)
-    v = re.match(r"\s*([\d.]+)", value)
+    v = re.match(r"\s*(-?[\d.]+)", value)  # an overhead can be below zero (noise)
     if not g or not v:
         return NO_GOAL
     limit, x = float(g.group(2)), float(v.group(1))

@@ -162,3 +162,88 @@ def test_retry_failed_reruns_what_failed_and_what_it_skipped(fresh_kernel: Kerne
     assert value(k, "ipytasks.tasks['report'].waits_for") == "('parse',)"
     assert value(k, "out") == "22"
     assert k.execute("%retry --failed").stdout.strip() == "retrying: nothing (no task failed)"
+
+
+def test_a_task_ends_before_its_entry_is_written(fresh_kernel: Kernel) -> None:
+    """A small entry is written after its task ended, on the cache's writer thread: while
+    that thread is busy the task is done and no entry is there (a run of the same key
+    misses); %tasks_cache waits for the write and lists it, and the next run is cached.
+    A write that fails later shows `not stored: …` in the task's status line. Unloading
+    waits for the writes under way."""
+    k = fresh_kernel
+    k.execute(SETUP + "\nimport threading\nfrom ipytasks.cache import outcome")
+    block = "gate = threading.Event()\nbusy = outcome._writer.submit(gate.wait)"
+    entries = k.cwd / ".ipytasks" / "entries"
+    cell = "%%parallel small --cache\nsmall = n * 2"
+
+    k.execute(block)
+    first = run(k, cell, "small")
+    assert re.fullmatch(r"✔ small done in 0\.\d\ds \(not stored before\)", status(k, first))
+    assert not entries.exists() or not list(entries.glob("*.ipt"))
+    assert status(k, run(k, cell, "small")).endswith("(not stored before)")  # not there yet
+    k.execute("gate.set()")
+    listing = k.execute("%tasks_cache").stdout
+    assert "\nsmall " in listing, listing
+    assert len(list(entries.glob("*.ipt"))) == 1
+    assert status(k, run(k, cell, "small")).startswith("✔ small cached")
+
+    # A folder whose entries cannot be made: the status line says so once the write failed.
+    broken = k.cwd / "broken"
+    broken.mkdir()
+    (broken / "entries").write_text("not a folder")
+    k.execute(f"%tasks_cache {broken}")
+    k.execute(block)
+    failed = run(k, cell.replace("small", "other"), "other")
+    assert status(k, failed).endswith("(not stored before)"), status(k, failed)
+    k.execute("gate.set()")
+    k.wait_until(lambda: status(k, failed).endswith("(not stored before; not stored: File exists)"),
+                 what="the status line to say the entry was not stored")
+    assert value(k, "ipytasks.tasks['other'].state") == "'done'"
+
+    # Unloading waits for the write under way (the writer is let go 0.5 s into the unload).
+    k.execute(f"%tasks_cache {k.cwd / 'last'}")
+    k.execute(block)
+    run(k, cell.replace("small", "last"), "last")
+    k.execute("threading.Timer(0.5, gate.set).start()\n%unload_ext ipytasks")
+    assert len(list((k.cwd / "last" / "entries").glob("*.ipt"))) == 1
+
+
+def test_cache_with_map_is_refused_saying_why_and_what_to_do(fresh_kernel: Kernel) -> None:
+    """--cache --map is a usage error that says why and what to do instead."""
+    k = fresh_kernel
+    k.execute(SETUP)
+    refused = k.execute("%%parallel calls --cache --map x in range(3)\ny = x * 2", allow_errors=True)
+    text = refused.error_text
+    assert "--cache does not combine with --map" in text, text
+    assert "not stored one by one" in text and "each as a --cache task of its own" in text, text
+    assert value(k, "'calls' in ipytasks.tasks") == "False"
+
+
+def test_a_kernel_restarted_finishes_the_writes_under_way(fresh_kernel: Kernel) -> None:
+    """A restart (a shutdown request, as a front end's Restart sends) lets the kernel
+    finish writing the entries of tasks that ended: the next session's run is cached."""
+    k = fresh_kernel
+    k.execute(SETUP + "\nimport threading\nfrom ipytasks.cache import outcome")
+    k.execute("gate = threading.Event()\nbusy = outcome._writer.submit(gate.wait)")
+    cell = "%%parallel small --cache\nsmall = n * 2"
+    run(k, cell, "small")
+    k.execute("threading.Timer(0.5, gate.set).start()")  # let go while the kernel exits
+    k.restart()
+    k.execute(SETUP)
+    assert status(k, run(k, cell, "small")).startswith("✔ small cached")
+
+
+def test_an_array_changed_after_the_end_is_stored_as_the_task_left_it(fresh_kernel: Kernel) -> None:
+    """A 400 kB array (out of band, yet small enough to be written after the task ended)
+    changed in place by the next cell before its entry is written: the entry holds the
+    array as the task left it."""
+    k = fresh_kernel
+    k.execute(SETUP + "\nimport threading\nimport numpy as np\nfrom ipytasks.cache import outcome")
+    k.execute("gate = threading.Event()\nbusy = outcome._writer.submit(gate.wait)")
+    cell = "%%parallel arr --cache\narr = np.zeros(50_000)"
+    run(k, cell, "arr")
+    k.execute("arr[0] = 99\ngate.set()")
+    k.execute("%tasks_cache")
+    k.execute("del arr")
+    assert status(k, run(k, cell, "arr")).startswith("✔ arr cached")
+    assert value(k, "(float(arr[0]), arr.nbytes)") == "(0.0, 400000)"

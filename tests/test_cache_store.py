@@ -201,22 +201,31 @@ ip = start_ipython()
 ip.run_line_magic("load_ext", "ipytasks")
 import ipytasks
 ip.run_line_magic("tasks_cache", {folder!r})
-ip.run_cell_magic("parallel", "big --cache", "import numpy as np\\nbig = np.ones(1_000_000)\\nbig.sum()")
+ip.run_cell_magic("parallel", "big --cache", "import numpy as np\\nbig = np.ones({n})\\nbig.sum()")
 ip.run_line_magic("wait", "")
 record = ipytasks.tasks["big"]
+# A small entry is written after its task ended: the note says it was not stored once
+# the write failed, and %tasks_cache waits for the writes under way, as a person would.
+ip.run_line_magic("tasks_cache", "")
+# The view is told on the loop after the write failed: a %wait (a round trip through the
+# loop) comes after it, so the terminal's line is printed by then.
+ip.run_line_magic("wait", "")
 print(record.state, "|", record.cache_note, "|", record.result)
 """
 
 
+@pytest.mark.parametrize("n", [1_000_000, 100_000], ids=["8MB-written-before-the-end",
+                                                      "800kB-written-after-the-end"])
 @pytest.mark.parametrize("mount, expected", [
     ("mount -t tmpfs -o size=256k tmpfs {m}", "No space left on device"),
     ("mount -t tmpfs tmpfs {m} && mount -o remount,ro {m}", "Read-only file system"),
 ])
 def test_a_full_or_read_only_folder_still_runs_the_task(
-    tmp_path: Path, secret_dir: Path, mount: str, expected: str
+    tmp_path: Path, secret_dir: Path, mount: str, expected: str, n: int
 ) -> None:
     """On a real full (256 KiB tmpfs) or read-only mount the task succeeds and its status
-    says the outcome was not stored, and why."""
+    says the outcome was not stored, and why: a large entry, written before the task
+    ends, and a small one, written after."""
     if shutil.which("unshare") is None or subprocess.run(
         ["unshare", "-rm", "true"], capture_output=True
     ).returncode != 0:
@@ -224,17 +233,19 @@ def test_a_full_or_read_only_folder_still_runs_the_task(
     m = tmp_path / "mnt"
     m.mkdir()
     script = tmp_path / "run.py"
-    script.write_text(FULL_OR_READ_ONLY.format(src=SRC, folder=str(m / "cache")))
+    script.write_text(FULL_OR_READ_ONLY.format(src=SRC, folder=str(m / "cache"), n=n))
     done = subprocess.run(
         ["unshare", "-rm", "sh", "-c", mount.format(m=m) + f" && exec {sys.executable} {script}"],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "JUPYTER_DATA_DIR": str(secret_dir)},
     )
     assert done.returncode == 0, done.stderr
-    last = done.stdout.strip().splitlines()[-1]
+    last = next(line for line in done.stdout.splitlines() if line.count(" | ") == 2)
     state, note, result = (part.strip() for part in last.split("|"))
-    assert state == "done" and result == "1000000.0"
+    assert state == "done" and result == f"{float(n)}"
     assert note == f"not stored before; not stored: {expected}", last
+    if n < 1_000_000:  # found after the end: the terminal's view says it on a line of its own
+        assert f"[big] not stored: {expected}\n" in done.stdout, done.stdout
 
 
 # -- fingerprints ---------------------------------------------------------------------------

@@ -43,8 +43,11 @@ BAD_USE = (
 )
 CANNOT_CONNECT = "cannot connect to the Dask scheduler at {address!r}: {error}"
 CACHE_MAP = (
-    "--cache does not combine with --map: cache the cell that computes what the map "
-    "reads, or the cell that uses the map's result"
+    "--cache does not combine with --map: a map's items are not stored one by one (each "
+    "would need a key of its own, made of the item's value too, and the map's result is "
+    "gathered from them). Cache the cell that computes what the map reads, or the cell "
+    "that uses the map's result; or, for items that are slow one by one, submit each as "
+    "a --cache task of its own (ipytasks.submit(code, name, cache=True) in a loop)"
 )
 SUBMIT_UNKNOWN = "submit: unknown option {option!r} (options: {known})"
 SUBMIT_TYPE = "submit: {error}"

@@ -25,6 +25,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import Int, TraitError, observe, validate
 
 from . import api
+from .cache.outcome import FLUSH_TIMEOUT
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
 from .records import TaskFailed
 
@@ -514,7 +515,8 @@ class TaskMagics(Magics):
         signed with it is never loaded. The folder is ``.ipytasks`` beside the
         notebook unless ``$IPYTASKS_CACHE`` or ``%tasks_cache PATH`` says otherwise.
         Without options, it lists the entries: task, size, when last used, and the
-        time a hit saves (how long the run took).
+        time a hit saves (how long the run took). It first waits for entries still
+        being written (a task ends before its entry is on disk).
 
         Examples
         --------
@@ -532,6 +534,9 @@ class TaskMagics(Magics):
         """
         args = _parse(self.tasks_cache, line)
         cache = api._current().scheduler.result_cache()
+        # Entries of tasks that just ended may still be being written (after the task
+        # ended): what this shows, clears or moves includes them.
+        cache.flush(FLUSH_TIMEOUT)
         if args.path is not None:
             cache.root = args.path
         if args.max_size is not None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import difflib
+import functools
 import itertools
 import random
 import sys
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 from IPython.core.error import UsageError
 
 from . import plots
-from .cache.outcome import Plan, ResultCache
+from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
@@ -64,6 +66,10 @@ OWN_LOOP_NOTICE = (
     "cannot be awaited in async tasks.\n"
 )
 UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
+UNLOAD_WRITING = (
+    "ipytasks: {n} --cache entr{s} still being written; the kernel finishes them unless "
+    "it is killed (then they are not stored, and the tasks run again)"
+)
 FIGURE_FAILED = "ipytasks: could not show a figure of this task: {error}\n"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
 
@@ -482,10 +488,13 @@ class Scheduler:
                 if state in _RETRYABLE and record.attempts <= options.retries:
                     await self._back_off(record, error)
                     continue
+                writing = None
                 if state is TaskState.DONE and plan is not None:
                     # Before the end: nothing that waits for it changes its values meanwhile.
-                    await self.result_cache().keep(record, plan, result)
+                    writing = await self.result_cache().keep(record, plan, result)
                 self._end(record, state, result=result, error=error)
+                if writing is not None:  # its entry is written after the end
+                    writing.add_done_callback(functools.partial(self._written, record))
                 return
         except asyncio.CancelledError:
             self._end(
@@ -501,6 +510,36 @@ class Scheduler:
         if self._result_cache is None:
             self._result_cache = ResultCache(self.shell)
         return self._result_cache
+
+    def _written(self, record: TaskRecord, writing: concurrent.futures.Future[str | None]) -> None:
+        """On the cache's writer thread: a write that failed has changed the task's
+        note; show it in the task's views."""
+        if writing.cancelled() or writing.exception() is not None:
+            return
+        why = writing.result()
+        if why is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: ipytasks was unloaded
+            self.loop.call_soon_threadsafe(
+                self._amended, record, f"not stored: {why}", context=contextvars.Context()
+            )
+
+    def _amended(self, record: TaskRecord, note: str) -> None:
+        """An ended task's status changed (see :meth:`_written`): its views are final
+        already, so each is asked to say it once more; the feeds are told as usual."""
+        self._tell_feeds(record)
+        sink = record.sink
+        if sink is None:
+            return
+        for view in list(sink.views):
+            amend = getattr(view, "amend", None)
+            try:
+                if amend is not None:
+                    amend(sink, note)
+                else:
+                    view.update(sink)
+            except Exception as exc:  # a broken view must not break the loop
+                _report_internal_error("refreshing a task's view", exc)
 
     async def _cache_lookup(self, record: TaskRecord) -> Plan | None:
         """End ``record`` as cached when its outcome is stored; else the plan to store it."""
@@ -791,12 +830,7 @@ class Scheduler:
 
     def _changed(self, record: TaskRecord) -> None:
         """Tell the feeds and the task's views; keep running ones ticking."""
-        for feed in self._feeds:
-            records = feed._records
-            if records:  # its follower is woken already
-                records[record] = None
-            else:
-                feed._add_first(record)
+        self._tell_feeds(record)
         sink = record.sink
         if sink is None or not sink.views:
             return
@@ -806,6 +840,14 @@ class Scheduler:
         else:
             self._ticking.discard(record)
         contextvars.Context().run(sink.flush)
+
+    def _tell_feeds(self, record: TaskRecord) -> None:
+        for feed in self._feeds:
+            records = feed._records
+            if records:  # its follower is woken already
+                records[record] = None
+            else:
+                feed._add_first(record)
 
     def _arm_tick(self) -> None:
         if self._tick_handle is None and self._ticking:
@@ -901,6 +943,11 @@ class Scheduler:
 
         try:
             self._host.call(finish)
+            if self._result_cache is not None:
+                # Entries of tasks that ended are still being written: not lost silently.
+                left = self._result_cache.flush(FLUSH_TIMEOUT)
+                if left:
+                    print(UNLOAD_WRITING.format(n=left, s="y" if left == 1 else "ies"))
         finally:
             for mode in self._modes.values():
                 mode.close()

@@ -190,6 +190,18 @@ class CellView:
             self._sent_at = time.monotonic()
             self._displays.publish(bundle, self.display_id, update=True, view=self)
 
+    def amend(self, output: TaskOutput, note: str) -> None:
+        """The task has ended and its status line changed since (``note``: its outcome
+        could not be stored, found after the end): send the line again, once more."""
+        if not self.record.state.ended:
+            self.update(output)
+            return
+        bundle = self.bundle(output)
+        if bundle != self._sent:
+            self._sent = bundle
+            self._sent_at = time.monotonic()
+            self._displays.publish(bundle, self.display_id, update=True, view=self)
+
     def resend(self) -> None:
         """Send the last state again (a headless client may have missed it)."""
         if self._sent is not None:
@@ -329,6 +341,13 @@ class TextView:
         self.record = record
         self._write = write
         self._said_end = False
+
+    def amend(self, output: TaskOutput, note: str) -> None:
+        """Said after the end line: ``[load] not stored: No space left on device``."""
+        if self._said_end:
+            self._write(f"[{self.record.name}] {note}\n")
+        else:
+            self.update(output)
 
     def update(self, output: TaskOutput) -> None:
         record = self.record

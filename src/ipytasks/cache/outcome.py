@@ -11,9 +11,12 @@ The scheduler asks :class:`ResultCache` three things of a ``--cache`` task:
 2. :meth:`~ResultCache.replay`: when an entry of that key is there and verified,
    bind what the task bound, show what it showed, and give its result.
 3. :meth:`~ResultCache.keep`, after a successful run and before the task ends
-   (so no task that waits for it touches its values while they are written):
+   (so no task that waits for it touches its values while they are pickled):
    store the names it bound (and those it changed in place, found by
-   fingerprinting its inputs again), its result and its outputs.
+   fingerprinting its inputs again), its result and its outputs. The file is
+   written on a thread of its own (:data:`_writer`): a small entry after the task
+   has ended (from a copy), a large one before (from its arrays, uncopied). A
+   write that fails adds ``not stored: <reason>`` to the task's note then.
 
 The outcome is what a notebook sees of a run, so a hit is indistinguishable
 from the run, except that names bound to one object are bound to equal copies
@@ -25,6 +28,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import time
@@ -49,9 +53,11 @@ FORMAT = 1
 #: How much of a task's full text output an entry keeps (its start and end beyond that).
 TEXT_LIMIT = 4 * 1024 * 1024
 FOLDER = ".ipytasks"
-#: Entries up to this size are read and written on the event loop: a hop to a thread
-#: and back would cost more than the work.
+#: Entries up to this size are read on the event loop (a hop to a thread and back would
+#: cost more than the work) and written after their task ended, from a copy.
 INLINE_SIZE = 1024 * 1024
+#: How long unloading ipytasks waits for entries still being written.
+FLUSH_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
@@ -264,8 +270,14 @@ class ResultCache:
 
     # -- 3. storing -------------------------------------------------------------------
 
-    async def keep(self, record: TaskRecord, plan: Plan, result: Any) -> None:
-        """Store the outcome of a run that succeeded; say in the note if it was not."""
+    async def keep(self, record: TaskRecord, plan: Plan,
+                   result: Any) -> concurrent.futures.Future[str | None] | None:
+        """Store the outcome of a run that succeeded; say in the note if it was not.
+
+        :returns: for an entry of up to :data:`INLINE_SIZE`, the write still under way:
+            it gives why it was not stored (already added to ``record.cache_note``) or
+            ``None``. ``None`` when it is written (or refused) already.
+        """
         assert plan.key is not None
         cell = record.cell
         names = _analysis(cell)
@@ -285,7 +297,7 @@ class ResultCache:
                     values[name] = user_ns[name]
             except Unfingerprintable as exc:
                 self._not_stored(record, f"{name} became a {exc.what}")
-                return
+                return None
         deleted = sorted(n for n in names.deletes if n not in user_ns)
         duration = time.time() - (record.started or time.time())
         sink = record.sink
@@ -306,14 +318,23 @@ class ResultCache:
         }
         try:
             packed = self._pack(manifest, values, result)
-            if sum(memoryview(b).nbytes for b in packed[1]) + len(packed[0]) <= INLINE_SIZE:
-                self._write(record.name, plan, manifest, packed)
-            else:  # writing (and signing) a large entry: off the event loop
-                await asyncio.to_thread(self._write, record.name, plan, manifest, packed)
         except _NotStorable as exc:
             self._not_stored(record, str(exc))
-        except OSError as exc:
-            self._not_stored(record, exc.strerror or str(exc))
+            return None
+        store = self.store  # the folder now: a later %tasks_cache PATH does not move it
+        pickled, buffers = packed
+        if len(pickled) + sum(memoryview(b).nbytes for b in buffers) <= INLINE_SIZE:
+            # The task ends without waiting for the write (a file written, then renamed).
+            # Its buffers are copied (at most 1 MiB), byte for byte as Store.write takes
+            # them: what it bound may be changed in place once it has ended, and the entry
+            # must hold what it produced.
+            copied = (pickled, [bytes(memoryview(b).cast("B")) for b in buffers])
+            return _submit(self._write, store, record, plan, manifest, copied)
+        # A large entry is written from where its arrays lie, uncopied, so the task waits
+        # for it (off the event loop): nothing changes them meanwhile. Through the same
+        # writer, so a task's entries are written in the order they were made.
+        await asyncio.wrap_future(_submit(self._write, store, record, plan, manifest, packed))
+        return None
 
     @staticmethod
     def _pack(manifest: dict[str, Any], values: dict[str, Any],
@@ -334,22 +355,38 @@ class ResultCache:
                 raise _NotStorable(f"its result is a {_worker.type_name(result)}") from exc
         return packer.getvalue(), packer.buffers
 
-    def _write(self, task: str, plan: Plan, manifest: dict[str, Any],
-               packed: tuple[bytes, list[Any]]) -> None:
-        store = self.store
-        assert plan.key is not None  # only a plan with a key is written
-        store.write(plan.key, manifest, *packed)
-        # The note (what the key was made of, to say later why a task ran again) and the
-        # eviction are housekeeping: the task need not wait for them.
-        _housekeeping.submit(self._after_write, store, task, plan)
+    def _write(self, store: Store, record: TaskRecord, plan: Plan,
+               manifest: dict[str, Any], packed: tuple[bytes, list[Any]]) -> str | None:
+        """On the writer thread: write the entry, then its note and the eviction.
 
-    @staticmethod
-    def _after_write(store: Store, task: str, plan: Plan) -> None:
+        :returns: why it was not stored (also added to ``record.cache_note``), or ``None``.
+        """
+        assert plan.key is not None  # only a plan with a key is written
         try:
-            store.write_note(task, {"key": plan.key, "parts": plan.parts})
+            store.write(plan.key, manifest, *packed)
+        except Exception as exc:  # noqa: BLE001 - the task succeeded; only storing failed
+            why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else (
+                f"{type(exc).__name__}: {exc}")
+            # Set here, before the write's future is done: whoever waited for the
+            # writer (flush) finds the note. One attribute, replaced whole.
+            self._not_stored(record, why)
+            return why
+        try:
+            # What the key was made of, to say later why a task ran again.
+            store.write_note(record.name, {"key": plan.key, "parts": plan.parts})
             store.evict()
         except OSError:
             pass  # the entry is stored; only the reason a later run gives is less precise
+        return None
+
+    @staticmethod
+    def flush(timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the entries handed to the writer;
+        return how many are still being written (0: all written or failed)."""
+        marker = _writer.submit(lambda: None)
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            marker.result(timeout)
+        return sum(1 for f in list(_pending) if not f.done())
 
     @staticmethod
     def _not_stored(record: TaskRecord, why: str) -> None:
@@ -369,8 +406,19 @@ class ResultCache:
         return store.remove([i.key for i in infos])
 
 
-#: One thread for notes and eviction, in the order the entries were written.
-_housekeeping = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ipytasks-cache")
+#: One thread writes the entries, their notes and the eviction, in the order the tasks
+#: stored them. Its work left at interpreter exit is done before the process ends
+#: (concurrent.futures joins its threads), so a kernel that exits normally loses none.
+_writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ipytasks-cache")
+#: Writes handed to it and not yet done (for ``flush``'s count).
+_pending: set[concurrent.futures.Future[Any]] = set()
+
+
+def _submit(fn: Any, *args: Any) -> concurrent.futures.Future[str | None]:
+    future: concurrent.futures.Future[str | None] = _writer.submit(fn, *args)
+    _pending.add(future)
+    future.add_done_callback(_pending.discard)
+    return future
 
 
 class _NotStorable(Exception):
