@@ -247,3 +247,21 @@ def test_an_array_changed_after_the_end_is_stored_as_the_task_left_it(fresh_kern
     k.execute("del arr")
     assert status(k, run(k, cell, "arr")).startswith("✔ arr cached")
     assert value(k, "(float(arr[0]), arr.nbytes)") == "(0.0, 400000)"
+
+
+@pytest.mark.parametrize("mode", ["--mode async", "--thread", "--process"])
+def test_every_mode_is_cached_and_binds_the_same(kernel: Kernel, mode: str) -> None:
+    """A worker-process task is stored and reused like one on the kernel's loop or a thread:
+    the second run ends cached, binds the same value and shows the same output."""
+    name = "m_" + mode.split()[-1].lstrip("-")
+    cell = (f"%%parallel {name} --cache {mode}\nimport os\nprint('computed', n)\n"
+            f"v_{name} = [n, n * 2]\n" + ("await __import__('asyncio').sleep(0)\n"
+                                            if "async" in mode else "") + f"v_{name}")
+    kernel.execute(SETUP)
+    first = run(kernel, cell, name)
+    assert "(not stored before)" in status(kernel, first), status(kernel, first)
+    kernel.execute(f"%tasks_cache\ndel v_{name}")  # %tasks_cache: the write is done
+    again = run(kernel, cell, name)
+    assert re.match(rf"✔ {name} cached \(stored", status(kernel, again)), status(kernel, again)
+    assert area(kernel, again) == area(kernel, first) == "computed 3\n[3, 6]\n"
+    assert value(kernel, f"v_{name}") == "[3, 6]"
