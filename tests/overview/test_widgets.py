@@ -57,6 +57,7 @@ class FakeScheduler:
     subscribe = Scheduler.subscribe
     unsubscribe = Scheduler.unsubscribe
     _changed = Scheduler._changed
+    _tell_feeds = Scheduler._tell_feeds
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks = TaskRegistry()
