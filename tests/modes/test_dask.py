@@ -779,9 +779,10 @@ def test_in_a_kernel_tasks_backend_dask_and_interrupts(dask_kernel: Any) -> None
     assert "started a Dask LocalCluster" in area and "hello from" in area and "bokeh" not in area
     # SIGINT to the kernel's process group, the Dask workers included; a blocking cell shows
     # that it arrived.
-    blocked = k.submit("import time\ntime.sleep(120)")
-    k.wait_until(lambda: any(m["msg_type"] == "execute_input" for m in blocked.messages),
-                 what="the blocking cell started")
+    # Interrupted once it runs its own code: an interrupt that lands in the kernel's
+    # machinery before that ends the request without a reply.
+    blocked = k.submit("import time\nprint('blocking', flush=True)\ntime.sleep(120)")
+    k.wait_until(lambda: "blocking" in blocked.stdout, what="the blocking cell runs")
     k.interrupt_cell(blocked)
     assert "KeyboardInterrupt" in blocked.error_text
     k.execute("%tasks_backend local")
