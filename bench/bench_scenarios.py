@@ -51,6 +51,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 Row = tuple[str, str, str, str, str, str]
 
 OK, MISSED, NO_GOAL, UNAVAILABLE, ERROR = "yes", "NO", "—", "n/a", "error"
+#: A figure whose spread is wider than its distance from the goal: no verdict either way.
+UNCLEAR = "unclear"
 
 
 # -- formatting ---------------------------------------------------------------------------

@@ -27,12 +27,16 @@ Parts (``--only`` takes these names):
 - ``cache``      bench_cache.py: ``--cache``: fingerprinting a 200 MiB array, a hit that
                  binds one, the overhead on a trivial task;
 - ``limits``     bench_limits.py: tasks queued on a group limit, released one by one, against
-                 the same tasks without a limit.
+                 the same tasks without a limit;
+- ``speed``      bench_speed.py: the speed goals, each turn about with its baseline (median,
+                 spread, ratio): a 200 MiB array and a DataFrame to a worker and back against
+                 Dask and the shared-memory ceiling, the kernel's peak memory meanwhile,
+                 submitting a cell, thread and process mode against their raw pools, --map.
 
 The table goes to stdout and, as Markdown, to ``test-output/bench.md`` (``--output``). A part
 that cannot run (a peer not installed, process mode missing) says so in its rows; a part that
 broke is an ``error`` row, and the exit status is then 1. Goals missed are shown, not fatal,
-unless ``--check``. ``--quick`` is a smoke run of about a minute (small sizes, short sleeps):
+unless ``--check``; a row whose spread is wider than its margin says ``unclear``. ``--quick`` is a smoke run of about a minute (small sizes, short sleeps):
 its figures are not the ones to quote.
 """
 
@@ -61,12 +65,14 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import bench_peers
 import bench_scenarios
+import bench_speed
 from bench_scenarios import (
     ERROR,
     MISSED,
     NO_GOAL,
     OK,
     UNAVAILABLE,
+    UNCLEAR,
     Row,
     error_row,
     fmt_ratio,
@@ -245,6 +251,15 @@ def part_limits(quick: bool, timeout: float) -> dict[str, list[Row]]:
     return {LIMITS: rows}
 
 
+def part_speed(quick: bool, timeout: float) -> dict[str, list[Row]]:
+    """bench_speed.py: each speed goal against its baseline, measured turn about."""
+    try:
+        r = run_json([sys.executable, "bench_speed.py", "--json", *_q(quick)], timeout)
+    except PartFailed as exc:
+        return {SPEED: [error_row("speed goals (bench_speed.py)", str(exc))]}
+    return {SPEED: bench_speed.rows(r)}
+
+
 def part_process(quick: bool, timeout: float) -> dict[str, list[Row]]:
     """bench_process.py's own table, read back; any failure of it is process mode not available."""
     measure = "process mode (bench_process.py)"
@@ -348,8 +363,9 @@ ANALYSIS = "Namespace analysis (bench_analysis.py)"
 OUTPUT = "Task output (bench_output.py, in a kernel)"
 CACHE = "Cached outcomes, --cache (bench_cache.py, an InteractiveShell)"
 LIMITS = "Group limits: releasing queued tasks (bench_limits.py, a scheduler in one process)"
-ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS, CACHE,
-         LIMITS)
+SPEED = "Speed goals, each turn about with its baseline (bench_speed.py, in a kernel)"
+ORDER = (SPEED, OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS,
+         CACHE, LIMITS)
 
 # name -> (function, timeout quick, timeout full); run in this order
 PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, float]] = {
@@ -362,6 +378,7 @@ PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, flo
     "process": (part_process, 90, 1200),
     "dashboard": (part_dashboard, 90, 900),
     "peers": (part_peers, 120, 1200),
+    "speed": (part_speed, 150, 1800),
 }
 
 
@@ -507,10 +524,12 @@ def main(argv: list[str] | None = None) -> int:
 
     table = markdown(sections)
     all_rows = [row for rows in sections.values() for row in rows]
-    count = {k: sum(1 for row in all_rows if row[5] == k) for k in (OK, MISSED, UNAVAILABLE, ERROR)}
+    count = {k: sum(1 for row in all_rows if row[5] == k)
+             for k in (OK, MISSED, UNCLEAR, UNAVAILABLE, ERROR)}
     title = (f"ipytasks benchmarks{' (--quick: a smoke run, not figures to quote)' if args.quick else ''}, "
              f"{started:%Y-%m-%d %H:%M} UTC")
-    summary = (f"Goals met: {count[OK]}, missed: {count[MISSED]}; not available: {count[UNAVAILABLE]}; "
+    summary = (f"Goals met: {count[OK]}, missed: {count[MISSED]}, unclear: {count[UNCLEAR]}; "
+               f"not available: {count[UNAVAILABLE]}; "
                f"errors: {count[ERROR]}. Took {elapsed:.0f} s ({', '.join(durations)}); load average "
                f"{load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end.")
     text = "\n\n".join([

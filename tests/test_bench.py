@@ -49,10 +49,11 @@ def test_quick_pass_runs(tmp_path: Path) -> None:
     for cells in rows:
         assert len(cells) == 6, cells
         ok = cells[5]
-        assert ok in ("yes", "NO", "—", "n/a"), f"broken row {cells}\n{report}"
+        assert ok in ("yes", "NO", "unclear", "—", "n/a"), f"broken row {cells}\n{report}"
         if ok == "n/a":
             assert "not available" in cells[1], cells
         assert not cells[1].startswith("error"), f"broken row {cells}\n{report}"
-    for section in ("Per-task overhead", "Classic scenarios", "Scaling", "Dashboard"):
+    for section in ("Speed goals", "Per-task overhead", "Classic scenarios", "Scaling",
+                    "Dashboard"):
         assert f"**{section}" in proc.stdout, report
     assert output.read_text().count(HEADER) == 1
