@@ -303,7 +303,7 @@ def dashboard() -> Any:
     if not session.in_kernel:
         print(text_table(tasks))
         return None
-    return open_dashboard(session.scheduler, tasks, displays=session.displays)
+    return open_dashboard(session.scheduler, tasks, displays=session.displays, retry=retry)
 
 
 def timeline(path: str) -> Any:
