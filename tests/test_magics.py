@@ -317,6 +317,20 @@ def test_quiet_shows_nothing_but_keeps_output(kernel: Kernel) -> None:
     assert value(kernel, "ipytasks.tasks['q14'].output") == repr("kept quietly\n")
 
 
+def test_submitting_cell_sends_its_display_once(kernel: Kernel) -> None:
+    """A submission sends one message for its display: the display, no update before it
+    (the view is registered before it is shown; what it holds then is what show sends)."""
+    kernel.execute("gate_once = threading.Event()")
+    cell = kernel.execute("%%parallel once17\ngate_once.wait(10)")
+    display_id = task_display(cell)
+    sent = [m["msg_type"] for m in cell.messages
+            if (m["content"].get("transient") or {}).get("display_id") == display_id]
+    assert sent == ["display_data"], sent
+    kernel.execute("gate_once.set()")
+    kernel.execute("%wait once17")
+    assert status_text(kernel, cell).startswith("✔ once17 done")
+
+
 def test_await_wait_in_an_async_cell(kernel: Kernel) -> None:
     """`await ipytasks.wait(...)` works in an ordinary async cell and returns when done."""
     kernel.execute("%%parallel aw15\nawait asyncio.sleep(0.2)\n'awaited'")

@@ -334,6 +334,7 @@ _FIELDS = tuple(f for f in dataclasses.fields(TaskOptions))
 _SPECS: dict[str, _Spec] = {f.name: f.metadata["option"] for f in _FIELDS}
 #: The names ``submit`` takes, in the order of the magics' help.
 NAMES = tuple(_SPECS)
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in _FIELDS}
 
 
 def _label(name: str, caller: Caller) -> str:
@@ -353,6 +354,8 @@ def checked(values: dict[str, Any], caller: Caller) -> TaskOptions:
         )
     out: dict[str, Any] = {}
     for name, value in values.items():
+        if value is _DEFAULTS[name]:
+            continue  # what the field holds already (a magic line gives every option)
         check = _SPECS[name].check
         out[name] = check(value, _label(name, caller)) if check is not None else value
     options = TaskOptions(**out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import itertools
 import time
 import uuid
 import weakref
@@ -112,6 +113,12 @@ STILL_RUNNING = (
 SHUT_DOWN = "cancelled: the kernel shut down"
 
 
+#: Display ids: unique to this process (one random part), then counted (a uuid4 per task
+#: reads the system's random source, which costs as much as the rest of making the view).
+_DISPLAY_PREFIX = f"ipytasks-{uuid.uuid4().hex[:16]}-"
+_display_numbers = itertools.count(1)
+
+
 class CellView:
     """A task's place in the cell that submitted it: one display output, kept current.
 
@@ -123,7 +130,7 @@ class CellView:
 
     def __init__(self, record: TaskRecord, displays: CellDisplays) -> None:
         self.record = record
-        self.display_id = f"ipytasks-{uuid.uuid4().hex}"
+        self.display_id = f"{_DISPLAY_PREFIX}{next(_display_numbers)}"
         self._displays = displays
         self._parent = displays.current_parent()
         self._output_version = -1
@@ -163,7 +170,8 @@ class CellView:
 
     def update(self, output: TaskOutput) -> None:
         """Send what changed; runs on the loop. A task that ended is sent at once."""
-        if self.final:
+        if self.final or self._sent is None:
+            # Not shown yet (the task is being registered): show() sends it as it is then.
             return
         ended = self.record.state.ended
         wait = self._sent_at + FLUSH_INTERVAL - time.monotonic()
