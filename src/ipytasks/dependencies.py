@@ -221,12 +221,13 @@ _NAMED_REASON = re.compile(r"(?:^|, )(?:reads|changes|rebinds) ([^\W\d]\w*)(?=, 
 
 @dataclass(frozen=True, slots=True)
 class GraphNode:
-    """A task as the graph shows it: a ``--map`` task is one node, with its item count
-    (``None`` until its items are known; for other tasks, always ``None``)."""
+    """A task as the graph shows it: a ``--map`` task (``is_map``) is one node, with its
+    item count (``None`` until its items are known)."""
 
     name: str
     state: TaskState
     mode: str
+    is_map: bool = False
     items: int | None = None
     #: How many of a map's items have ended.
     items_ended: int = 0
@@ -283,7 +284,8 @@ def task_graph(records: Iterable[TaskRecord]) -> TaskGraph:
             elif record._map_items is not None:
                 items = len(record._map_items)
         ended = sum(1 for c in record.children if c.state.ended) if record.children else 0
-        nodes.append(GraphNode(record.name, record.state, record.mode, items, ended))
+        nodes.append(GraphNode(record.name, record.state, record.mode,
+                               record.options.map is not None, items, ended))
         chain = record.options.chain
         for upstream in record.upstream:
             source = upstream.parent.name if upstream.parent is not None else upstream.name
