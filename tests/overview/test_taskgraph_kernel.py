@@ -154,3 +154,50 @@ def test_nbconvert_keeps_the_graph(saved: Any) -> None:
     assert re.search(r'<g [^>]*data-state="done"[^>]*data-task="s_total"|'
                      r'<g [^>]*data-task="s_total"[^>]*data-state="done"', svg), svg[:400]
     assert re.search(r'class="ipytasks-edge-label"[^>]*>rows</text>', svg)
+
+
+OPEN = (
+    "from ipytasks.overview import open_dashboard\n"
+    "from ipytasks import api\n"
+    "{var} = open_dashboard(api._current().scheduler, api.tasks)\n"
+    "display({var})"
+)
+
+
+def test_dashboard_graph_view_follows_the_tasks_and_a_click_picks(kernel: Kernel) -> None:
+    """The dashboard's ``graph`` button (an event, as the browser sends it) makes the kernel
+    send the drawn graph and each box's state; states then change alone, without the
+    picture; a click on a box (the same ``selected`` event as a row's) picks its task."""
+    before = set(kernel.widget_states())
+    kernel.execute(OPEN.format(var="_gdash"))
+    (view,) = [cid for cid, w in kernel.widget_states().items()
+               if cid not in before and "graph_states" in w["state"]]
+    assert kernel.widget_state(view)["graph"] == {}  # not drawn until it is asked for
+    kernel.execute("import asyncio\ngate_d = asyncio.Event()")
+    kernel.execute("%%parallel d_load\nawait gate_d.wait()\nd_rows = [1]")
+    kernel.execute("%%parallel d_use\nd_n = len(d_rows)")
+    kernel.send_comm_msg(view, {"method": "custom", "content": {"event": "panel",
+                                                                 "value": "graph"}})
+
+    def shown() -> dict[str, str]:
+        state = kernel.widget_state(view)
+        names = state.get("graph", {}).get("names", [])
+        states = state["states"]
+        return {n: states[code][0] for n, code in zip(names, state["graph_states"])}
+
+    kernel.wait_until(lambda: kernel.widget_state(view)["panel"] == "graph"
+                      and {"d_load": "running", "d_use": "pending"}.items() <= shown().items(),
+                      what="the graph view to show d_load running and d_use pending")
+    svg = kernel.widget_state(view)["graph"]["svg"]
+    assert edges(svg)[("d_load", "d_use")] == ("data", "d_rows")
+
+    kernel.send_comm_msg(view, {"method": "custom", "content": {"event": "selected",
+                                                                 "value": "d_use"}})
+    kernel.wait_until(lambda: kernel.widget_state(view)["selected"] == "d_use",
+                      what="a click on d_use's box to pick it")
+    kernel.execute("gate_d.set()")
+    kernel.execute("%wait d_use")
+    kernel.wait_until(lambda: {"d_load": "done", "d_use": "done"}.items() <= shown().items(),
+                      what="the graph view's boxes to turn done")
+    assert kernel.widget_state(view)["graph"]["svg"] == svg  # states alone changed
+    kernel.execute("_gdash.close()")

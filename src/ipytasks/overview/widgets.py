@@ -47,14 +47,19 @@ import anywidget
 import ipywidgets as widgets
 import traitlets
 
+from ..dependencies import task_graph
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
 from ..views import STATE_STYLE
 from .columns import TaskColumns
 from .render import summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
+from .taskgraph import graph_geometry, render_svg
 from .throttle import CallLater, Throttle
 from .timeline import LABELLED_LANES
+
+#: A state's number, as the view's ``states`` lists them.
+_STATE_NUMBER = {state: i for i, state in enumerate(TaskState)}
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
@@ -66,6 +71,7 @@ __all__ = (
     "MAX_SHARE",
     "MININTERVAL",
     "PAGE_SIZE",
+    "PANELS",
     "SETTLE",
     "TICK_INTERVAL",
     "Dashboard",
@@ -95,7 +101,10 @@ FILTERS: dict[str, frozenset[TaskState] | None] = {
     **{str(state): frozenset({state}) for state in TaskState},
 }
 
-NO_SELECTION = "pick a task first: click its row in the table"
+#: What the dashboard can show above its table.
+PANELS = ("timeline", "graph")
+
+NO_SELECTION = "pick a task first: click its row in the table (or its box in the graph)"
 _MISSING: Any = object()
 
 
@@ -172,6 +181,16 @@ class TasksView(anywidget.AnyWidget):
     filters = traitlets.List(traitlets.Unicode(), list(FILTERS)).tag(sync=True)
     #: The picked task's name: the one Cancel, Retry and Output apply to.
     selected = traitlets.Unicode(None, allow_none=True).tag(sync=True)
+
+    #: What shows above the table: ``"timeline"`` or ``"graph"`` (one of :data:`PANELS`).
+    panel = traitlets.Unicode("timeline").tag(sync=True)
+    #: The task graph, while it is the panel shown, drawn by the kernel
+    #: (:func:`~ipytasks.overview.taskgraph.render_svg`): ``svg``; ``names`` and
+    #: ``notes`` (a map's item count), per box in the order of the SVG's boxes. Sent
+    #: again only when a task or an edge was added: state changes go in ``graph_states``.
+    graph = traitlets.Dict().tag(sync=True)
+    #: Per box of ``graph``: its task's state number (an index into ``states``).
+    graph_states = traitlets.List(traitlets.Int()).tag(sync=True)
 
 
 class _OutputView:
@@ -275,6 +294,8 @@ class Dashboard(widgets.VBox):
         )
         self._page = 0
         self._show = "all"
+        self._panel = "timeline"
+        self._graph_geometry: Any = None
         self._selected: str | None = None
         self._output_view = _OutputView(self)
         self._watched: TaskOutput | None = None
@@ -343,7 +364,7 @@ class Dashboard(widgets.VBox):
         records = list(self._registry.values())
         now = self._wall()
         watched = self._watched
-        seen = (self._page, self._show, self._selected, self._output_shown,
+        seen = (self._page, self._show, self._panel, self._selected, self._output_shown,
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
@@ -362,13 +383,15 @@ class Dashboard(widgets.VBox):
             label = "no tasks" if keep is None else f"no {self._show.replace('_', ' ')} tasks"
         selected = self._selected
         summary = columns.summary(now)
-        self._send(
-            {"summary": summary_html(summary),
-             "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
-                                          selected=selected, cache=self._table_rows),
-                       "label": label, "pages": pages},
-             "page": page, "show": self._show, "selected": selected},
-            summary.counts, now, changed=bool(changed))
+        values = {
+            "summary": summary_html(summary),
+            "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
+                                         selected=selected, cache=self._table_rows),
+                      "label": label, "pages": pages},
+            "page": page, "show": self._show, "selected": selected, "panel": self._panel}
+        if self._panel == "graph":
+            self._graph_values(records, values)
+        self._send(values, summary.counts, now, changed=bool(changed))
 
         record = self._registry.get(selected) if selected is not None else None
         _assign(self.cancel_button, disabled=record is None or record.state.ended)
@@ -409,6 +432,19 @@ class Dashboard(widgets.VBox):
         if redraw:
             # What the redraw cost, with the message it went in.
             self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
+
+    def _graph_values(self, records: list[TaskRecord], values: dict[str, Any]) -> None:
+        """The graph's states, and the graph itself when a task or an edge was added (its
+        layout is kept until then)."""
+        graph = task_graph(records)
+        geometry = graph_geometry(graph)
+        if geometry is not self._graph_geometry:
+            self._graph_geometry = geometry
+            states = {n.name: n.state for n in graph.nodes}
+            values["graph"] = {"svg": render_svg(geometry, states),
+                               "names": [box.name for box in geometry.nodes],
+                               "notes": [box.note for box in geometry.nodes]}
+        values["graph_states"] = [_STATE_NUMBER[n.state] for n in graph.nodes]
 
     def _render_output(self, record: TaskRecord | None) -> None:
         sink = record.sink if record is not None and self._output_shown else None
@@ -462,7 +498,8 @@ class Dashboard(widgets.VBox):
         if not isinstance(content, dict):
             return
         actions: dict[Any, Callable[[Any], None]] = {
-            "show": self._set_filter, "page": self._goto, "selected": self._select
+            "show": self._set_filter, "page": self._goto, "selected": self._select,
+            "panel": self._set_panel,
         }
         action = actions.get(content.get("event"))
         if action is not None:
@@ -481,6 +518,13 @@ class Dashboard(widgets.VBox):
             return  # not one the front end offers: the filter in use stays
         self._show = value
         self._page = 0
+        self._throttle.flush_now()
+
+    def _set_panel(self, value: Any) -> None:
+        """Show the timeline or the task graph above the table."""
+        if not isinstance(value, str) or value not in PANELS:
+            return
+        self._panel = value
         self._throttle.flush_now()
 
     def _goto(self, page: Any) -> None:
