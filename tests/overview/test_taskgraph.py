@@ -64,6 +64,28 @@ def test_layout_reads_left_to_right_without_overlaps() -> None:
     assert boxes["calls"].note == "×20" and boxes["load"].note == ""
 
 
+def test_no_boxes_overlap_in_a_large_tangled_graph() -> None:
+    """300 tasks, each waiting for up to two of the 30 before it: no two boxes overlap
+    (grandalf alone overlaps a few in such graphs), and every edge still runs rightwards."""
+    import random
+
+    rnd = random.Random(7)
+    names = [f"task{i}" for i in range(300)]
+    pairs = sorted({(names[rnd.randint(max(0, i - 30), i - 1)], names[i])
+                    for i in range(1, 300) for _ in range(rnd.randint(0, 2))})
+    graph = TaskGraph(tuple(GraphNode(n, DONE, "async") for n in names),
+                      tuple(GraphEdge(a, b, ("data",), ("x",), "reads x") for a, b in pairs))
+    geometry = graph_geometry(graph)
+    boxes = sorted(geometry.nodes, key=lambda b: b.x)
+    for i, p in enumerate(boxes):
+        for q in boxes[i + 1:]:
+            if q.x >= p.x + p.w:
+                break
+            assert p.y + p.h <= q.y or q.y + q.h <= p.y, (p, q)
+    at = {b.name: b for b in boxes}
+    assert all(at[a].x + at[a].w < at[b].x for a, b in pairs)
+
+
 def test_layout_does_not_depend_on_states_and_is_kept() -> None:
     """A graph whose tasks only changed state is not laid out again."""
     graph = pipeline()

@@ -200,7 +200,68 @@ def _sugiyama(core: Any) -> Any:
             super()._detect_alignment_conflicts()
             self.conflicts: list[Any] = _Conflicts(self.conflicts)
 
+        def _rank_init(self, unranked: list[Any]) -> None:
+            # grandalf's ranking (a vertex is ranked once all its in-edges were scanned),
+            # counting each vertex's unscanned in-edges instead of listing them again for
+            # each of its parents: that was quadratic in a vertex's in-degree (a task that
+            # reads what 998 tasks bind took 0.5 s for this step alone).
+            unscanned: dict[Any, int] = {}
+            while unranked:
+                ready = []
+                for vertex in unranked:
+                    self.setrank(vertex)
+                    for edge in vertex.e_out():
+                        child = edge.v[1]
+                        left = unscanned.get(child)
+                        left = (len(child.e_in()) if left is None else left) - 1
+                        unscanned[child] = left
+                        if left == 0:
+                            ready.append(child)
+                unranked = ready
+
+        def _rank_optimize(self) -> None:
+            # grandalf's: from the last column back, move each task to the column right
+            # before the tasks that wait for it, when all of them are at least that far.
+            # A task already there is left where it is rather than checked against all its
+            # children again for each child (quadratic for a task that 998 tasks read).
+            children: dict[Any, list[Any]] = {}
+            for layer in reversed(self.layers):
+                for vertex in layer:
+                    rank = self.grx[vertex].rank
+                    for parent in vertex.N(-1):
+                        attrs = self.grx[parent]
+                        if attrs.rank == rank - 1:
+                            continue
+                        kids = children.get(parent)
+                        if kids is None:
+                            kids = children[parent] = parent.N(+1)
+                        if all(self.grx[kid].rank >= rank for kid in kids):
+                            self.layers[attrs.rank].remove(parent)
+                            attrs.rank = rank - 1
+                            self.layers[rank - 1].append(parent)
+
     return Sugiyama(core)
+
+
+def _separate(sugiyama: Any) -> None:
+    """Push apart boxes of one column that overlap, keeping their order, then route the
+    edges again. grandalf places each box at the mean of the two middle positions its
+    four Brandes–Köpf alignments give, which can bring neighbours closer than their sizes
+    allow (a few boxes in a graph of hundreds)."""
+    moved = False
+    for layer in sugiyama.layers:
+        reach = -float("inf")
+        for vertex in layer:
+            view = vertex.view
+            along, across = view.xy
+            least = reach + view.w / 2
+            if along < least:
+                view.xy = (least, across)
+                along = least
+                moved = True
+            reach = along + view.w / 2 + sugiyama.xspace
+    if moved:
+        sugiyama.draw_edges()
 
 
 @functools.lru_cache(maxsize=8)
@@ -248,8 +309,12 @@ def _layout(nodes: tuple[tuple[str, str], ...],
         sugiyama.xspace = NODE_GAP
         longest = max((len(_edge_label(edges[j][3])) for j in own), default=0)
         sugiyama.yspace = min(max(LAYER_GAP, CHAR_W * longest + 28), LAYER_GAP_MAX)
-        sugiyama.init_all()
+        # optimize: each task as near as it can be to the tasks that wait for it, so an
+        # edge crosses few columns (fewer route points: a 100-step chain whose steps each
+        # follow their own load is laid out in a third of the time, and reads better).
+        sugiyama.init_all(optimize=True)
         sugiyama.draw()
+        _separate(sugiyama)
         for i, v in vertices.items():
             across, along = v.view.xy
             centre[i] = (along, across)
