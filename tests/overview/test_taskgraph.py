@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
 
 from ipytasks.dependencies import GraphEdge, GraphNode, TaskGraph
 from ipytasks.overview.taskgraph import (
@@ -220,9 +219,9 @@ def test_graph_shown_in_a_notebook_is_svg(loaded: Any) -> None:
 def test_graph_refuses_an_unknown_format(loaded: Any, tmp_path: Path) -> None:
     import ipytasks
 
-    with pytest.raises(UsageError, match=r"'\.png'.*\.svg or \.mmd"):
+    with pytest.raises(ValueError, match=r"'\.png'.*\.svg or \.mmd"):
         ipytasks.graph(tmp_path / "pipeline.png")
-    with pytest.raises(UsageError, match="format must be one of svg, mermaid, not 'dot'"):
+    with pytest.raises(ValueError, match="format must be one of svg, mermaid, not 'dot'"):
         ipytasks.graph(format="dot")
 
 
