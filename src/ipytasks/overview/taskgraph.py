@@ -8,9 +8,12 @@ as states change and makes them clickable. The layout depends on the names and e
 alone, not on states, so it is computed again only when a task or an edge is added.
 
 The layout is grandalf's Sugiyama layout (the layered drawing Graphviz's ``dot`` makes:
-layers by longest path, crossings reduced by median ordering, coordinates by Brandes and
-Köpf, long edges routed through one point per layer they cross), read left to right:
-a task's column is one further right than the furthest task it waits for. Each connected
+layers by longest path, each task then moved as near as it can be to the tasks that wait
+for it; crossings reduced by median ordering; coordinates by Brandes and Köpf; long edges
+routed through one point per layer they cross), read left to right: a task's column is
+further right than every task it waits for. Three adjustments, each where it is made:
+two of grandalf's steps are made linear where they were quadratic (:func:`_sugiyama`),
+and boxes its coordinates let overlap are pushed apart (:func:`_separate`). Each connected
 part of the graph is laid out on its own, and the parts are set in rows in submission
 order, so tasks that wait for nothing and for which nothing waits take a few rows of
 boxes, not a column a screen high.
@@ -37,11 +40,14 @@ __all__ = (
     "EdgeLine",
     "GraphGeometry",
     "NodeBox",
+    "graph_format",
     "graph_geometry",
     "graph_html",
     "graph_mermaid",
     "graph_text",
+    "node_title",
     "render_svg",
+    "states_of",
     "write_graph",
 )
 
@@ -56,7 +62,7 @@ ICON_W = 16
 #: Labels longer than this are cut (with …); their full text is the hover text.
 LABEL_CHARS = 28
 EDGE_LABEL_CHARS = 24
-#: Space between columns: at least this, more for the longest edge label between them.
+#: Space between columns: at least this, more for the longest edge label of the part.
 LAYER_GAP = 44
 LAYER_GAP_MAX = 200
 #: Space between laid-out parts of the graph, and the width a row of parts fills.
@@ -471,6 +477,7 @@ def graph_html(geometry: GraphGeometry, states: Mapping[str, TaskState]) -> str:
 
 
 def states_of(graph: TaskGraph) -> dict[str, TaskState]:
+    """Each task's state, by name (what :func:`render_svg` colours by)."""
     return {n.name: n.state for n in graph.nodes}
 
 

@@ -3,7 +3,10 @@
 Layout, top to bottom::
 
     view         12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
-                 a bar per task on one time axis, idle stretches shaded
+                 [timeline] [graph]
+                 a bar per task on one time axis, idle stretches shaded; or the task
+                 graph (drawn by the kernel once per added task or edge, recoloured by
+                 the browser as states change; a click on a box picks its task)
                  show [all ▾] ◀ 1–20 of 1000 ▶ · picked: fit
                  one HTML table: the tasks of the current page; a click on a row picks it
                  (TasksView: one model, drawn by the browser; the timeline from numbers)
