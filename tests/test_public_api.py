@@ -50,7 +50,7 @@ def test_magic_help_names_every_option() -> None:
 def test_dashboard_stays_a_function_after_the_overview_loads() -> None:
     """Importing the overview package does not shadow ipytasks.dashboard() (nor graph())."""
     import ipytasks.overview  # noqa: F401
-    import ipytasks.overview.taskgraph  # noqa: F401
+    import ipytasks.overview.graph  # noqa: F401
 
     assert callable(ipytasks.dashboard) and callable(ipytasks.timeline)
     assert callable(ipytasks.graph)

@@ -21,7 +21,7 @@
 // that started, the others counted).
 // Above the table the view shows the timeline or, once the user picks it with the `graph`
 // button (an event `panel`, answered by the kernel's `panel`), the task graph: `graph.svg`,
-// drawn by the kernel (taskgraph.py, the same picture `%tasks --graph` saves), with
+// drawn by the kernel (graph.py, the same picture `%tasks --graph` saves), with
 // `graph.names` and `graph.notes` per box; `graph_states` holds each box's state number,
 // sent alone when only states changed. The view recolours the boxes by it, outlines the
 // picked task's box, and a click on a box (or Enter on a focused one) picks its task, as a

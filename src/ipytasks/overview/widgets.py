@@ -54,9 +54,9 @@ from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
 from ..views import STATE_STYLE
 from .columns import TaskColumns
+from .graph import graph_geometry, render_svg
 from .render import summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
-from .taskgraph import graph_geometry, render_svg
 from .throttle import CallLater, Throttle
 from .timeline import LABELLED_LANES
 
@@ -186,7 +186,7 @@ class TasksView(anywidget.AnyWidget):
     #: What shows above the table: ``"timeline"`` or ``"graph"`` (one of :data:`PANELS`).
     panel = traitlets.Unicode("timeline").tag(sync=True)
     #: The task graph, while it is the panel shown, drawn by the kernel
-    #: (:func:`~ipytasks.overview.taskgraph.render_svg`): ``svg``; ``names`` and
+    #: (:func:`~ipytasks.overview.graph.render_svg`): ``svg``; ``names`` and
     #: ``notes`` (a map's item count), per box in the order of the SVG's boxes. Sent
     #: again only when a task or an edge was added: state changes go in ``graph_states``.
     graph = traitlets.Dict().tag(sync=True)
