@@ -384,8 +384,7 @@ LIMITS = "Group limits: releasing queued tasks (bench_limits.py, a scheduler in 
 GRAPH = "Task graph: layout and picture (bench_graph.py, a scheduler in one process)"
 SPEED = "Speed goals, each turn about with its baseline (bench_speed.py, in a kernel)"
 ORDER = (SPEED, OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, GRAPH, SCALING, CORE, OUTPUT,
-         ANALYSIS,
-         CACHE, LIMITS)
+         ANALYSIS, CACHE, LIMITS)
 
 # name -> (function, timeout quick, timeout full); run in this order
 PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, float]] = {
