@@ -5,9 +5,8 @@
 One row per goal. Every ipytasks figure and its baseline are taken turn about (A B A B …,
 at least five turns each), so that the machine's drift over minutes hits both alike; each
 row shows the median of both, their spread, and the ratio of the pairs (its median and
-spread). Where the spread of a figure is wider than its distance from the goal, the row
-says ``unclear`` instead of a verdict. The spread is the lowest–highest of the turns, or the
-interquartile range (IQR) where a figure has 20 samples or more.
+spread). Where a median meets its goal by less than the spread, the row says ``unclear``
+instead of a pass. The spread is the interquartile range (IQR) of the turns.
 
 In a kernel started from this Python through jupyter_client (``%load_ext ipytasks``; its
 baselines in the same kernel):
@@ -76,7 +75,7 @@ GOAL_MAP = 20e-6  # seconds per item, median
 def params(quick: bool) -> dict[str, Any]:
     return {
         "quick": quick,
-        "turns": 5 if quick else 7,
+        "turns": 5 if quick else 9,
         "mib": 20 if quick else 200,
         "rows": 20_000 if quick else 1_000_000,
         "submissions": 40 if quick else 300,
@@ -87,15 +86,16 @@ def params(quick: bool) -> dict[str, Any]:
 
 
 def spread(values: list[float]) -> tuple[float, float]:
-    """Lowest–highest, or the interquartile range from 20 values on."""
-    if len(values) >= 20:
+    """The interquartile range (lowest–highest below five values): one turn that the
+    machine's other work slowed down does not make it."""
+    if len(values) >= 5:
         q = statistics.quantiles(values, n=4)
         return q[0], q[2]
     return min(values), max(values)
 
 
 def spread_label(n: int) -> str:
-    return "IQR" if n >= 20 else "lowest–highest"
+    return "IQR" if n >= 5 else "lowest–highest"
 
 
 # -- inside the kernel ---------------------------------------------------------------------
