@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from IPython.core.error import UsageError
 
 from conftest import GatedMode
-from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRegistry
+from ipytasks.errors import TaskConflictWarning
+from ipytasks.records import TaskOptions, TaskRegistry
 from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio

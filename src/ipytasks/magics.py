@@ -26,8 +26,8 @@ from traitlets import Int, TraitError, observe, validate
 
 from . import api
 from .cache.outcome import FLUSH_TIMEOUT
+from .errors import TaskFailed
 from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
-from .records import TaskFailed
 
 if TYPE_CHECKING:
     from .modes._dask import DaskMode

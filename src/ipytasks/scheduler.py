@@ -31,21 +31,18 @@ from . import plots
 from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .dependencies import DependencyIndex, TaskNames, task_names
-from .limits import Limiter, RateLimiter
-from .modes import Mode, get_mode_class
-from .output import TaskOutput, _report_internal_error, current_output
-from .records import (
-    SUCCESSFUL,
+from .errors import (
+    RemoteError,
     TaskCancelled,
     TaskConflictWarning,
     TaskError,
     TaskFailed,
-    TaskOptions,
-    TaskRecord,
-    TaskRegistry,
     TaskSkipped,
-    TaskState,
 )
+from .limits import Limiter, RateLimiter
+from .modes import Mode, get_mode_class
+from .output import TaskOutput, _report_internal_error, current_output
+from .records import SUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 __all__ = ("Scheduler",)
 
@@ -1013,5 +1010,5 @@ def _trim_traceback(error: BaseException, cell: CompiledCell | MapItemCell | Non
         tb = tb.tb_next
     if tb is not None:
         error.__traceback__ = tb
-    elif isinstance(error, TaskError):
+    elif isinstance(error, TaskError) and not isinstance(error, RemoteError):
         error.__traceback__ = None  # ipytasks' own error: its frames say nothing to the user

@@ -33,8 +33,8 @@ import anyio
 import pytest
 from IPython.core.error import UsageError
 
-from ipytasks.namespace.shipping import ShippingError
-from ipytasks.records import BrokenWorker, TaskFailed, TaskOptions, TaskRecord, TaskRegistry
+from ipytasks.errors import BrokenWorker, ShippingError, TaskFailed
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry
 from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio

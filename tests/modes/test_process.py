@@ -27,9 +27,9 @@ import anyio
 import pytest
 from IPython.core.error import UsageError
 
-from ipytasks.modes._process import BrokenWorker, ProcessMode
-from ipytasks.namespace.shipping import RemoteError, ShippingError
-from ipytasks.records import TaskFailed, TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.errors import BrokenWorker, RemoteError, ShippingError, TaskFailed
+from ipytasks.modes._process import ProcessMode
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio

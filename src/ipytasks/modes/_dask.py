@@ -93,9 +93,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _dask_worker, _worker
+from ..errors import BrokenWorker, RemoteError, TaskError
 from ..namespace.shipping import decode_reply, merge
 from ..output import _report_internal_error
-from ..records import BrokenWorker, TaskError
 from ._process import CLOSED_FILES, ProcessMode, _cpu_count, show_displays
 from .abc import Mode
 
@@ -579,8 +579,8 @@ class DaskMode(Mode):
         if reply.error is not None:
             error = reply.error
             del reply
-            if isinstance(error, TaskError):
-                error = error.with_traceback(None)
+            if isinstance(error, TaskError) and not isinstance(error, RemoteError):
+                error = error.with_traceback(None)  # ours: no kernel frames to show
             raise error
         return merge(self.shell.user_ns, reply)
 

@@ -111,10 +111,10 @@ from IPython.core.error import UsageError
 
 from .. import _worker
 from ..cells import MapItemCell
+from ..errors import BrokenWorker, RemoteError, TaskError
 from ..namespace.analysis import CellNames, analyze
 from ..namespace.shipping import Job, Reply, decode_reply, merge
 from ..output import _report_internal_error
-from ..records import BrokenWorker, TaskError
 from .abc import Mode
 
 if TYPE_CHECKING:
@@ -663,8 +663,8 @@ class ProcessMode(Mode):
         if reply.error is not None:
             error = reply.error
             del reply, outcome
-            if isinstance(error, TaskError):
-                error = error.with_traceback(None)
+            if isinstance(error, TaskError) and not isinstance(error, RemoteError):
+                error = error.with_traceback(None)  # ours: no kernel frames to show
             raise error
         return merge(self.shell.user_ns, reply)
 

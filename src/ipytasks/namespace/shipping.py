@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import _worker, plots
-from ..records import TaskError
+from ..errors import RemoteError, ShippingError
 
 if TYPE_CHECKING:
     from ..cells import CompiledCell
@@ -42,9 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "Job",
-    "RemoteError",
     "Reply",
-    "ShippingError",
     "decode_reply",
     "inputs_of",
     "merge",
@@ -56,24 +54,6 @@ CANNOT_RECEIVE_BACK = "cannot receive {what} ({type}) from the worker process: {
 
 #: IPython's history entries: _, __, ___, _i, _ii, _iii, _7, _i7.
 _HISTORY_NAME = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
-
-
-class ShippingError(TaskError):
-    """A value could not be sent to a worker process or back; the message names it."""
-
-
-class RemoteError(Exception):
-    """An exception of a worker that could not be re-created in the kernel.
-
-    Its message is the original exception's last line (``MyError: ...``); its
-    traceback shows the cell's lines. ``remote_traceback`` is the text the worker
-    printed; ``type_name`` the original type.
-    """
-
-    def __init__(self, message: str, remote_traceback: str = "", type_name: str = "") -> None:
-        super().__init__(message)
-        self.remote_traceback = remote_traceback
-        self.type_name = type_name
 
 
 def _is_ipython_entry(name: str, hidden: Any) -> bool:
