@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from types import CodeType, FunctionType
 from typing import Any
 
-from ._worker import split_compile
 from .namespace.analysis import CellNames, analyze
+from .workers.child import split_compile
 
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 

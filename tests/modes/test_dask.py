@@ -36,13 +36,14 @@ from IPython.core.error import UsageError
 from ipytasks.errors import BrokenWorker, ShippingError, TaskFailed
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry
 from ipytasks.scheduler import Scheduler
+from ipytasks.workers.local import TAG
 
 pytestmark = pytest.mark.anyio
 
 WAIT = 60  # seconds: only to fail a hung test, never to make one pass
 NEEDS_DASK = "--on dask needs distributed: pip install 'ipytasks[dask]'"
-#: What the runtime's worker processes have on their command line (their bootstrap).
-RUNTIME_CHILD = b"ipytasks/_worker.py"
+#: What the runtime's worker processes have on their command line.
+RUNTIME_CHILD = TAG.encode()
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def cmdline(pid: int) -> bytes:
 
 def runtime_children(worker_pids: set[int]) -> set[int]:
     """The runtime's ``_worker.py`` processes living next to these Dask workers."""
-    return {p for p in children_of(worker_pids) if RUNTIME_CHILD in cmdline(p)}
+    return {p for p in children_of(worker_pids) if RUNTIME_CHILD in cmdline(p).split(b"\0")}
 
 
 def wait_gone(pids: set[int], timeout: float = WAIT) -> set[int]:

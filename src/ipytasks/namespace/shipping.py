@@ -1,8 +1,8 @@
 """Moving a cell's inputs to a worker process and its outputs back.
 
-The kernel side of process mode's payload; the worker side is
-:mod:`ipytasks._worker`, which also defines the wire format, so both ends pickle
-alike. Dask mode can reuse :class:`Job`, :func:`decode_reply` and :func:`merge`.
+The kernel's side of the payload of process and dask mode; the worker's side is
+:mod:`ipytasks.workers.child`, and both pickle with :mod:`ipytasks.workers.wire`, so
+both ends encode values alike.
 
 * **Inputs** are the names the cell reads (or changes in place) that exist in
   the user namespace when the task *starts* — a ``%%sequential`` cell may read
@@ -33,8 +33,9 @@ import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker, plots
+from .. import plots
 from ..errors import RemoteError, ShippingError
+from ..workers import wire
 
 if TYPE_CHECKING:
     from ..cells import CompiledCell
@@ -125,13 +126,13 @@ class Job:
         )
 
     def encode(self, environ: bool = True) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
-        """Pickle the job: ``(meta, values, buffers)`` for :func:`_worker.write_message`.
+        """Pickle the job: ``(meta, values, buffers)`` for :func:`.wire.write_message`.
 
         :param environ: include the environment (leave it out when the worker
             already has this one).
         :raises ShippingError: an input cannot be pickled (named, with its type).
         """
-        packer = _worker.ValuePacker(cloud=True)
+        packer = wire.ValuePacker(cloud=True)
         names = list(self.inputs)
         for name in names:
             value = self.inputs[name]
@@ -139,12 +140,14 @@ class Job:
                 packer.add(value)
             except Exception as exc:  # noqa: BLE001 - whatever pickling raised
                 raise ShippingError(
-                    CANNOT_SEND.format(name=name, type=_worker.type_name(value), error=_reason(exc))
+                    CANNOT_SEND.format(
+                        name=name, type=wire.type_name(value), error=wire.error_text(exc)
+                    )
                 ) from None
         meta = {
             "kind": "run",
             "names": names,
-            "types": {n: _worker.type_name(v) for n, v in self.inputs.items()},
+            "types": {n: wire.type_name(v) for n, v in self.inputs.items()},
             "placeholders": list(self.placeholders),
             # The kernel's code objects (same interpreter), and the source to compile
             # if the worker's Python differs.
@@ -176,11 +179,6 @@ def _environ_snapshot() -> dict[bytes, bytes]:
     return {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 @dataclass(slots=True)
 class Reply:
     """What came back: the values to merge, the names to delete, the result, or an error."""
@@ -193,6 +191,8 @@ class Reply:
     displays: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     #: The result's display when the worker rendered it (a Figure), else ``None``.
     result_display: tuple[dict[str, Any], dict[str, Any]] | None = None
+    #: Names the cell bound that stayed in the worker (closed files).
+    left: list[str] = field(default_factory=list)
 
 
 def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Reply:
@@ -207,8 +207,9 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
             return Reply(error=ShippingError(info["shipping"]), displays=displays)
         return Reply(error=rebuild_error(info["error"]), displays=displays)
     names = info["names"]
+    left = list(info.get("left") or ())
     count = len(names) + (1 if info["result"] else 0)
-    loader = _worker.load_values(values, buffers, count)
+    loader = wire.load_values(values, buffers, count)
     out: dict[str, Any] = {}
     for name in names:
         try:
@@ -219,9 +220,10 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
                     CANNOT_RECEIVE_BACK.format(
                         what=repr(name),
                         type=info.get("types", {}).get(name, "?"),
-                        error=_reason(exc),
+                        error=wire.error_text(exc),
                     )
-                )
+                ),
+                left=left,
             )
     result = None
     if info["result"]:
@@ -231,9 +233,12 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
             return Reply(
                 error=ShippingError(
                     CANNOT_RECEIVE_BACK.format(
-                        what=_worker.RESULT, type=info.get("result_type", "?"), error=_reason(exc)
+                        what=wire.RESULT,
+                        type=info.get("result_type", "?"),
+                        error=wire.error_text(exc),
                     )
-                )
+                ),
+                left=left,
             )
     rendered = info.get("result_display")
     return Reply(
@@ -242,6 +247,7 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
         result=result,
         displays=displays,
         result_display=tuple(rendered) if rendered is not None else None,
+        left=left,
     )
 
 

@@ -1,10 +1,10 @@
-"""What runs on a Dask worker for dask mode: warm ``_worker.py`` processes.
+"""What runs on a Dask worker for dask mode: warm worker processes, one kernel session each.
 
 Nothing here imports ipytasks, IPython or Dask at import time: the kernel does not
-ask the cluster to have ipytasks installed. It sends the source of this file and of
-``_worker.py`` once per cluster, inside a Dask worker plugin
-(:mod:`ipytasks.modes._dask`); each Dask worker process runs them as two private
-modules named after a hash of both sources (so two kernels with different ipytasks
+ask the cluster to have ipytasks installed. It sends the source of this module and
+of :data:`MODULES` once per cluster, inside a Dask worker plugin
+(:mod:`ipytasks.modes._dask`); each Dask worker process runs them as a private
+package named after a hash of the sources (so two kernels with different ipytasks
 versions can share a cluster). What a Dask worker needs is Python with
 ``distributed`` (and so cloudpickle) and the libraries the cells import.
 
@@ -12,19 +12,17 @@ How a task runs
 ---------------
 The kernel submits one Dask task per attempt; it calls :func:`run_job` in a thread
 of the Dask worker with the job exactly as process mode sends it (meta, values,
-out-of-band buffers). :func:`run_job` hands it to a ``_worker.py`` process of its own
-— the same worker process mode uses, started the same way (``python -P -u``, a
-process group of its own, SIGINT ignored, dies with its parent) — and blocks until
-the reply comes back. So the body never runs inside the Dask worker:
+out-of-band buffers). :func:`run_job` hands it to a worker process of its own — a
+:class:`.local.Child`, the very worker process mode uses, started the same way —
+and blocks until the reply comes back. So the body never runs inside the Dask worker:
 
-* **Output**: the child's fd 1 and fd 2 are pipes read by two threads here, and
-  every chunk goes to the kernel at once as a Dask structured event
-  (``worker.log_event(topic, [tag, stream, text])``); C extensions' writes and a
-  segfault's faulthandler dump included. Each job ends with a random marker on both
-  streams, so all of a job's output is sent before its result, and the result says
-  how many chunks there were (the kernel waits for them all).
+* **Output**: each chunk the child prints goes to the kernel at once as a Dask
+  structured event (``worker.log_event(topic, [tag, stream, text])``); C
+  extensions' writes and a segfault's faulthandler dump included. All of a job's
+  output is sent before its result, and the result says how many chunks there
+  were (the kernel waits for them all).
 * **Cancel and timeout**: the kernel cancels the Dask future. While it waits for
-  the reply, :func:`run_job` checks every 0.1 s whether its task is still wanted on
+  the reply, the child's job checks every 0.1 s whether its task is still wanted on
   this worker (the scheduler tells the worker at once when a future is cancelled,
   or its client went away); if not, it SIGKILLs the child's process group (what the
   cell started dies with it), reaps it and returns. The body stops even inside a C
@@ -47,81 +45,29 @@ exits.
 
 from __future__ import annotations
 
-import os
 import pickle
 import queue
-import secrets
-import select
-import signal
-import subprocess
-import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
-TYPE_CHECKING = False
+from . import local
+
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
-#: The ``_worker`` module of this runtime (set by :func:`install`).
-_worker: Any = None
-#: The source of ``_worker.py``, sent to each child it starts.
-_worker_source = b""
+__all__ = ("MODULES", "close_session", "open_session", "run_job")
 
-DIED = "worker process died ({how})"
-SIGKILL_HINT = "; the system may have run out of memory, or it was killed from outside"
-#: How long a finished job's output may lag behind its reply.
-OUTPUT_GRACE = 5.0
-#: How long a dead child may take to be reaped, and its last words to arrive.
-DEATH_GRACE = 5.0
-#: How often a running job checks that its Dask task is still wanted.
-CHECK_INTERVAL = 0.1
+#: The modules of the runtime the kernel sends, in import order (this one last).
+MODULES = ("wire", "child", "local", "dask_worker")
+
 #: An idle child older than this (seconds since its last job) is ended.
 IDLE_TIMEOUT = 300.0
 #: Text chunks sent as one event at most (a long burst of output is split).
 CHUNK = 32 * 1024
 
-#: Runs the _worker.py source read from an inherited pipe as __main__.
-_BOOTSTRAP = (
-    "import os, sys\n"
-    "fd = int(sys.argv.pop(1))\n"
-    "parts = []\n"
-    "while True:\n"
-    "    part = os.read(fd, 1 << 16)\n"
-    "    if not part:\n"
-    "        break\n"
-    "    parts.append(part)\n"
-    "os.close(fd)\n"
-    "exec(compile(b''.join(parts), 'ipytasks/_worker.py', 'exec'))\n"
-)
-
 #: Running states of a Dask task on its worker: anything else means nobody wants it.
 _WANTED = frozenset({"executing", "long-running", "resumed"})
-
-
-def install(worker_module: Any, worker_source: bytes) -> None:
-    """Give this runtime its ``_worker`` module (called once, by the plugin)."""
-    global _worker, _worker_source
-    _worker = worker_module
-    _worker_source = worker_source
-
-
-def _how_it_died(returncode: int) -> str:
-    if returncode >= 0:
-        return f"exit code {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = str(-returncode)
-    how = f"killed by signal {name}"
-    return how + SIGKILL_HINT if -returncode == signal.SIGKILL else how
-
-
-def _child_environ() -> dict[str, str]:
-    env = dict(os.environ)
-    if env.get("MPLBACKEND", "").startswith("module://"):  # inline backends need a kernel
-        del env["MPLBACKEND"]  # the worker puts its own (Agg, showing into the task's output)
-    return env
 
 
 # -- starting children on one long-lived thread ------------------------------------------
@@ -142,21 +88,18 @@ def _spawner() -> None:
             reply.put((False, exc))
 
 
-def _spawn() -> _Child:
+def _spawn() -> local.Child:
     global _spawn_queue
     with _spawn_lock:
         if _spawn_queue is None:
             _spawn_queue = queue.SimpleQueue()
             threading.Thread(target=_spawner, name="ipytasks-dask-spawner", daemon=True).start()
     reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    _spawn_queue.put((_Child, reply))
+    _spawn_queue.put((local.Child, reply))
     ok, value = reply.get()
     if not ok:
         raise value
     return value
-
-
-# -- one child process --------------------------------------------------------------------
 
 
 def _chunked(emit: Callable[[str, str], None]) -> Callable[[str, str], None]:
@@ -169,155 +112,19 @@ def _chunked(emit: Callable[[str, str], None]) -> Callable[[str, str], None]:
     return send
 
 
-class _Died(Exception):
-    """The child ended before it replied; the message says how."""
-
-
-class _Child:
-    """One ``_worker.py`` process, its pipes and its two output readers."""
-
-    def __init__(self) -> None:
-        marker = b"\0ipytasks-end-" + secrets.token_hex(8).encode() + b"\0"
-        src_r, src_w = os.pipe()
-        cmd_r, cmd_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        child_ends = (src_r, cmd_r, rep_w, out_w, err_w)
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-P",
-                    "-u",
-                    "-c",
-                    _BOOTSTRAP,
-                    str(src_r),
-                    str(cmd_r),
-                    str(rep_w),
-                    str(os.getpid()),
-                    marker.hex(),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(src_r, cmd_r, rep_w),
-                env=_child_environ(),
-                process_group=0,
-            )
-        except BaseException:
-            for fd in (src_w, cmd_w, rep_r, out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in child_ends:
-                os.close(fd)
-        self.pid = self.proc.pid
-        self._cmd = cmd_w
-        self._rep = rep_r
-        self._marks = [0, 0]
-        self.killed = False
-        self.last_used = time.monotonic()
-        self._pumps = (
-            _worker.StreamPump(out_r, "stdout", marker, f"ipytasks-dask-{self.pid}-stdout"),
-            _worker.StreamPump(err_r, "stderr", marker, f"ipytasks-dask-{self.pid}-stderr"),
-        )
-        try:
-            view = memoryview(_worker_source)
-            while view:
-                view = view[os.write(src_w, view) :]
-        except OSError:
-            pass  # it died at once: the first job says how
-        finally:
-            os.close(src_w)
-
-    def alive(self) -> bool:
-        return not self.killed and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the child and its process group (what the cell started), now."""
-        self.killed = True
-        if self.proc.returncode is not None:  # reaped: its pid may belong to another now
-            return
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        """Kill the child, reap it and close its pipes."""
-        self.kill()
-        try:
-            self.proc.wait(DEATH_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
-        for fd in (self._cmd, self._rep):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def run(
-        self,
-        payload: tuple[bytes, bytes, list[Any], list[bool]],
-        emit: Callable[[str, str], None],
-        wanted: Callable[[], bool],
-    ) -> tuple[Any, Any, list[Any]] | None:
-        """Run one job: its reply ``(meta, values, buffers)``, or ``None`` if it was stopped.
-
-        :raises _Died: the child ended first (not killed by us).
-        """
-        for pump in self._pumps:
-            pump.begin(_chunked(emit))
-        meta, values, buffers, readonly = payload
-        try:
-            _worker.write_message(
-                self._cmd, meta, values, [pickle.PickleBuffer(b) for b in buffers], readonly
-            )
-            poller = select.poll()
-            poller.register(self._rep, select.POLLIN)
-            while not poller.poll(CHECK_INTERVAL * 1000):
-                if not wanted():
-                    self.kill()
-                    return None
-            reply = _worker.read_message(self._rep)
-        except (OSError, EOFError):
-            if self.killed:
-                return None
-            raise _Died(self._death()) from None
-        info = pickle.loads(reply[0])
-        for i, pump in enumerate(self._pumps):
-            if info.get("marked", (True, True))[i]:
-                self._marks[i] += 1
-            pump.wait_marks(self._marks[i], OUTPUT_GRACE)
-        self.last_used = time.monotonic()
-        return info, reply[1], reply[2]
-
-    def _death(self) -> str:
-        try:
-            returncode = self.proc.wait(DEATH_GRACE)
-        except subprocess.TimeoutExpired:  # it closed the pipe but lives on
-            self.kill()
-            returncode = self.proc.wait()
-        for pump in self._pumps:  # its last words (a faulthandler dump) come first
-            pump.wait_eof(1.0)
-        return DIED.format(how=_how_it_died(returncode))
-
-
 # -- the children of one kernel (session) on this Dask worker ---------------------------
 
 
 class _Session:
+    """The warm children of one kernel on this Dask worker: idle ones, and busy ones."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.idle: list[_Child] = []
-        self.busy: set[_Child] = set()
+        self.idle: list[local.Child] = []
+        self.busy: set[local.Child] = set()
         self.closed = False
 
-    def acquire(self) -> _Child:
+    def acquire(self) -> local.Child:
         with self.lock:
             if self.closed:
                 raise RuntimeError("ipytasks' session on this Dask worker was closed")
@@ -335,7 +142,7 @@ class _Session:
             self.busy.add(child)
         return child
 
-    def release(self, child: _Child) -> None:
+    def release(self, child: local.Child) -> None:
         with self.lock:
             self.busy.discard(child)
             if not self.closed and child.alive():
@@ -451,13 +258,20 @@ def run_job(
     worker.log_event(topic, [tag, "start", worker.address, child.pid])
     stopped = False
     try:
+        meta, values, buffers, readonly = payload
         try:
-            reply = child.run(payload, emit, wanted)
-        except _Died as died:
+            reply = child.run(
+                meta,
+                values,
+                [pickle.PickleBuffer(b) for b in buffers],
+                _chunked(emit),
+                readonly=readonly,
+                wanted=wanted,
+            )
+        except local.Died as died:
             return {"died": str(died), "chunks": sent[0]}
         finally:
-            for pump in child._pumps:
-                pump.begin(None)
+            child.mute()
             session.release(child)  # a killed or dead child is reaped here
         if reply is None:
             stopped = True
