@@ -468,12 +468,12 @@ def _die_with_parent(parent_pid: int) -> None:
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
         except Exception:  # noqa: BLE001 - the pipe watch below still works
             pass
-    if os.getppid() != parent_pid:  # the kernel died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(0)
 
 
 def _watch_pipe(fd: int) -> None:
-    """Exit as soon as the kernel's end of the command pipe is closed (kernel gone)."""
+    """Exit as soon as the parent's end of the job pipe is closed (the parent is gone)."""
     import select
 
     poller = select.poll()
@@ -505,7 +505,7 @@ def _end_of_output(
     """Flush the streams and mark the end of a job's output on fd 1 and fd 2.
 
     A cell that closed or redirected fd 1 or fd 2 (``os.dup2``) gets them back on
-    the kernel's pipes first (``pipes``: fd -> (a duplicate, its identity)).
+    the parent's pipes first (``pipes``: fd -> (a duplicate, its identity)).
     Returns which of the two got their marker.
     """
     for stream in (sys.stdout, sys.stderr, stdout, stderr):
@@ -526,9 +526,9 @@ def _end_of_output(
     return marked
 
 
-def main(argv: list[str]) -> None:
-    cmd_fd, reply_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
-    marker = bytes.fromhex(argv[3])
+def _set_up(cmd_fd: int, reply_fd: int, parent_pid: int) -> tuple[Any, Any, dict[int, Any]]:
+    """Make this process a worker: deaf to SIGINT, dying with its parent, matplotlib's
+    backend ours, UTF-8 streams; returns them and fd 1 and fd 2 as they are now."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     sys.meta_path.insert(0, _BackendLoader)
@@ -545,12 +545,23 @@ def main(argv: list[str]) -> None:
             )
         except Exception:  # noqa: BLE001
             pass
-    stdout, stderr = sys.stdout, sys.stderr
     pipes = {fd: (os.dup(fd), _identity(fd)) for fd in (1, 2)}
-    faulthandler.enable(file=stderr)  # a segfault prints the Python traceback first
+    faulthandler.enable(file=sys.stderr)  # a segfault prints the Python traceback first
     threading.Thread(target=_watch_pipe, args=(cmd_fd,), name="ipytasks-watch", daemon=True).start()
+    return sys.stdout, sys.stderr, pipes
+
+
+def main(argv: list[str]) -> None:
+    """The worker process: one job after another, until the parent closes the job pipe.
+
+    ``argv``: the job pipe's fd, the reply pipe's fd, the parent's pid, the end-of-job
+    marker (hex).
+    """
     import select
 
+    cmd_fd, reply_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
+    marker = bytes.fromhex(argv[3])
+    stdout, stderr, pipes = _set_up(cmd_fd, reply_fd, parent_pid)
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
     warming = False
@@ -564,19 +575,12 @@ def main(argv: list[str]) -> None:
             meta, values, buffers = wire.read_message(cmd_fd)
         except EOFError:
             break
-        job = pickle.loads(meta)
         try:
-            reply = run_job(job, values, buffers)
+            reply = run_job(pickle.loads(meta), values, buffers)
         except BaseException as exc:  # noqa: BLE001 - a bug here, not in the cell
-            reply = (
-                {
-                    "ok": False,
-                    "shipping": f"internal error in the worker process: {wire.error_text(exc)}",
-                },
-                b"",
-                [],
-            )
-        del meta, values, buffers, job
+            error = f"internal error in the worker process: {wire.error_text(exc)}"
+            reply = ({"ok": False, "shipping": error}, b"", [])
+        del meta, values, buffers
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the cell changed it
         reply_meta, reply_values, reply_buffers = reply
         del reply
