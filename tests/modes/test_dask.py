@@ -296,10 +296,27 @@ def test_on_dask_with_another_mode_is_a_usage_error() -> None:
 
 
 
+#: ``dask worker`` (no nanny: the worker is this very process) where ipytasks cannot be
+#: imported, as on a cluster where it is not installed.
+WORKER_WITHOUT_IPYTASKS = """\
+import sys
+
+class NoIpytasks:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] == "ipytasks":
+            raise ImportError(f"ipytasks is not installed on this Dask worker ({name})")
+
+sys.meta_path.insert(0, NoIpytasks)
+from distributed.cli.dask_worker import main
+main()
+"""
+
+
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
 
@@ -315,12 +332,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_connects_by_address_to_a_scheduler_of_its_own(ip: Any, tmp_path: Path) -> None:
-    """%tasks_backend dask ADDRESS: --process cells run on that cluster's worker; unloading
-    disconnects, ends the runtime's processes there, and leaves the cluster running."""
+    """%tasks_backend dask ADDRESS: --process cells run on that cluster's worker, where
+    ipytasks cannot be imported (the runtime travels as source); unloading disconnects, ends
+    the runtime's processes there, and leaves the cluster running."""
     needs_distributed()
     scheduler_file = tmp_path / "scheduler.json"
     scheduler = _start(
-        ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+        ["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
          "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
         tmp_path / "scheduler.log",
     )
@@ -335,7 +353,7 @@ def test_connects_by_address_to_a_scheduler_of_its_own(ip: Any, tmp_path: Path) 
 
         address = json.loads(scheduler_file.read_text())["address"]
         worker = _start(
-            ["distributed.cli.dask_worker", address, "--nthreads", "1", "--nworkers", "1",
+            ["-c", WORKER_WITHOUT_IPYTASKS, address, "--nthreads", "1", "--no-nanny",
              "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
             tmp_path / "worker.log",
         )
@@ -351,9 +369,9 @@ def test_connects_by_address_to_a_scheduler_of_its_own(ip: Any, tmp_path: Path) 
         )
         ip.run_line_magic("wait", "remote")
         record = api.tasks["remote"]
+        assert record.state == "done", (record.error_text(), (tmp_path / "worker.log").read_text())
         assert record.mode == "dask" and record.output.endswith("running remotely\n")
-        dask_worker = ip.user_ns["where"]
-        assert dask_worker in descendants(worker.pid)  # the worker process of that `dask worker`
+        assert ip.user_ns["where"] == worker.pid  # that `dask worker`, which has no ipytasks
         assert process_exists(ip.user_ns["me"])  # kept warm for the next task
         # --on local keeps a cell on this machine.
         ip.run_cell("%%parallel here --process --on local\nimport os\nhere_parent = os.getppid()")

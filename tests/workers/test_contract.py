@@ -126,7 +126,8 @@ async def worker(ip: Any, cluster: Any) -> AsyncIterator[Worker]:
 async def test_inputs_are_shipped_and_bound_names_merged(ip: Any, worker: Worker) -> None:
     """Names the cell reads are shipped (notebook functions, classes and lambdas by value,
     modules by name); the names it binds merge, ``del`` deletes, functions it defines see the
-    notebook's names; its result comes back. The body ran in a worker process."""
+    notebook's names; its result comes back. The body ran in a worker process, which
+    imported nothing of ipytasks."""
     ip.run_cell(
         textwrap.dedent(
             """\
@@ -148,7 +149,8 @@ async def test_inputs_are_shipped_and_bound_names_merged(ip: Any, worker: Worker
     record = await worker.run(
         "import os, json\ny = add_offset(x)\np = Point(-4)\nz = triple(p.norm())\n"
         "pid = os.getpid()\nparent = os.getppid()\ndel gone\nfactor = 5\n"
-        "def scale(v):\n    return v * factor\ny",
+        "def scale(v):\n    return v * factor\n"
+        "import sys\nloaded = [m for m in sys.modules if m.partition('.')[0] == 'ipytasks']\ny",
         "inputs",
     )
     ns = ip.user_ns
@@ -160,6 +162,7 @@ async def test_inputs_are_shipped_and_bound_names_merged(ip: Any, worker: Worker
     ns["factor"] = 7  # a function defined in the cell reads the notebook's names
     assert ns["scale"](2) == 14
     assert ns["parent"] in await worker.parents() and ns["pid"] != os.getpid()
+    assert ns["loaded"] == []  # the worker process runs nothing of the ipytasks package
 
 
 async def test_a_chained_cell_reads_what_the_task_before_it_bound(
