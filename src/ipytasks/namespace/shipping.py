@@ -300,6 +300,12 @@ def rebuild_error(described: dict[str, Any], _depth: int = 0) -> BaseException:
     stand-in frames at the worker's file names and line numbers, so IPython shows
     the cell's own lines (the kernel's linecache has the cell); if that fails, the
     worker's traceback text is added as a note. Causes and contexts are rebuilt too.
+
+    Not ``tblib`` (which Dask uses): its stand-in frames keep the stub's ``co_qualname``
+    and column positions, so IPython's traceback drops the function's name (``in
+    check()``) and the standard one puts carets under the wrong columns. Not
+    ``traceback.TracebackException``: it formats text, while IPython's traceback (and
+    ``except ValueError``) needs a real exception with a real traceback.
     """
     exc: BaseException | None = None
     if described.get("pickled") is not None:
