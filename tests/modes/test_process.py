@@ -25,7 +25,16 @@ from typing import Any
 import anyio
 import pytest
 
-from helpers import WAIT, output_shows, process_exists, run, worker_processes, worker_threads
+from helpers import (
+    WAIT,
+    end_of,
+    gate,
+    output_shows,
+    process_exists,
+    run,
+    worker_processes,
+    worker_threads,
+)
 from ipytasks.modes._process import ProcessMode
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 from ipytasks.scheduler import Scheduler
@@ -106,6 +115,36 @@ async def test_two_cpu_bound_cells_overlap(ip: Any, sched: Scheduler) -> None:
 
 
 # -- lifetime -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["cancelled", "died"])
+async def test_a_dropped_worker_is_reaped_and_its_pipes_closed(
+    sched: Scheduler, tmp_path: Path, end: str
+) -> None:
+    """A worker the pool drops (killed on cancel, or dead) is reaped and its pipes in the
+    kernel closed once its threads end: nothing piles up over a session's tasks."""
+    with gate(tmp_path) as (path, release):
+        record = sched.submit(
+            f"import os\nprint('pid', os.getpid(), flush=True)\nopen({path!r}).read()\n"
+            "os._exit(1)",
+            "dropped",
+            process(),
+        )
+        pid = int((await output_shows(record, r"pid (\d+)")).group(1))
+        mode = sched.installed_mode("process")
+        assert isinstance(mode, ProcessMode) and mode._pool is not None
+        (worker,) = [w for w in mode._pool.workers if w.pid == pid]
+        if end == "cancelled":
+            sched.cancel([record])
+        else:
+            release()
+        await end_of(sched, record)
+    assert record.state == end.replace("died", "failed")
+    for thread in (worker._thread, *worker.child.threads):
+        await asyncio.to_thread(thread.join, WAIT)
+        assert not thread.is_alive(), thread
+    assert worker.child.proc.returncode is not None  # reaped: no zombie
+    assert (worker.child._cmd, worker.child._rep) == (-1, -1)  # closed
 
 
 async def test_close_leaves_no_worker_process(ip: Any) -> None:

@@ -174,34 +174,37 @@ class _Worker:
     # -- the job thread --------------------------------------------------------------
 
     def _serve(self) -> None:
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            job, sink, deliver = item
-            del item
-            try:
-                outcome = self._run(job, sink)
-            except BaseException as exc:  # noqa: BLE001 - a bug here must not hang the task
-                outcome = _Outcome(Reply(error=exc))
-            del job
-            over = outcome.reply is None
-            deliver(outcome)
-            del outcome  # the values it carries belong to the notebook now
-            if over:  # the worker died or was killed
-                return
+        try:
+            while True:
+                item = self._jobs.get()
+                if item is None:
+                    return
+                job, sink, deliver = item
+                del item
+                try:
+                    outcome = self._run(job, sink)
+                except BaseException as exc:  # noqa: BLE001 - a bug here must not hang the task
+                    outcome = _Outcome(Reply(error=exc))
+                del job
+                over = outcome.reply is None
+                deliver(outcome)
+                del outcome  # the values it carries belong to the notebook now
+                if over:  # the worker died or was killed
+                    return
+        finally:
+            self.child.close()  # reaped, its pipes closed
 
     def _run(self, job: Job, sink: TaskOutput | None) -> _Outcome:
         # The environment goes only when it changed since the last job (it is large).
         ship_environ = job.environ != self._environ
         try:
-            meta, values, buffers = job.encode(environ=ship_environ)
-        except Exception as exc:  # noqa: BLE001 - ShippingError, or a bug: the task's error
-            return _Outcome(Reply(error=exc))
-        try:
-            reply = self.child.run(meta, values, buffers, sink.write if sink else None)
+            reply = self.child.run(
+                lambda: job.encode(environ=ship_environ), sink.write if sink else None
+            )
         except local.Died as died:
             return _Outcome(died=BrokenWorker(str(died)))
+        except Exception as exc:  # noqa: BLE001 - ShippingError, or a bug: the task's error
+            return _Outcome(Reply(error=exc))
         if reply is None:  # killed: nobody waits for it any more
             return _Outcome()
         if ship_environ:

@@ -261,9 +261,7 @@ def run_job(
         meta, values, buffers, readonly = payload
         try:
             reply = child.run(
-                meta,
-                values,
-                [pickle.PickleBuffer(b) for b in buffers],
+                lambda: (meta, values, [pickle.PickleBuffer(b) for b in buffers]),
                 _chunked(emit),
                 readonly=readonly,
                 wanted=wanted,

@@ -383,9 +383,7 @@ class Child:
 
     def run(
         self,
-        meta: bytes,
-        values: bytes,
-        buffers: list[pickle.PickleBuffer],
+        encode: Callable[[], tuple[bytes, bytes, list[pickle.PickleBuffer]]],
         emit: Callable[[str, str], None] | None,
         *,
         readonly: list[bool] | None = None,
@@ -394,12 +392,16 @@ class Child:
         """Run one job: the reply ``(meta, values, buffers)``, meta unpickled, once all the
         job's output went to ``emit(stream, text)``; ``None`` if it was killed meanwhile.
 
+        :param encode: makes the job's message ``(meta, values, buffers)``. It is called
+            here, so that nothing holds the message (large pickles) once it is written and
+            the job runs; what it raises propagates, and nothing was sent.
         :param readonly: each buffer's read-only flag, when not the buffer's own.
         :param wanted: asked every :data:`CHECK_INTERVAL` seconds while the job runs; once
             it says no, the child is killed and ``None`` returned.
         :raises Died: the child ended first (not killed by :meth:`kill`), or the pipes
             went out of step (it is killed then).
         """
+        meta, values, buffers = encode()
         with self._lock:
             self._busy = True
         try:
