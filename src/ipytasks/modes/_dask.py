@@ -237,7 +237,8 @@ def _plugin_class() -> type:
                         module.__package__ = self.key
                         sys.modules[module.__name__] = module
                         setattr(package, name, module)
-                        code = compile(source, f"ipytasks/workers/{name}.py", "exec")
+                        filename = f"ipytasks/workers/{name}.py"
+                        code = compile(source, filename, "exec", dont_inherit=True)
                         exec(code, module.__dict__)  # noqa: S102
                 except BaseException:
                     for name in [self.key, *(f"{self.key}.{n}" for n, _ in self.sources)]:
