@@ -1,4 +1,5 @@
-"""The errors and the warning ipytasks raises about tasks, in one family.
+"""Every error and warning ipytasks raises, in one module: what a task's outcome raises,
+and what the Python API raises for a call it cannot take.
 
 ::
 
@@ -11,9 +12,19 @@
     └── RemoteError           a worker's exception that could not be re-created in the kernel
     TaskConflictWarning       two tasks that may run at once share a name
 
+    BadArgument (ValueError), BadArgumentType (TypeError), NotLoaded (RuntimeError)
+                              refusals of a call (REFUSALS)
+
 A task's own exception (``ValueError`` in the cell) is raised as itself, in every mode,
 workers included; only when it cannot be re-created in the kernel does it become a
-:class:`RemoteError`. Nothing here imports the rest of ipytasks.
+:class:`RemoteError`.
+
+A refused call raises what Python's own functions do: a bad argument is a ``ValueError``
+(a value of the wrong kind a ``TypeError``), and a call before ``%load_ext ipytasks`` a
+``RuntimeError``. Their subclasses here let the magics tell a refusal of theirs from an
+error a task raised (``%result`` re-raises those) and show it as a one-line usage error.
+
+Nothing here imports the rest of ipytasks.
 """
 
 from __future__ import annotations
@@ -24,7 +35,11 @@ if TYPE_CHECKING:
     from .records import TaskRecord
 
 __all__ = (
+    "REFUSALS",
+    "BadArgument",
+    "BadArgumentType",
     "BrokenWorker",
+    "NotLoaded",
     "RemoteError",
     "ShippingError",
     "TaskCancelled",
@@ -33,6 +48,9 @@ __all__ = (
     "TaskFailed",
     "TaskSkipped",
 )
+
+
+# -- a task's outcome ------------------------------------------------------------------
 
 
 class TaskError(Exception):
@@ -93,3 +111,22 @@ class TaskFailed(TaskError):
 
 class TaskConflictWarning(UserWarning):
     """Two tasks that may run at the same time share a name, so their order decides its value."""
+
+
+# -- a refused call ----------------------------------------------------------------------
+
+
+class BadArgument(ValueError):
+    """An option, name or target that cannot be taken; the message names it."""
+
+
+class BadArgumentType(TypeError):
+    """A value of the wrong kind for an option, or an unknown option."""
+
+
+class NotLoaded(RuntimeError):
+    """ipytasks is not loaded in this shell (or was unloaded)."""
+
+
+#: What the magics show as a usage error.
+REFUSALS = (BadArgument, BadArgumentType, NotLoaded)

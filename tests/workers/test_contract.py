@@ -24,7 +24,6 @@ from typing import Any
 
 import anyio
 import pytest
-from IPython.core.error import UsageError
 
 from helpers import (
     WAIT,
@@ -298,7 +297,7 @@ async def test_cells_a_worker_cannot_run_are_refused(
     worker: Worker, source: str, message: str
 ) -> None:
     """Magics, shell commands, get_ipython() and unknowable names are refused at submission."""
-    with pytest.raises(UsageError, match=re.escape(message)) as info:
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
         worker.submit(source, "refused")
     assert "--thread" in str(info.value)
     assert "refused" not in worker.sched.tasks

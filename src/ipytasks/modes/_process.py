@@ -48,7 +48,7 @@ Choices, as a user sees them
   ``%%sequential --process`` cell may read what the task before it binds. An input
   that cannot be pickled therefore fails the task when it starts, naming the
   variable and its type.
-* **Refused at submission** (``UsageError``, no task created), because the
+* **Refused at submission** (``ValueError``, no task created), because the
   answer cannot change: a cell whose names cannot be known statically (``exec``,
   ``eval``, ``globals()``, a star import…), and a cell that uses a magic, a shell
   command (``!cmd``) or ``get_ipython()``: there is no IPython in a worker. Both

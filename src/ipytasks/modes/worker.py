@@ -4,9 +4,9 @@ Both run a cell in a worker process (:class:`ipytasks.workers.local.Child`), on 
 machine or next to a Dask worker; each mode keeps only where that process lives and
 how its reply comes home. What a task is to them is :class:`WorkerMode`'s:
 
-* :meth:`WorkerMode.prepare` refuses, at submission, a cell that cannot run in a worker
-  whatever happens: magics, shell commands, ``get_ipython()`` (no IPython there), names
-  that cannot be known statically (``exec``, a star import…);
+* :meth:`WorkerMode.prepare` refuses (``ValueError``), at submission, a cell that cannot
+  run in a worker whatever happens: magics, shell commands, ``get_ipython()`` (no IPython
+  there), names that cannot be known statically (``exec``, a star import…);
 * :meth:`WorkerMode.job` takes the inputs from the namespace when the task starts (a
   ``--map`` item gets its item), and says in the task's output which changes in place
   stay in the worker;
@@ -23,10 +23,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from IPython.core.error import UsageError
-
 from ..cells import MapItemCell
-from ..errors import RemoteError, TaskError
+from ..errors import BadArgument, RemoteError, TaskError
 from ..namespace.analysis import analyze
 from ..namespace.shipping import Job, Reply, merge
 from .abc import Mode
@@ -73,7 +71,7 @@ class WorkerMode(Mode):
         assert task.cell is not None and not isinstance(task.cell, MapItemCell)
         names = analyze(task.cell.tree)
         if names.unknown:
-            raise UsageError(UNKNOWN_NAMES.format(name=task.name, reason=names.unknown))
+            raise BadArgument(UNKNOWN_NAMES.format(name=task.name, reason=names.unknown))
         magics = sorted(getattr(names, "magics", ()))
         if magics or "get_ipython" in names.reads:
             parts = [f"%{m}" for m in magics if m != "!"]
@@ -84,7 +82,7 @@ class WorkerMode(Mode):
             what = ", ".join(parts)
             it = "them" if len(parts) > 1 else "it"
             hint = SHELL_HINT if "!" in magics else ""
-            raise UsageError(NEEDS_IPYTHON.format(name=task.name, what=what, it=it, hint=hint))
+            raise BadArgument(NEEDS_IPYTHON.format(name=task.name, what=what, it=it, hint=hint))
 
     def job(self, task: TaskRecord) -> Job:
         """The task's job, its inputs taken from the namespace now; its output says which

@@ -3,7 +3,10 @@
 Layout, top to bottom::
 
     view         12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
-                 a bar per task on one time axis, idle stretches shaded
+                 [timeline] [graph]
+                 a bar per task on one time axis, idle stretches shaded; or the task
+                 graph (drawn by the kernel once per added task or edge, recoloured by
+                 the browser as states change; a click on a box picks its task)
                  show [all ▾] ◀ 1–20 of 1000 ▶ · picked: fit
                  one HTML table: the tasks of the current page; a click on a row picks it
                  (TasksView: one model, drawn by the browser; the timeline from numbers)
@@ -36,7 +39,6 @@ no timer and no work.
 from __future__ import annotations
 
 import contextvars
-import importlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,14 +49,19 @@ import anywidget
 import ipywidgets as widgets
 import traitlets
 
+from ..dependencies import task_graph
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
 from ..views import STATE_STYLE
 from .columns import TaskColumns
 from .render import summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
+from .taskgraph import graph_geometry, render_svg
 from .throttle import CallLater, Throttle
 from .timeline import LABELLED_LANES
+
+#: A state's number, as the view's ``states`` lists them.
+_STATE_NUMBER = {state: i for i, state in enumerate(TaskState)}
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
@@ -66,6 +73,7 @@ __all__ = (
     "MAX_SHARE",
     "MININTERVAL",
     "PAGE_SIZE",
+    "PANELS",
     "SETTLE",
     "TICK_INTERVAL",
     "Dashboard",
@@ -95,8 +103,10 @@ FILTERS: dict[str, frozenset[TaskState] | None] = {
     **{str(state): frozenset({state}) for state in TaskState},
 }
 
-NO_SELECTION = "pick a task first: click its row in the table"
-_MISSING: Any = object()
+#: What the dashboard can show above its table.
+PANELS = ("timeline", "graph")
+
+NO_SELECTION = "pick a task first: click its row in the table (or its box in the graph)"
 
 
 def open_dashboard(
@@ -173,6 +183,16 @@ class TasksView(anywidget.AnyWidget):
     #: The picked task's name: the one Cancel, Retry and Output apply to.
     selected = traitlets.Unicode(None, allow_none=True).tag(sync=True)
 
+    #: What shows above the table: ``"timeline"`` or ``"graph"`` (one of :data:`PANELS`).
+    panel = traitlets.Unicode("timeline").tag(sync=True)
+    #: The task graph, while it is the panel shown, drawn by the kernel
+    #: (:func:`~ipytasks.overview.taskgraph.render_svg`): ``svg``; ``names`` and
+    #: ``notes`` (a map's item count), per box in the order of the SVG's boxes. Sent
+    #: again only when a task or an edge was added: state changes go in ``graph_states``.
+    graph = traitlets.Dict().tag(sync=True)
+    #: Per box of ``graph``: its task's state number (an index into ``states``).
+    graph_states = traitlets.List(traitlets.Int()).tag(sync=True)
+
 
 class _OutputView:
     """Attached to the selected task's ``TaskOutput``: new output asks for a refresh."""
@@ -193,8 +213,8 @@ class Dashboard(widgets.VBox):
     :param page_size: rows per page of the table.
     :param mininterval: least seconds between two refreshes.
     :param tick_interval: seconds between refreshes while tasks run and nothing changes.
-    :param retry: ``retry(name)`` for the Retry button; default ``ipytasks.api.retry``
-        when it exists. Without one the button is hidden.
+    :param retry: ``retry(name)`` for the Retry button (the API hands in
+        ``ipytasks.retry``). Without one the button is hidden.
     :param clock: monotonic seconds for throttling (``time.monotonic``); when given, it
         also measures what refreshes cost (else the loop thread's CPU time does).
     :param wall: epoch seconds for durations (``time.time``), the clock task records use.
@@ -213,7 +233,7 @@ class Dashboard(widgets.VBox):
         page_size: int = PAGE_SIZE,
         mininterval: float = MININTERVAL,
         tick_interval: float = TICK_INTERVAL,
-        retry: Callable[[str], Any] | None = _MISSING,
+        retry: Callable[[str], Any] | None = None,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] | None = None,
         call_later: CallLater | None = None,
@@ -251,8 +271,6 @@ class Dashboard(widgets.VBox):
         self._table_rows: dict[TaskRecord, tuple[float, bool, str]] = {}
         self._wall = wall or time.time
         self._loop = scheduler.loop
-        if retry is _MISSING:
-            retry = getattr(importlib.import_module("ipytasks.api"), "retry", None)
         self._retry = retry
         if retry is None:
             self.retry_button.layout.display = "none"
@@ -275,6 +293,8 @@ class Dashboard(widgets.VBox):
         )
         self._page = 0
         self._show = "all"
+        self._panel = "timeline"
+        self._graph_geometry: Any = None
         self._selected: str | None = None
         self._output_view = _OutputView(self)
         self._watched: TaskOutput | None = None
@@ -343,7 +363,7 @@ class Dashboard(widgets.VBox):
         records = list(self._registry.values())
         now = self._wall()
         watched = self._watched
-        seen = (self._page, self._show, self._selected, self._output_shown,
+        seen = (self._page, self._show, self._panel, self._selected, self._output_shown,
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
@@ -362,13 +382,15 @@ class Dashboard(widgets.VBox):
             label = "no tasks" if keep is None else f"no {self._show.replace('_', ' ')} tasks"
         selected = self._selected
         summary = columns.summary(now)
-        self._send(
-            {"summary": summary_html(summary),
-             "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
-                                          selected=selected, cache=self._table_rows),
-                       "label": label, "pages": pages},
-             "page": page, "show": self._show, "selected": selected},
-            summary.counts, now, changed=bool(changed))
+        values = {
+            "summary": summary_html(summary),
+            "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
+                                         selected=selected, cache=self._table_rows),
+                      "label": label, "pages": pages},
+            "page": page, "show": self._show, "selected": selected, "panel": self._panel}
+        if self._panel == "graph":
+            self._graph_values(records, values)
+        self._send(values, summary.counts, now, changed=bool(changed))
 
         record = self._registry.get(selected) if selected is not None else None
         _assign(self.cancel_button, disabled=record is None or record.state.ended)
@@ -409,6 +431,19 @@ class Dashboard(widgets.VBox):
         if redraw:
             # What the redraw cost, with the message it went in.
             self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
+
+    def _graph_values(self, records: list[TaskRecord], values: dict[str, Any]) -> None:
+        """The graph's states, and the graph itself when a task or an edge was added (its
+        layout is kept until then)."""
+        graph = task_graph(records)
+        geometry = graph_geometry(graph)
+        if geometry is not self._graph_geometry:
+            self._graph_geometry = geometry
+            states = {n.name: n.state for n in graph.nodes}
+            values["graph"] = {"svg": render_svg(geometry, states),
+                               "names": [box.name for box in geometry.nodes],
+                               "notes": [box.note for box in geometry.nodes]}
+        values["graph_states"] = [_STATE_NUMBER[n.state] for n in graph.nodes]
 
     def _render_output(self, record: TaskRecord | None) -> None:
         sink = record.sink if record is not None and self._output_shown else None
@@ -462,7 +497,8 @@ class Dashboard(widgets.VBox):
         if not isinstance(content, dict):
             return
         actions: dict[Any, Callable[[Any], None]] = {
-            "show": self._set_filter, "page": self._goto, "selected": self._select
+            "show": self._set_filter, "page": self._goto, "selected": self._select,
+            "panel": self._set_panel,
         }
         action = actions.get(content.get("event"))
         if action is not None:
@@ -481,6 +517,13 @@ class Dashboard(widgets.VBox):
             return  # not one the front end offers: the filter in use stays
         self._show = value
         self._page = 0
+        self._throttle.flush_now()
+
+    def _set_panel(self, value: Any) -> None:
+        """Show the timeline or the task graph above the table."""
+        if not isinstance(value, str) or value not in PANELS:
+            return
+        self._panel = value
         self._throttle.flush_now()
 
     def _goto(self, page: Any) -> None:
