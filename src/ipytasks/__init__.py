@@ -20,6 +20,7 @@ from .api import tasks as tasks
 from .api import timeline as timeline
 from .api import use as use
 from .api import wait as wait
+from .reports import progress as progress
 from .namespace.shipping import RemoteError as RemoteError
 from .namespace.shipping import ShippingError as ShippingError
 from .records import BrokenWorker as BrokenWorker
@@ -39,6 +40,7 @@ __all__ = (
     "cancel",
     "dashboard",
     "load_ipython_extension",
+    "progress",
     "result",
     "results",
     "retry",

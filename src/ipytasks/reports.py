@@ -21,6 +21,7 @@ so a redraw from tqdm's monitor thread is still its own.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import threading
 import time
@@ -96,7 +97,7 @@ def _rate(value: float) -> str:
 
 def _duration(seconds: float) -> str:
     if seconds < 60:
-        return f"{seconds:.0f} s"
+        return f"{math.ceil(seconds)} s"
     if seconds < 3600:
         return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
     return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
