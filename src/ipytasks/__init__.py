@@ -20,7 +20,6 @@ from .api import tasks as tasks
 from .api import timeline as timeline
 from .api import use as use
 from .api import wait as wait
-from .reports import progress as progress
 from .namespace.shipping import RemoteError as RemoteError
 from .namespace.shipping import ShippingError as ShippingError
 from .records import BrokenWorker as BrokenWorker
@@ -30,6 +29,7 @@ from .records import TaskFailed as TaskFailed
 from .records import TaskRecord as TaskRecord
 from .records import TaskSkipped as TaskSkipped
 from .records import TaskState as TaskState
+from .reports import progress as progress
 
 try:
     __version__ = _version("ipytasks")
