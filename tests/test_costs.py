@@ -58,14 +58,15 @@ def test_cpu_time_of_thread_tasks_and_peak_memory_of_a_process_task(kernel: Any)
 
 
 def test_where_running_bodies_are_shows_in_the_dashboard(kernel: Any) -> None:
-    """With the dashboard open, the rows of a running thread task and a running process task
-    say which line of their cell they are on (the process says so by itself, once a second)."""
+    """With the dashboard open, the rows of running thread, process and async tasks say which
+    line of their cell they are on (the process says so by itself, once a second)."""
     k = kernel
     k.execute("%tasks")
     k.execute("import threading\nwhere_go = threading.Event()")
     k.execute("%%parallel where_t\nx = 1\nwhere_go.wait(30)\nx")
     k.execute("%%parallel where_p --mode process\nimport time\ny = 1\nwhile True:\n"
               "    time.sleep(0.05)")
+    k.execute("%%parallel where_a\nimport asyncio\nz = 1\nawait asyncio.sleep(30)")
     views = k.find_widgets("AnyModel")
 
     def tables() -> list[str]:
@@ -86,7 +87,10 @@ def test_where_running_bodies_are_shows_in_the_dashboard(kernel: Any) -> None:
                      timeout=WAIT, what="the thread task's row says where it waits")
         k.wait_until(lambda: "line 4 of the cell" in row("where_p"), timeout=WAIT,
                      what="the process task's row says where it loops")
+        k.wait_until(lambda: re.search(r"line 3 of the cell › \S*tasks.py:\d+ in sleep",
+                                       row("where_a")) is not None,
+                     timeout=WAIT, what="the async task's row says where it awaits")
     finally:
-        k.execute("where_go.set()\n%cancel where_p")
+        k.execute("where_go.set()\n%cancel where_p where_a")
         k.execute("%wait where_t", timeout=WAIT)
     assert "line" not in row("where_t")  # an ended task is nowhere

@@ -98,6 +98,21 @@ def test_progress_text() -> None:
     assert Progress(done=100, total=100, rate=4).text() == "100/100 (100%) · 4 it/s"
 
 
+def test_install_and_uninstall_put_tqdm_back() -> None:
+    """Loading patches tqdm's ``__new__`` (at once, tqdm being imported); unloading restores it."""
+    import tqdm.std
+
+    from ipytasks import reports
+
+    original = tqdm.std.tqdm.__dict__["__new__"]
+    reports.install(lambda record: None)
+    try:
+        assert tqdm.std.tqdm.__dict__["__new__"] is not original
+    finally:
+        reports.uninstall()
+    assert tqdm.std.tqdm.__dict__["__new__"] is original
+
+
 def test_progress_outside_a_task_does_nothing() -> None:
     import ipytasks
 
@@ -185,13 +200,17 @@ def test_progress_api_and_map_items(kernel: Any) -> None:
         "    ipytasks.progress(i * 10, 30, 'rows')\n")
     proc = k.execute(
         "%%parallel prog_p --mode process\nimport ipytasks\nipytasks.progress(2, 8, 'files')\n")
+    k.execute("%%parallel prog_a\nimport asyncio\nfrom tqdm.auto import tqdm\n"
+              "async for i in tqdm(range(5)):\n    await asyncio.sleep(0.01)")
     items = k.execute("%%parallel prog_m --map x in range(4)\n"
                       "import time\ntime.sleep(0.4 * x)\nassert x != 1\nx")
-    k.execute("%wait prog_t prog_p", timeout=60)
+    k.execute("%wait prog_t prog_p prog_a", timeout=60)
     k.execute("%wait prog_m", timeout=60, allow_errors=True)
-    got = k.execute("for n in ('prog_t', 'prog_p'):\n"
-                    "    p = ipytasks.tasks[n].progress\n    print(n, p.done, p.total, p.note)")
-    assert got.stdout.split("\n")[:2] == ["prog_t 30 30 rows", "prog_p 2 8 files"]
+    got = k.execute("for n in ('prog_t', 'prog_p', 'prog_a'):\n"
+                    "    t = ipytasks.tasks[n]\n    p = t.progress\n"
+                    "    print(n, t.mode, p.done, p.total, p.note)")
+    assert got.stdout.split("\n")[:3] == [
+        "prog_t thread 30 30 rows", "prog_p process 2 8 files", "prog_a async 5 5 "]
     for cell, words in ((api, "· 30/30"), (proc, "· 2/8")):
         ids = [i for i in cell.display_ids if i.startswith("ipytasks-")]
         assert words in k.display(ids[0])["text/plain"].split("\n")[0]
