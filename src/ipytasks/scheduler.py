@@ -25,12 +25,11 @@ import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from IPython.core.error import UsageError
-
 from . import plots, reports
 from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .dependencies import DependencyIndex, TaskNames, task_names
+from .errors import BadArgument, NotLoaded
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
@@ -276,10 +275,10 @@ class Scheduler:
         start, to give it views.
 
         :raises SyntaxError: the cell does not parse (no task is created).
-        :raises UsageError: a name that is busy, an unknown ``--after`` target, a cycle.
+        :raises ValueError: a name that is busy, an unknown ``--after`` target, a cycle.
         """
         if self._closed:
-            raise UsageError(UNLOADED)
+            raise NotLoaded(UNLOADED)
         cell = compile_cell(self.shell, source, number)
         mode = options.mode
         if options.on == "dask" and mode == "auto":
@@ -287,7 +286,7 @@ class Scheduler:
         if mode == "auto":
             mode = "async" if cell.is_async else "thread"
         elif mode == "thread" and cell.is_async:
-            raise UsageError(ASYNC_IN_THREAD.format(name=name))
+            raise BadArgument(ASYNC_IN_THREAD.format(name=name))
         elif mode == "process" and (options.on or self.backend) == "dask":
             mode = "dask"  # the process-mode payload, on a Dask cluster
         if options.map is not None:
@@ -313,14 +312,14 @@ class Scheduler:
         attach: Callable[[TaskRecord], None] | None,
     ) -> TaskRecord:
         if self._closed:
-            raise UsageError(UNLOADED)
+            raise NotLoaded(UNLOADED)
         existing = self.tasks.get(name)
         if existing is not None and not existing.state.ended:
-            raise UsageError(TASK_BUSY.format(name=name, state=existing.state))
+            raise BadArgument(TASK_BUSY.format(name=name, state=existing.state))
         upstream: dict[TaskRecord, str] = {}
         for target in options.after:
             if target == name:
-                raise UsageError(SELF_CYCLE.format(name=name, option="--after"))
+                raise BadArgument(SELF_CYCLE.format(name=name, option="--after"))
             for record in self._resolve(target, "--after"):
                 upstream.setdefault(record, "after")
         if options.chain is not None:
@@ -356,7 +355,7 @@ class Scheduler:
                 text = str(exc)
                 if not text.startswith("--map"):
                     text = f"--map: {type(exc).__name__}: {text}"
-                raise UsageError(text) from None
+                raise BadArgument(text) from None
         record.sink = TaskOutput(self.loop, self._echo)
         record.sink.owner = record
         record._ended_event = asyncio.Event()
@@ -393,7 +392,7 @@ class Scheduler:
         others = ",".join(other.name for other, _ in named)
         message = "; ".join(lines) + f" (drop --no-infer, or add --after {others})"
         if options.strict:
-            raise UsageError(f"conflict (--strict): {message}")
+            raise BadArgument(f"conflict (--strict): {message}")
         warnings.warn(TaskConflictWarning(message), stacklevel=1)
 
     def _set_group_limits(self, options: TaskOptions) -> None:
@@ -436,7 +435,7 @@ class Scheduler:
         members = [r for r in self.tasks.values() if r.options.group == target]
         if members:
             return members
-        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target,
+        raise BadArgument(UNKNOWN_TARGET.format(option=option, target=target,
                                                **self._known_targets(target)))
 
     def _known_targets(self, target: str) -> dict[str, str]:
@@ -924,7 +923,7 @@ class Scheduler:
         """Run ``coro`` on the loop and block this thread until it ends (not the loop thread)."""
         if self._host.on_loop_thread():
             coro.close()
-            raise UsageError(
+            raise BadArgument(
                 "this would block the event loop the tasks run on: "
                 "use `await ipytasks.wait(...)`, or %wait on a line of its own"
             )
@@ -1002,11 +1001,11 @@ def retry_delay(failed: int, base: float, *, cap: float = RETRY_DELAY_MAX) -> fl
 def _check_map_expression(spec: tuple[str, str]) -> None:
     var, expr = spec
     if not var.isidentifier():
-        raise UsageError(f"--map: {var!r} is not a name to bind each item to (--map VAR in EXPR)")
+        raise BadArgument(f"--map: {var!r} is not a name to bind each item to (--map VAR in EXPR)")
     try:
         compile(expr, "<--map>", "eval")
     except SyntaxError as exc:
-        raise UsageError(f"--map: {expr!r} is not an expression: {exc.msg}") from None
+        raise BadArgument(f"--map: {expr!r} is not an expression: {exc.msg}") from None
 
 
 def _prefixed(sink: TaskOutput | None, prefix: str) -> Callable[[str, str], None]:
