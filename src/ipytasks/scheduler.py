@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from . import plots, reports
 from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
-from .dependencies import DependencyIndex, TaskNames, task_names
+from .dependencies import DependencyIndex, TaskGraph, TaskNames, task_graph, task_names
 from .errors import BadArgument, NotLoaded
 from .limits import Limiter, RateLimiter
 from .modes import Mode, get_mode_class
@@ -820,6 +820,12 @@ class Scheduler:
             lines = traceback.format_exception(error)
         assert record.sink is not None  # set at registration
         record.sink.error(type(error).__name__, str(error), list(lines))
+
+    def graph(self) -> TaskGraph:
+        """The task graph now, read-only: every task (a ``--map`` as one node) and every
+        edge with its kind and the names that cause it (:func:`~ipytasks.dependencies.task_graph`).
+        Read on the loop thread, so no task changes while it is read."""
+        return self._host.call(task_graph, list(self.tasks.values()))
 
     def subscribe(self, wake: Callable[[bool], None]) -> ChangeFeed:
         """Follow the tasks' changes (a dashboard does): see :class:`ChangeFeed`."""
