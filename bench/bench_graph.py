@@ -36,7 +36,7 @@ from typing import Any
 from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.dependencies import task_graph
-from ipytasks.overview import taskgraph
+from ipytasks.overview import graph as taskgraph
 from ipytasks.overview.render import table_html
 from ipytasks.records import TaskOptions, TaskRegistry
 from ipytasks.scheduler import Scheduler

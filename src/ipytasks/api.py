@@ -334,7 +334,7 @@ def graph(path: str | os.PathLike[str] | None = None, *, format: str | None = No
     :raises ValueError: an unknown format or suffix.
     """
     from .dependencies import task_graph
-    from .overview.taskgraph import (
+    from .overview.graph import (
         graph_format,
         graph_geometry,
         graph_mermaid,

@@ -582,7 +582,7 @@ class TaskMagics(Magics):
             session = api._current()
             if args.text or not in_kernel or session.displays is None:
                 from .dependencies import task_graph
-                from .overview.taskgraph import graph_text
+                from .overview.graph import graph_text
 
                 print(graph_text(task_graph(list(api.tasks.values()))))
                 return None

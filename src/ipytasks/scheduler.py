@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from . import plots
+from . import plots, reports
 from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .dependencies import DependencyIndex, TaskGraph, TaskNames, task_graph, task_names
@@ -241,6 +241,9 @@ class Scheduler:
         self._closed = False
         atexit.register(self._at_exit)
         plots.install()  # pyplot's figures per task, from now until close()
+        # Tasks whose progress changed, told to the feeds and views at the loop's next turn.
+        self._progressing: set[TaskRecord] = set()
+        reports.install(self._progressed)  # tasks' tqdm bars are told, not drawn
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -672,6 +675,7 @@ class Scheduler:
         if record.started is None:
             record.started = time.time()
         record.attempts += 1
+        reports.reset(record)
         self._changed(record)
         mode = self._mode(record.mode)
         timeout = record.options.timeout
@@ -844,6 +848,24 @@ class Scheduler:
             self._ticking.discard(record)
         contextvars.Context().run(sink.flush)
 
+    def _progressed(self, record: TaskRecord) -> None:
+        """A task's progress changed (any thread): its views and the feeds hear of it on
+        the loop, once for the changes made until then; each throttles as for output."""
+        if record in self._progressing:
+            return
+        self._progressing.add(record)
+        try:
+            self.loop.call_soon_threadsafe(
+                self._show_progress, record, context=contextvars.Context())
+        except RuntimeError:  # the loop is closed: ipytasks was unloaded
+            pass
+
+    def _show_progress(self, record: TaskRecord) -> None:
+        self._progressing.discard(record)
+        self._tell_feeds(record)
+        if record.sink is not None:
+            record.sink._arm_flush()
+
     def _tell_feeds(self, record: TaskRecord) -> None:
         for feed in self._feeds:
             records = feed._records
@@ -957,6 +979,7 @@ class Scheduler:
             self._modes.clear()
             self._host.close()
             plots.uninstall()
+            reports.uninstall()
         return unfinished
 
     def _at_exit(self) -> None:

@@ -353,6 +353,35 @@ async def test_a_cell_that_redirects_its_streams_does_not_break_the_worker(
     assert stream_texts(after) == {"stdout": "out\n", "stderr": "err\n"}
 
 
+async def test_tqdm_progress_and_costs_come_from_the_worker(worker: Worker) -> None:
+    """A tqdm loop over 50 items in the worker: the task's progress moves (two values at
+    least between 0 and 50, then 50/50) as the scheduler tells its followers, the bar writes
+    nothing into the output, and the worker process's CPU time and peak memory come back."""
+    pytest.importorskip("tqdm")
+    seen: list[float] = []
+    record: TaskRecord | None = None
+
+    def wake(_idle: bool) -> None:
+        for changed in feed.take():
+            if changed is record and changed.progress is not None:
+                seen.append(changed.progress.done)
+
+    feed = worker.sched.subscribe(wake)
+    try:
+        record = worker.submit(
+            "import time\nfrom tqdm.auto import tqdm\nfor i in tqdm(range(50)):\n"
+            "    time.sleep(0.04)\nprint('loop over')", "bar")
+        await worker.end_of(record)
+    finally:
+        worker.sched.unsubscribe(feed)
+    assert record.state == "done", record.error_text()
+    assert len({n for n in seen if 0 < n < 50}) >= 2 and seen[-1] == 50, seen
+    assert record.progress is not None and record.progress.count() == "50/50"
+    assert record.output == "loop over\n"
+    assert record.cpu_time is not None and record.cpu_time > 0
+    assert record.peak_rss is not None and record.peak_rss > 10 * 2**20
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 

@@ -93,7 +93,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import workers
+from .. import reports, workers
 from ..errors import BrokenWorker
 from ..namespace.shipping import decode_reply
 from ..output import _report_internal_error
@@ -294,6 +294,13 @@ class _Route:
             self.chunks += 1
             self.cond.notify_all()
 
+    def note(self, note: dict[str, Any]) -> None:
+        """A note of the job (its progress, where it is), counted as output is."""
+        reports.worker_note(self.sink.owner if self.sink is not None else None, note)
+        with self.cond:
+            self.chunks += 1
+            self.cond.notify_all()
+
     def wait_chunks(self, count: int, timeout: float) -> bool:
         with self.cond:
             return self.cond.wait_for(lambda: self.chunks >= count, timeout)
@@ -329,6 +336,8 @@ class _Link:
                 return
             if kind in ("stdout", "stderr"):
                 route.write(kind, message[2])
+            elif kind == "note":
+                route.note(message[2])
             elif kind == "start":
                 route.worker, route.pid = message[2], message[3]
             elif kind == "end":

@@ -91,10 +91,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .. import reports
 from ..errors import BrokenWorker
 from ..namespace.shipping import Job, Reply, decode_reply
 from ..output import _report_internal_error
@@ -197,9 +199,12 @@ class _Worker:
     def _run(self, job: Job, sink: TaskOutput | None) -> _Outcome:
         # The environment goes only when it changed since the last job (it is large).
         ship_environ = job.environ != self._environ
+        owner = sink.owner if sink is not None else None
         try:
             reply = self.child.run(
-                lambda: job.encode(environ=ship_environ), sink.write if sink else None
+                lambda: job.encode(environ=ship_environ),
+                sink.write if sink is not None else None,
+                on_note=functools.partial(reports.worker_note, owner),
             )
         except local.Died as died:
             return _Outcome(died=BrokenWorker(str(died)))

@@ -10,9 +10,9 @@ how its reply comes home. What a task is to them is :class:`WorkerMode`'s:
 * :meth:`WorkerMode.job` takes the inputs from the namespace when the task starts (a
   ``--map`` item gets its item), and says in the task's output which changes in place
   stay in the worker;
-* :meth:`WorkerMode.finish` ends the task with the worker's reply: says which names
-  stayed behind (closed files), shows what the worker displayed, and raises the cell's
-  error or merges the names it bound.
+* :meth:`WorkerMode.finish` ends the task with the worker's reply: records what the job
+  cost, says which names stayed behind (closed files), shows what the worker displayed,
+  and raises the cell's error or merges the names it bound.
 
 The payload itself (:class:`~ipytasks.namespace.shipping.Job`, the reply, the merge) is
 :mod:`ipytasks.namespace.shipping`'s.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from .. import costs
 from ..cells import MapItemCell
 from ..errors import BadArgument, RemoteError, TaskError
 from ..namespace.analysis import analyze
@@ -102,6 +103,7 @@ class WorkerMode(Mode):
         else:
             names = analyze(cell.tree)
             job = Job.take(self.shell, cell, names)
+        job.sample = costs.watching()  # say where the body is while a dashboard shows it
         changed = sorted(set(job.inputs) & (names.mutates - names.binds))
         if changed and task.sink is not None:
             listed = ", ".join(repr(n) for n in changed)
@@ -111,6 +113,7 @@ class WorkerMode(Mode):
 
     def finish(self, task: TaskRecord, reply: Reply) -> Any:
         """End the task with the worker's reply: its result, or its error raised."""
+        costs.from_worker(task, reply.cost)
         if reply.left and task.sink is not None:
             names = ", ".join(repr(n) for n in reply.left)
             task.sink.write("stderr", CLOSED_FILES.format(names=names))

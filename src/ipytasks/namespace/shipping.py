@@ -102,6 +102,8 @@ class Job:
     environ: dict[bytes, bytes] = field(default_factory=dict)
     #: How the worker renders the figures the cell leaves open (the inline backend's settings).
     figures: dict[str, Any] = field(default_factory=dict)
+    #: Whether the worker says where the body is, once a second (a dashboard is open).
+    sample: bool = False
 
     @classmethod
     def take(cls, shell: Any, cell: CompiledCell, names: CellNames) -> Job:
@@ -167,6 +169,7 @@ class Job:
             "environ": self.environ if environ else None,
             "figures": self.figures,
             "quiet": bool(getattr(self.cell, "quiet_result", False)),
+            "sample": self.sample,
         }
         return pickle.dumps(meta, protocol=5), packer.getvalue(), packer.buffers
 
@@ -193,6 +196,8 @@ class Reply:
     result_display: tuple[dict[str, Any], dict[str, Any]] | None = None
     #: Names the cell bound that stayed in the worker (closed files).
     left: list[str] = field(default_factory=list)
+    #: What the job cost, as the worker measured it: ``{"cpu": seconds, "rss": bytes}``.
+    cost: dict[str, Any] | None = None
 
 
 def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Reply:
@@ -201,13 +206,19 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
     ``meta`` is the reply's meta, pickled or already loaded.
     """
     info = meta if isinstance(meta, dict) else pickle.loads(meta)
+    reply = _decode(info, values, buffers)
+    reply.left = list(info.get("left") or ())
+    reply.cost = info.get("cost")
+    return reply
+
+
+def _decode(info: dict[str, Any], values: bytes | bytearray, buffers: list[Any]) -> Reply:
     displays = [tuple(d) for d in info.get("displays", ())]
     if not info.get("ok"):
         if "shipping" in info:
             return Reply(error=ShippingError(info["shipping"]), displays=displays)
         return Reply(error=rebuild_error(info["error"]), displays=displays)
     names = info["names"]
-    left = list(info.get("left") or ())
     count = len(names) + (1 if info["result"] else 0)
     loader = wire.load_values(values, buffers, count)
     out: dict[str, Any] = {}
@@ -215,31 +226,17 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
         try:
             out[name] = next(loader)
         except Exception as exc:  # noqa: BLE001
-            return Reply(
-                error=ShippingError(
-                    CANNOT_RECEIVE_BACK.format(
-                        what=repr(name),
-                        type=info.get("types", {}).get(name, "?"),
-                        error=wire.error_text(exc),
-                    )
-                ),
-                left=left,
-            )
+            what, type_ = repr(name), info.get("types", {}).get(name, "?")
+            return Reply(error=ShippingError(CANNOT_RECEIVE_BACK.format(
+                what=what, type=type_, error=wire.error_text(exc))))
     result = None
     if info["result"]:
         try:
             result = next(loader)
         except Exception as exc:  # noqa: BLE001
-            return Reply(
-                error=ShippingError(
-                    CANNOT_RECEIVE_BACK.format(
-                        what=wire.RESULT,
-                        type=info.get("result_type", "?"),
-                        error=wire.error_text(exc),
-                    )
-                ),
-                left=left,
-            )
+            type_ = info.get("result_type", "?")
+            return Reply(error=ShippingError(CANNOT_RECEIVE_BACK.format(
+                what=wire.RESULT, type=type_, error=wire.error_text(exc))))
     rendered = info.get("result_display")
     return Reply(
         values=out,
@@ -247,7 +244,6 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
         result=result,
         displays=displays,
         result_display=tuple(rendered) if rendered is not None else None,
-        left=left,
     )
 
 

@@ -36,8 +36,8 @@ import traitlets
 from ..bundle import WIDGET_MIME
 from ..dependencies import task_graph
 from ..output import _report_internal_error
+from .graph import graph_geometry, graph_html, graph_text, states_of
 from .render import snapshot_html, summarize, text_table
-from .taskgraph import graph_geometry, graph_html, graph_text, states_of
 from .throttle import Throttle
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """What runs inside a worker process: its loop, and one cell run as a job.
 
 The parent (:mod:`.local`: the kernel for process mode, a Dask worker for dask mode)
-starts a fresh interpreter that loads this module and :mod:`.wire` from code the
+starts a fresh interpreter that loads this module, :mod:`.wire` and :mod:`.watch` from code the
 parent sends, as a private package, and calls :func:`main`. So it imports nothing
 from the kernel side: not IPython, not ipykernel, not the rest of ipytasks
 (``import ipytasks`` would load IPython), and nothing of ipytasks needs to be
@@ -15,8 +15,9 @@ The loop (:func:`main`), one job at a time::
                                  run (asyncio.run for top-level await), figures
                                  rendered, bound names pickled
     fd 1, 2   <-- the cell's output, as it prints; then an end-of-job marker on each
-    reply pipe <--write_message-- {ok, names, deleted, result, displays} and values,
-                                 or {error: described} or {shipping: message}
+    reply pipe <--notes--         while it runs: its tqdm bars' progress, where it is
+    reply pipe <--write_message-- {ok, names, deleted, result, displays, cost} and
+                                 values, or {error: described} or {shipping: message}
 
 * It ignores SIGINT (the kernel's interrupt goes to its whole process group; the
   worker also runs in a process group of its own), and dies with its parent: a
@@ -29,6 +30,10 @@ The loop (:func:`main`), one job at a time::
 * A job's exception is described (type, message, frames of the cell, the chain, a
   pickle of it when it pickles) for the kernel to raise it again with the cell's
   lines (:func:`ipytasks.namespace.shipping.rebuild_error`).
+* While a job runs, :class:`JobTalk` sends notes on the reply pipe ahead of the
+  reply: its tqdm bars' progress (:class:`.watch.TqdmWatch`; ``ipytasks.progress``
+  too), and where its body is once a second when the kernel asks; the reply says
+  what the job cost (CPU time, peak memory).
 * It renders the figures a job leaves open (and one that is its result) as the
   notebook's inline backend would, with the formats and ``print_figure`` options
   the kernel sends, and sends them back with the reply; matplotlib's backend here
@@ -49,7 +54,7 @@ import struct
 import sys
 import threading
 
-from . import wire
+from . import watch, wire
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the worker 15 ms
 if TYPE_CHECKING:
@@ -456,6 +461,130 @@ def run_job(
         namespace.clear()
 
 
+# -- what a job tells while it runs: its bars' progress, where it is, what it cost ------
+
+
+#: The private package the worker process runs this module in (made by :mod:`.local`'s
+#: bootstrap), and this module's name there: ``ipytasks.progress`` in a cell (which
+#: imports ipytasks) finds the running job's :class:`JobTalk` by it.
+PACKAGE = "_ipytasks_worker"
+WORKER_MODULE = PACKAGE + ".child"
+#: The running worker process's notes (``None`` in the kernel).
+_talk: JobTalk | None = None
+#: Least seconds between two progress notes of one bar (its end is always sent).
+NOTE_INTERVAL = 0.2
+#: Seconds between two looks at where a job's body is (when the kernel asked for them).
+SAMPLE_INTERVAL = 1.0
+
+
+class JobTalk:
+    """The worker process's side of a job's notes: its bars' progress, where its body is,
+    and what it cost. Notes go on the reply pipe ahead of the reply, one whole message
+    each, under one lock with the reply; a note from a thread the job left behind is
+    dropped once the job has replied."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.job = 0
+        self._count = 0
+        self._last: dict[Any, float] = {}
+        self._cost: tuple[float, float] = (0.0, 0.0)
+        self.watch = watch.TqdmWatch(self.owner, self.bar)
+
+    def owner(self) -> int | None:
+        return self.job or None
+
+    def begin(self, job: dict[str, Any]) -> None:
+        import time
+
+        self._count += 1
+        self._last.clear()
+        _reset_peak()
+        usage = _usage()
+        self._cost = (usage, time.monotonic())
+        with self.lock:
+            self.job = self._count
+        if job.get("sample"):
+            threading.Thread(target=self._sample, args=(self.job, threading.get_ident(),
+                                                       job["filename"]),
+                             name="ipytasks-sample", daemon=True).start()
+
+    def end(self) -> dict[str, Any]:
+        """Stop the notes; what the job cost: ``{"cpu": seconds, "rss": peak bytes}``."""
+        with self.lock:
+            self.job = 0
+        return {"cpu": _usage() - self._cost[0], "rss": _peak_rss()}
+
+    def send(self, job: int, note: dict[str, Any]) -> None:
+        data = wire.NOTE + pickle.dumps(note, protocol=5)
+        with self.lock:
+            if job != self.job:
+                return
+            try:
+                wire.write_message(self.fd, data, b"", [])
+            except OSError:
+                pass
+
+    def bar(self, job: int, key: Any, state: dict[str, Any], closed: bool) -> None:
+        import time
+
+        now = time.monotonic()
+        if not closed and now - self._last.get(key, -NOTE_INTERVAL) < NOTE_INTERVAL:
+            return
+        self._last[key] = now
+        self.send(job, {"progress": state, "key": key, "closed": closed})
+
+    def progress(self, done: float, total: float | None, note: str) -> None:
+        """``ipytasks.progress`` in a worker process."""
+        import time
+
+        job = self.job
+        if job:
+            elapsed = time.monotonic() - self._cost[1]
+            self.bar(job, "api", {"n": done, "total": total, "rate": None,
+                                  "elapsed": elapsed, "note": note, "unit": "it"},
+                     total is not None and done >= total)
+
+    def _sample(self, job: int, ident: int, filename: str) -> None:
+        import time
+
+        said = None
+        while self.job == job:
+            frame = sys._current_frames().get(ident)
+            where = watch.where_text(frame, filename) if frame is not None else None
+            del frame
+            if where != said:
+                said = where
+                self.send(job, {"where": where})
+            time.sleep(SAMPLE_INTERVAL)
+
+
+def _usage() -> float:
+    """CPU seconds (user and system) this process has used."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _reset_peak() -> None:
+    """Start the peak of resident memory again from now (Linux ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+    except OSError:
+        pass  # not Linux: the peak counts from the process's start
+
+
+def _peak_rss() -> int:
+    """The most resident memory this process held since the last reset, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 # -- the process --------------------------------------------------------------------
 
 
@@ -564,6 +693,9 @@ def main(argv: list[str]) -> None:
     stdout, stderr, pipes = _set_up(cmd_fd, reply_fd, parent_pid)
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
+    global _talk
+    _talk = talk = JobTalk(reply_fd)
+    talk.watch.install()
     warming = False
     while True:
         if not warming and not poller.poll(0):
@@ -575,20 +707,24 @@ def main(argv: list[str]) -> None:
             meta, values, buffers = wire.read_message(cmd_fd)
         except EOFError:
             break
+        job = pickle.loads(meta)
+        talk.begin(job)
         try:
-            reply = run_job(pickle.loads(meta), values, buffers)
+            reply = run_job(job, values, buffers)
         except BaseException as exc:  # noqa: BLE001 - a bug here, not in the cell
             error = f"internal error in the worker process: {wire.error_text(exc)}"
             reply = ({"ok": False, "shipping": error}, b"", [])
-        del meta, values, buffers
+        del meta, values, buffers, job
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the cell changed it
         reply_meta, reply_values, reply_buffers = reply
         del reply
+        reply_meta["cost"] = talk.end()
         reply_meta["marked"] = _end_of_output(stdout, stderr, marker, pipes)
         try:
-            wire.write_message(
-                reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
-            )
+            with talk.lock:  # after a note being written, never inside it
+                wire.write_message(
+                    reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
+                )
         except OSError:
             break
         del reply_meta, reply_values, reply_buffers

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ("MODULES", "close_session", "open_session", "run_job")
 
 #: The modules of the runtime the kernel sends, in import order (this one last).
-MODULES = ("wire", "child", "local", "dask_worker")
+MODULES = ("wire", "watch", "child", "local", "dask_worker")
 
 #: An idle child older than this (seconds since its last job) is ended.
 IDLE_TIMEOUT = 300.0
@@ -236,8 +236,9 @@ def run_job(
     reply, ``{"died": message, "chunks": n}`` when the child died, and ``{"stopped":
     True, "chunks": n}`` when the task was cancelled meanwhile (the child is killed
     and reaped by then). Events on ``topic``: ``[tag, "start", address, pid]``, then
-    the output as ``[tag, "stdout"|"stderr", text]`` (``n`` of them), then ``[tag,
-    "end", stopped]`` once the child is done with (or gone).
+    the output as ``[tag, "stdout"|"stderr", text]`` and the job's notes as ``[tag,
+    "note", note]`` (``n`` of them in all), then ``[tag, "end", stopped]`` once the
+    child is done with (or gone).
     """
     from distributed import get_worker
 
@@ -250,7 +251,7 @@ def run_job(
     lock = threading.Lock()  # the two readers emit at once
     sent = [0]
 
-    def emit(stream: str, text: str) -> None:
+    def emit(stream: str, text: Any) -> None:
         with lock:
             sent[0] += 1
             worker.log_event(topic, [tag, stream, text])
@@ -265,6 +266,7 @@ def run_job(
                 _chunked(emit),
                 readonly=readonly,
                 wanted=wanted,
+                on_note=lambda note: emit("note", note),
             )
         except local.Died as died:
             return {"died": str(died), "chunks": sent[0]}

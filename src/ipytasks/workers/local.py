@@ -22,7 +22,8 @@ Talking
 One job at a time (:meth:`Child.run`): the job as one :mod:`.wire` message, the reply as
 another. Meanwhile two :class:`StreamPump` threads read fd 1 and fd 2 as the bytes
 arrive (C extensions' writes and a segfault's faulthandler dump included) and hand the
-text on. Each job ends with a random marker on both streams, so the reply is returned
+text on; the notes the job sends ahead of its reply (progress, where it is) are handed on
+as they come. Each job ends with a random marker on both streams, so the reply is returned
 only once all the job's output is in, and output is never given to the next job.
 
 Ending
@@ -48,7 +49,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import wire
+from . import child, wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -68,8 +69,8 @@ __all__ = (
 #: The child's first argument: how to recognise a worker process in ``ps``.
 TAG = "ipytasks-worker"
 #: The modules the child runs, in import order, and the private package they form there.
-CHILD_MODULES = ("wire", "child")
-PACKAGE = "_ipytasks_worker"
+CHILD_MODULES = ("wire", "watch", "child")
+PACKAGE = child.PACKAGE
 
 DIED = "worker process died ({how})"
 SIGKILL_HINT = "; the system may have run out of memory, or it was killed from outside"
@@ -348,6 +349,7 @@ class Child:
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
+        self._on_error = on_error
         self.killed = False
         self.last_used = time.monotonic()
         self._unsent = self._send_code(code)
@@ -388,6 +390,7 @@ class Child:
         *,
         readonly: list[bool] | None = None,
         wanted: Callable[[], bool] | None = None,
+        on_note: Callable[[Any], None] | None = None,
     ) -> tuple[dict[str, Any], Any, list[Any]] | None:
         """Run one job: the reply ``(meta, values, buffers)``, meta unpickled, once all the
         job's output went to ``emit(stream, text)``; ``None`` if it was killed meanwhile.
@@ -398,6 +401,8 @@ class Child:
         :param readonly: each buffer's read-only flag, when not the buffer's own.
         :param wanted: asked every :data:`CHECK_INTERVAL` seconds while the job runs; once
             it says no, the child is killed and ``None`` returned.
+        :param on_note: receives each note the job sends before its reply (its progress,
+            where it is: see :class:`.child.JobTalk`).
         :raises Died: the child ended first (not killed by :meth:`kill`), or the pipes
             went out of step (it is killed then).
         """
@@ -412,14 +417,10 @@ class Child:
                     self._unsent = self._unsent[os.write(self._cmd, self._unsent) :]
                 wire.write_message(self._cmd, meta, values, buffers, readonly)
                 del meta, values, buffers
-                if wanted is not None:
-                    poller = select.poll()
-                    poller.register(self._rep, select.POLLIN)
-                    while not poller.poll(CHECK_INTERVAL * 1000):
-                        if not wanted():
-                            self.kill()
-                            return None
-                reply_meta, reply_values, reply_buffers = wire.read_message(self._rep)
+                reply = self._reply(wanted, on_note)
+                if reply is None:
+                    return None
+                reply_meta, reply_values, reply_buffers = reply
             except (OSError, EOFError):
                 if self.killed:
                     return None
@@ -440,6 +441,35 @@ class Child:
                 self._busy = False
                 if self._closed:
                     self._close_pipes()
+
+    def _reply(
+        self, wanted: Callable[[], bool] | None, on_note: Callable[[Any], None] | None
+    ) -> tuple[Any, Any, list[Any]] | None:
+        """Read until the job's reply, handing on its notes; ``None``: killed, unwanted."""
+        poller = select.poll()
+        poller.register(self._rep, select.POLLIN)
+        check = time.monotonic() + CHECK_INTERVAL
+        while True:
+            if wanted is not None:
+                # Asked as often while notes come as while nothing does.
+                ready = poller.poll(CHECK_INTERVAL * 1000)
+                if not ready or time.monotonic() >= check:
+                    check = time.monotonic() + CHECK_INTERVAL
+                    if not wanted():
+                        self.kill()
+                        return None
+                if not ready:
+                    continue
+            message = wire.read_message(self._rep)
+            note = wire.note_of(message[0])
+            if note is None:
+                return message
+            if on_note is not None:
+                try:
+                    on_note(note)
+                except Exception as exc:  # noqa: BLE001 - a note lost, never the job
+                    if self._on_error is not None:
+                        self._on_error(exc)
 
     def mute(self) -> None:
         """Send its output nowhere from now on (until the next job)."""

@@ -13,6 +13,10 @@ One message, either way::
              (so objects shared between names stay shared and each is sent once)
     buffers  the raw bytes of each out-of-band buffer (pickle protocol 5)
 
+A *note* is a message whose meta starts with :data:`NOTE` (a pickle starts with 0x80)
+and carries no values: what a job tells while it runs (its progress, where it is),
+sent on the reply pipe ahead of the job's reply.
+
 Buffers of 64 KiB and more (NumPy arrays, ``bytes``, ``bytearray``) leave the
 pickle: they are written straight from the object's memory and read straight into
 the memory of the object that is rebuilt, so a 200 MB array is never copied into
@@ -35,10 +39,12 @@ if TYPE_CHECKING:
 
 __all__ = (
     "INLINE_LIMIT",
+    "NOTE",
     "RESULT",
     "ValuePacker",
     "error_text",
     "load_values",
+    "note_of",
     "read_message",
     "type_name",
     "write_message",
@@ -48,6 +54,8 @@ __all__ = (
 INLINE_LIMIT = 64 * 1024
 #: How messages name the value of a cell's last expression.
 RESULT = "the cell's result (its last expression)"
+#: The first byte of a note's meta.
+NOTE = b"N"
 
 _HEAD = struct.Struct("<QQI")
 _ENTRY = struct.Struct("<QB")
@@ -174,6 +182,13 @@ def read_message(fd: int) -> tuple[bytes | bytearray, bytes | bytearray, list[An
     values = _read_exactly(fd, values_len)
     buffers = [_read_buffer(fd, size, bool(readonly)) for size, readonly in entries]
     return meta, values, buffers
+
+
+def note_of(meta: bytes | bytearray) -> Any:
+    """The note a message carries, or ``None`` when it is a job's reply."""
+    if meta[:1] != NOTE:
+        return None
+    return pickle.loads(meta[1:])
 
 
 # -- pickling values ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ipytasks.dependencies import GraphEdge, GraphNode, TaskGraph
-from ipytasks.overview.taskgraph import (
+from ipytasks.overview.graph import (
     graph_geometry,
     graph_mermaid,
     graph_text,
@@ -95,8 +95,8 @@ def test_layout_does_not_depend_on_states_and_is_kept() -> None:
 
 def test_layout_is_the_same_in_another_process() -> None:
     """The same graph gets the same picture in a fresh interpreter (no hash or address order)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_taskgraph import pipeline;"
-            "from ipytasks.overview.taskgraph import graph_geometry;"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_graph import pipeline;"
+            "from ipytasks.overview.graph import graph_geometry;"
             "print(repr(graph_geometry(pipeline())))")
     here = str(Path(__file__).parent)
     runs = {subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True,
