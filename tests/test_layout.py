@@ -131,3 +131,22 @@ def test_the_worker_runtime_imports_only_itself_and_the_standard_library() -> No
                     assert id(node) not in top_level, where
                 else:
                     assert top in sys.stdlib_module_names or top == "__future__", where
+
+
+def test_a_cell_is_analysed_once_where_it_is_compiled() -> None:
+    """Only cells.py analyses a cell's tree (its CompiledCell keeps the answer); the other
+    callers of the analysis read ``cell.names`` (dependencies.py analyses a --map EXPR,
+    which is no cell)."""
+    callers = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "namespace" and path.name == "analysis.py":
+            continue
+        tree = ast.parse(path.read_text())
+        calls = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and ast.unparse(node.func) in ("analyze", "analysis.analyze")]
+        if calls:
+            callers[_module_name(path)[0]] = calls
+    assert callers == {
+        "ipytasks.cells": ["analyze(tree)"],
+        "ipytasks.dependencies": ["analyze(_expression_module(expr))"],
+    }

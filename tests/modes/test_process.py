@@ -68,6 +68,27 @@ def process(**kwargs: Any) -> TaskOptions:
     return TaskOptions(mode="process", **kwargs)
 
 
+async def test_a_process_cell_is_analysed_once(
+    sched: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submitting, refusing-or-not, taking the inputs, inferring edges and merging the
+    names back all read the one analysis made when the cell was compiled."""
+    from ipytasks.namespace import analysis
+
+    analysed: list[int] = []
+    real = analysis._Analyzer.run
+
+    def counted(self: Any, body: Any) -> None:
+        analysed.append(len(body))
+        real(self, body)
+
+    monkeypatch.setattr(analysis._Analyzer, "run", counted)
+    sched.shell.user_ns["data"] = [1, 2, 3]
+    record = await run(sched, "total = sum(data)\ntotal * 2", "once", process())
+    assert record.result == 12 and sched.shell.user_ns["total"] == 6
+    assert analysed == [2]
+
+
 async def test_a_map_item_runs_with_its_item(ip: Any) -> None:
     """A --map item runs in a worker with VAR bound to its item; only its result comes back."""
     from ipytasks.cells import MapItemCell, compile_cell, compile_map_function

@@ -147,7 +147,7 @@ class ResultCache:
         names = task_names(cell, record.options)
         if names.unknown:
             return Plan(refused=f"its names cannot be known ({names.unknown})")
-        inputs, _ = inputs_of(self.shell, _analysis(cell))
+        inputs, _ = inputs_of(self.shell, cell.names)
         fingerprints: dict[str, bytes] = {}
         for name, value in inputs.items():
             try:
@@ -280,7 +280,8 @@ class ResultCache:
         """
         assert plan.key is not None
         cell = record.cell
-        names = _analysis(cell)
+        assert isinstance(cell, CompiledCell)  # a cached task is never a --map item
+        names = cell.names
         user_ns = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", {})
         values = {
@@ -423,12 +424,6 @@ def _submit(fn: Any, *args: Any) -> concurrent.futures.Future[str | None]:
 
 class _NotStorable(Exception):
     pass
-
-
-def _analysis(cell: Any) -> Any:
-    from ..namespace.analysis import analyze
-
-    return analyze(cell.tree)
 
 
 def _file_size(file: Any) -> int:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from .. import costs
 from ..cells import MapItemCell
 from ..errors import BadArgument, RemoteError, TaskError
-from ..namespace.analysis import analyze
 from ..namespace.shipping import Job, Reply, merge
 from .abc import Mode
 
@@ -70,7 +69,7 @@ class WorkerMode(Mode):
         """Refuse, at submission, a cell that cannot run in a worker whatever happens."""
         # prepared at submission: the task's own cell, never a --map item's
         assert task.cell is not None and not isinstance(task.cell, MapItemCell)
-        names = analyze(task.cell.tree)
+        names = task.cell.names
         if names.unknown:
             raise BadArgument(UNKNOWN_NAMES.format(name=task.name, reason=names.unknown))
         magics = sorted(getattr(names, "magics", ()))
@@ -94,14 +93,14 @@ class WorkerMode(Mode):
             # One item of --map: the cell with VAR bound to the item. What an item
             # binds stays in its own scope, so only its result comes back.
             var = cell.function.__code__.co_varnames[0]
-            names = analyze(cell.cell.tree)
+            names = cell.cell.names
             job = Job.take(self.shell, cell.cell, names)
             job.inputs.pop(var, None)
             job.inputs[var] = cell.item
             job.binds = job.deletes = frozenset()
             job.placeholders = []
         else:
-            names = analyze(cell.tree)
+            names = cell.names
             job = Job.take(self.shell, cell, names)
         job.sample = costs.watching()  # say where the body is while a dashboard shows it
         changed = sorted(set(job.inputs) & (names.mutates - names.binds))
