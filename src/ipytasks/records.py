@@ -14,24 +14,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import RemoteError, TaskError
 from .options import TaskOptions
 
 if TYPE_CHECKING:
     from .cells import CompiledCell, MapItemCell
     from .output import TaskOutput
+    from .reports import Progress
 
-__all__ = (
-    "TaskState",
-    "TaskOptions",
-    "TaskRecord",
-    "TaskRegistry",
-    "TaskError",
-    "TaskFailed",
-    "TaskCancelled",
-    "TaskSkipped",
-    "TaskConflictWarning",
-    "BrokenWorker",
-)
+__all__ = ("TaskOptions", "TaskRecord", "TaskRegistry", "TaskState")
 
 
 class TaskState(enum.StrEnum):
@@ -73,47 +64,6 @@ UNSUCCESSFUL = frozenset(
 )
 
 
-class TaskError(Exception):
-    """Base class of the errors ipytasks raises about tasks."""
-
-
-class TaskCancelled(TaskError):
-    """The task was cancelled before it could finish (``%cancel``, unload, shutdown)."""
-
-
-class TaskSkipped(TaskError):
-    """The task never ran: a task it waits for did not succeed (``--on-error stop``)."""
-
-
-class BrokenWorker(TaskError):
-    """The worker process running the task died: a crash, ``os._exit``, a kill, no memory."""
-
-
-class TaskConflictWarning(UserWarning):
-    """Two tasks that may run at the same time share a name, so their order decides its value."""
-
-
-class TaskFailed(TaskError):
-    """One or more awaited tasks failed, timed out or were skipped.
-
-    ``failures`` holds their records; the message lists each with its traceback.
-    """
-
-    def __init__(self, failures: list[TaskRecord]) -> None:
-        self.failures = list(failures)
-        names = ", ".join(f"{r.name} ({r.state})" for r in self.failures)
-        n = len(self.failures)
-        parts = [f"{n} task{'s' if n != 1 else ''} did not succeed: {names}"]
-        for record in self.failures:
-            parts.append(f"\n--- {record.name}: {record.state} ---\n{record.error_text()}")
-        super().__init__("".join(parts).rstrip())
-
-    def _render_traceback_(self) -> list[str]:
-        # What IPython shows when a cell raises this: the failed tasks' own tracebacks (in
-        # the message), not the frames of the wait that raised it.
-        return f"{type(self).__name__}: {self}".splitlines()
-
-
 @dataclass(eq=False, slots=True)
 class TaskRecord:
     """One submission of one cell: its options, its state, its timings and its outcome.
@@ -150,6 +100,18 @@ class TaskRecord:
     #: it was not stored.
     cache_key: str | None = field(default=None, repr=False)
     cache_note: str | None = field(default=None, repr=False)
+    #: How far the running body says it is (a tqdm bar, ``ipytasks.progress``), or
+    #: ``None``: a :class:`~ipytasks.reports.Progress`, kept after the end.
+    progress: Progress | None = field(default=None, repr=False)
+    #: CPU seconds the body used: its thread's (thread mode), its worker process's
+    #: (process, dask); ``None`` where it is not measured (async mode).
+    cpu_time: float | None = None
+    #: The most resident memory, in bytes, its worker process held while it ran
+    #: (process, dask); ``None`` in the kernel's own threads.
+    peak_rss: int | None = None
+    #: Where the running body is (``line 3 of the cell › linalg.py:120 in solve``), as
+    #: last looked at while a dashboard showed it.
+    where: str | None = field(default=None, repr=False)
     # A --map task's items, when they could be evaluated at submission.
     _map_items: list[Any] | None = field(default=None, repr=False)
     # Set by the scheduler: an asyncio.Event set when the task ends.
@@ -157,6 +119,10 @@ class TaskRecord:
     _runner: Any = field(default=None, repr=False)
     # A worker process's rendering of a Figure result: (data, metadata) to show for it.
     _result_display: Any = field(default=None, repr=False)
+    # The bars a running body told of (reports._Bars), and how to look where it is now.
+    _bars: Any = field(default=None, repr=False)
+    _sampler: Any = field(default=None, repr=False)
+    _looked: float = field(default=-1e9, repr=False)
 
     @property
     def group(self) -> str | None:
@@ -182,9 +148,14 @@ class TaskRecord:
         """The error with its traceback, as plain text (empty when there is none)."""
         if self.error is None:
             return ""
-        if isinstance(self.error, TaskError | TimeoutError) and self.error.__traceback__ is None:
-            return f"{type(self.error).__name__}: {self.error}"
-        text = "".join(traceback.format_exception(self.error)).rstrip()
+        error = self.error
+        if (
+            isinstance(error, TaskError | TimeoutError)
+            and not isinstance(error, RemoteError)  # a worker's exception: shown in full
+            and error.__traceback__ is None
+        ):
+            return f"{type(error).__name__}: {error}"
+        text = "".join(traceback.format_exception(error)).rstrip()
         if self.cell is not None and self.cell.number:
             # Name the cell as IPython does, rather than by its cache file.
             text = text.replace(f'File "{self.cell.filename}"', f"Cell In[{self.cell.number}]")

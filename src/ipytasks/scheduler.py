@@ -25,26 +25,24 @@ import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from . import plots
+from . import plots, reports
 from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .dependencies import DependencyIndex, TaskGraph, TaskNames, task_graph, task_names
-from .errors import BadArgument, NotLoaded
-from .limits import Limiter, RateLimiter
-from .modes import Mode, get_mode_class
-from .output import TaskOutput, _report_internal_error, current_output
-from .records import (
-    SUCCESSFUL,
+from .errors import (
+    BadArgument,
+    NotLoaded,
+    RemoteError,
     TaskCancelled,
     TaskConflictWarning,
     TaskError,
     TaskFailed,
-    TaskOptions,
-    TaskRecord,
-    TaskRegistry,
     TaskSkipped,
-    TaskState,
 )
+from .limits import Limiter, RateLimiter
+from .modes import Mode, get_mode_class
+from .output import TaskOutput, _report_internal_error, current_output
+from .records import SUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry, TaskState
 
 __all__ = ("Scheduler",)
 
@@ -243,6 +241,9 @@ class Scheduler:
         self._closed = False
         atexit.register(self._at_exit)
         plots.install()  # pyplot's figures per task, from now until close()
+        # Tasks whose progress changed, told to the feeds and views at the loop's next turn.
+        self._progressing: set[TaskRecord] = set()
+        reports.install(self._progressed)  # tasks' tqdm bars are told, not drawn
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -674,6 +675,7 @@ class Scheduler:
         if record.started is None:
             record.started = time.time()
         record.attempts += 1
+        reports.reset(record)
         self._changed(record)
         mode = self._mode(record.mode)
         timeout = record.options.timeout
@@ -846,6 +848,24 @@ class Scheduler:
             self._ticking.discard(record)
         contextvars.Context().run(sink.flush)
 
+    def _progressed(self, record: TaskRecord) -> None:
+        """A task's progress changed (any thread): its views and the feeds hear of it on
+        the loop, once for the changes made until then; each throttles as for output."""
+        if record in self._progressing:
+            return
+        self._progressing.add(record)
+        try:
+            self.loop.call_soon_threadsafe(
+                self._show_progress, record, context=contextvars.Context())
+        except RuntimeError:  # the loop is closed: ipytasks was unloaded
+            pass
+
+    def _show_progress(self, record: TaskRecord) -> None:
+        self._progressing.discard(record)
+        self._tell_feeds(record)
+        if record.sink is not None:
+            record.sink._arm_flush()
+
     def _tell_feeds(self, record: TaskRecord) -> None:
         for feed in self._feeds:
             records = feed._records
@@ -959,6 +979,7 @@ class Scheduler:
             self._modes.clear()
             self._host.close()
             plots.uninstall()
+            reports.uninstall()
         return unfinished
 
     def _at_exit(self) -> None:
@@ -1018,5 +1039,5 @@ def _trim_traceback(error: BaseException, cell: CompiledCell | MapItemCell | Non
         tb = tb.tb_next
     if tb is not None:
         error.__traceback__ = tb
-    elif isinstance(error, TaskError):
+    elif isinstance(error, TaskError) and not isinstance(error, RemoteError):
         error.__traceback__ = None  # ipytasks' own error: its frames say nothing to the user

@@ -1,41 +1,40 @@
-"""What runs inside a worker process of process mode, and the wire format.
+"""What runs inside a worker process: its loop, and one cell run as a job.
 
-This file is the whole worker. The kernel starts it by path, as
-``python -P -u -c <bootstrap> .../_worker.py CMD_FD REPLY_FD PARENT_PID MARKER``,
-so that it imports nothing from the kernel side: not IPython, not ipykernel, not
-the rest of ipytasks (``import ipytasks._worker`` would run the package's
-``__init__``, which loads IPython). It uses the standard library, and cloudpickle
-when a value needs it. The kernel imports this module too, for the wire format
-and the picklers, so both ends encode values the same way.
+The parent (:mod:`.local`: the kernel for process mode, a Dask worker for dask mode)
+starts a fresh interpreter that loads this module, :mod:`.wire` and :mod:`.watch` from code the
+parent sends, as a private package, and calls :func:`main`. So it imports nothing
+from the kernel side: not IPython, not ipykernel, not the rest of ipytasks
+(``import ipytasks`` would load IPython), and nothing of ipytasks needs to be
+installed where it runs. It uses the standard library, and cloudpickle when a value
+needs it.
 
-Wire format
------------
-One message, either way, over a pipe::
+The loop (:func:`main`), one job at a time::
 
-    header   <Q meta length> <Q values length> <I number of buffers>
-    table    per buffer: <Q length> <B read-only flag>
-    meta     a plain pickle of builtins (dicts, lists, str, int, bytes)
-    values   named values, each one pickle, one after the other, from ONE pickler
-             (so objects shared between names stay shared and each is sent once)
-    buffers  the raw bytes of each out-of-band buffer (pickle protocol 5)
+    job pipe  --read_message-->  run_job: inputs unpickled into a fresh namespace,
+                                 the cell compiled (or the kernel's code objects),
+                                 run (asyncio.run for top-level await), figures
+                                 rendered, bound names pickled
+    fd 1, 2   <-- the cell's output, as it prints; then an end-of-job marker on each
+    reply pipe <--notes--         while it runs: its tqdm bars' progress, where it is
+    reply pipe <--write_message-- {ok, names, deleted, result, displays, cost} and
+                                 values, or {error: described} or {shipping: message}
 
-Buffers of 64 KiB and more (NumPy arrays, ``bytes``, ``bytearray``) leave the
-pickle: they are written straight from the object's memory and read straight into
-the memory of the object that is rebuilt, so a 200 MB array is never copied into
-a pickle on either side. Large ``bytes`` are read into a fresh ``bytes`` object
-(CPython), so even they are not copied after the read.
-
-The worker
-----------
-* ignores SIGINT (the kernel's interrupt goes to its whole process group; the
-  worker also runs in a process group of its own), and dies with the kernel: a
-  thread watches the command pipe for hang-up, and on Linux ``PR_SET_PDEATHSIG``
-  asks the OS to kill it when the kernel dies;
-* runs one job at a time, each in a fresh namespace holding only the shipped
-  inputs; nothing is kept between jobs but imported modules;
-* after each job flushes its streams and writes a marker to fd 1 and fd 2, so the
-  kernel knows it has seen all the output of the job before it ends the task;
-* renders the figures a job leaves open (and one that is its result) as the
+* It ignores SIGINT (the kernel's interrupt goes to its whole process group; the
+  worker also runs in a process group of its own), and dies with its parent: a
+  thread watches the job pipe for hang-up, and on Linux ``PR_SET_PDEATHSIG`` asks
+  the OS to kill it when the parent dies.
+* Each job runs in a fresh namespace holding only the shipped inputs; nothing is
+  kept between jobs but imported modules.
+* After each job it flushes its streams and writes a marker to fd 1 and fd 2, so
+  the parent knows it has seen all the output of the job before it ends the task.
+* A job's exception is described (type, message, frames of the cell, the chain, a
+  pickle of it when it pickles) for the kernel to raise it again with the cell's
+  lines (:func:`ipytasks.namespace.shipping.rebuild_error`).
+* While a job runs, :class:`JobTalk` sends notes on the reply pipe ahead of the
+  reply: its tqdm bars' progress (:class:`.watch.TqdmWatch`; ``ipytasks.progress``
+  too), and where its body is once a second when the kernel asks; the reply says
+  what the job cost (CPU time, peak memory).
+* It renders the figures a job leaves open (and one that is its result) as the
   notebook's inline backend would, with the formats and ``print_figure`` options
   the kernel sends, and sends them back with the reply; matplotlib's backend here
   is Agg with a ``show()`` that does the same at that point (:data:`BACKEND`).
@@ -54,281 +53,24 @@ import signal
 import struct
 import sys
 import threading
-import types
+
+from . import watch, wire
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the worker 15 ms
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = (
-    "INLINE_LIMIT",
-    "Unshippable",
-    "ValuePacker",
-    "load_values",
-    "read_message",
-    "run_job",
-    "write_message",
-)
+__all__ = ("BACKEND", "end_figures", "main", "render_figure", "run_job", "split_compile")
 
-#: Buffers smaller than this travel inside the pickle; larger ones out of band.
-INLINE_LIMIT = 64 * 1024
-
-_HEAD = struct.Struct("<QQI")
-_ENTRY = struct.Struct("<QB")
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect
 _MAX_CHAIN = 8  # how many chained exceptions (cause/context) are described
 
 CANNOT_SEND_BACK = "cannot send {what} ({type}) back from the worker process: {error}"
 CANNOT_RECEIVE = "cannot receive {name!r} ({type}) in the worker process: {error}"
-RESULT = "the cell's result (its last expression)"
 
 
 class Unshippable(Exception):
     """A value cannot be pickled or unpickled; the message names it."""
-
-
-def type_name(value: Any) -> str:
-    """``module.Qualname`` of the value's type, without ``builtins.``."""
-    cls = type(value)
-    module = getattr(cls, "__module__", None)
-    name = getattr(cls, "__qualname__", cls.__name__)
-    return name if module in (None, "builtins") else f"{module}.{name}"
-
-
-# -- reading and writing messages ---------------------------------------------------
-
-
-def _write_views(fd: int, views: list[memoryview]) -> None:
-    views = [v for v in views if v.nbytes]
-    while views:
-        written = os.writev(fd, views[:64])
-        while written:
-            head = views[0]
-            if written >= head.nbytes:
-                written -= head.nbytes
-                views.pop(0)
-            else:
-                views[0] = head[written:]
-                written = 0
-
-
-def write_message(
-    fd: int,
-    meta: bytes,
-    values: bytes,
-    buffers: list[pickle.PickleBuffer],
-    readonly: list[bool] | None = None,
-) -> None:
-    """Write one message; blocks until the pipe has taken all of it.
-
-    ``readonly`` gives each buffer's read-only flag when it is not the buffer's own
-    (dask mode: a buffer that was writable in the kernel may arrive read-only).
-    """
-    raws = [b.raw() for b in buffers]
-    try:
-        flags = [m.readonly for m in raws] if readonly is None else readonly
-        table = b"".join(
-            _ENTRY.pack(m.nbytes, flag) for m, flag in zip(raws, flags, strict=True)
-        )
-        head = _HEAD.pack(len(meta), len(values), len(raws)) + table
-        _write_views(fd, [memoryview(head), memoryview(meta), memoryview(values)])
-        for m in raws:
-            _write_views(fd, [m])
-    finally:
-        for m in raws:
-            m.release()
-
-
-def _read_into(fd: int, view: memoryview) -> None:
-    pos, size = 0, view.nbytes
-    while pos < size:
-        n = os.readv(fd, [view[pos:]])
-        if n == 0:
-            raise EOFError("the pipe was closed")
-        pos += n
-
-
-def _read_exactly(fd: int, size: int) -> bytearray:
-    buf = bytearray(size)
-    if size:
-        with memoryview(buf) as view:
-            _read_into(fd, view)
-    return buf
-
-
-_fresh_bytes_api: Any = None
-
-
-def _fresh_bytes(size: int) -> tuple[bytes, memoryview] | None:
-    """A new ``bytes`` of ``size`` (not yet seen by anyone) and a writable view of it.
-
-    CPython only: this is what ``os.read`` does internally. Returns ``None`` elsewhere.
-    """
-    global _fresh_bytes_api
-    if sys.implementation.name != "cpython" or size < 2:
-        return None
-    if _fresh_bytes_api is None:
-        import ctypes
-
-        make = ctypes.pythonapi.PyBytes_FromStringAndSize
-        make.restype = ctypes.py_object
-        make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        _fresh_bytes_api = (ctypes, make, bytes.__basicsize__ - 1)
-    ctypes, make, offset = _fresh_bytes_api
-    data = make(None, size)
-    view = memoryview((ctypes.c_char * size).from_address(id(data) + offset)).cast("B")
-    return data, view
-
-
-def _read_buffer(fd: int, size: int, readonly: bool) -> bytes | bytearray:
-    if readonly and size >= INLINE_LIMIT:
-        fresh = _fresh_bytes(size)
-        if fresh is not None:
-            data, view = fresh
-            with view:
-                _read_into(fd, view)
-            return data
-    return _read_exactly(fd, size)
-
-
-def read_message(fd: int) -> tuple[bytes | bytearray, bytes | bytearray, list[Any]]:
-    """Read one message: ``(meta, values, buffers)``.
-
-    :raises EOFError: the other end closed the pipe (before or during the message).
-    """
-    meta_len, values_len, count = _HEAD.unpack(_read_exactly(fd, _HEAD.size))
-    table = _read_exactly(fd, _ENTRY.size * count)
-    entries = [_ENTRY.unpack_from(table, i * _ENTRY.size) for i in range(count)]
-    meta = _read_exactly(fd, meta_len)
-    values = _read_exactly(fd, values_len)
-    buffers = [_read_buffer(fd, size, bool(readonly)) for size, readonly in entries]
-    return meta, values, buffers
-
-
-# -- pickling values ----------------------------------------------------------------
-
-
-def _out_of_band(obj: Any) -> Any:
-    """The reduction that sends a large ``bytes``/``bytearray`` out of band, or NotImplemented."""
-    cls = type(obj)
-    if cls is bytes and len(obj) >= INLINE_LIMIT:
-        # bytes(b) of a bytes object is that object: no copy when the buffer read
-        # on the other side is itself a bytes (see _read_buffer).
-        return bytes, (pickle.PickleBuffer(obj),)
-    if cls is bytearray and len(obj) >= INLINE_LIMIT:
-        # A writable buffer comes back as the bytearray it was read into.
-        import operator
-
-        return operator.getitem, ([pickle.PickleBuffer(obj)], 0)
-    if isinstance(obj, types.ModuleType):
-        name = getattr(obj, "__name__", None)
-        if name and name != "__main__" and sys.modules.get(name) is obj:
-            by_value = sys.modules.get("cloudpickle.cloudpickle")
-            check = getattr(by_value, "_is_registered_pickle_by_value", None)
-            if check is None or not check(obj):
-                import importlib
-
-                return importlib.import_module, (name,)
-    return NotImplemented
-
-
-class _PlainPickler(pickle.Pickler):
-    """The standard pickler, with large buffers out of band and modules by name."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        return _out_of_band(obj)
-
-
-class _Reduced:
-    """Pickles as the reduction it holds (this class itself never travels)."""
-
-    __slots__ = ("reduced",)
-
-    def __init__(self, reduced: Any) -> None:
-        self.reduced = reduced
-
-    def __reduce__(self) -> Any:
-        return self.reduced
-
-
-_cloud_pickler_class: Any = None
-
-
-def _cloud_pickler() -> type:
-    """cloudpickle's pickler with the same extras (imported on first use)."""
-    global _cloud_pickler_class
-    if _cloud_pickler_class is None:
-        import operator
-
-        import cloudpickle
-
-        cloud_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
-
-        def code_with_its_name(code: types.CodeType) -> Any:
-            rename = operator.methodcaller("replace", co_filename=code.co_filename)
-            return rename, (_Reduced(cloud_code(code)),)
-
-        class CloudPickler(cloudpickle.Pickler):
-            # Code objects keep their file name, which cloudpickle >= 3.1.3 replaces by
-            # "<dynamic-code>": the kernel shows a worker's traceback through a notebook
-            # function with that cell's lines, found by that name. The code travels as
-            # cloudpickle sends it and is renamed on arrival by the standard library alone
-            # (a Dask worker has no ipytasks to import).
-            dispatch_table = cloudpickle.Pickler.dispatch_table.new_child(
-                {types.CodeType: code_with_its_name}
-            )
-
-            def reducer_override(self, obj: Any) -> Any:
-                reduced = _out_of_band(obj)
-                if reduced is NotImplemented:
-                    return super().reducer_override(obj)
-                return reduced
-
-        _cloud_pickler_class = CloudPickler
-    return _cloud_pickler_class
-
-
-class ValuePacker:
-    """Pickles values one after the other into one stream, sharing one memo.
-
-    :param cloud: use cloudpickle (functions, lambdas and classes by value); else the
-        standard pickler, which refuses anything defined in ``__main__``.
-    """
-
-    def __init__(self, cloud: bool = True) -> None:
-        self.file = io.BytesIO()
-        self.buffers: list[pickle.PickleBuffer] = []
-        cls = _cloud_pickler() if cloud else _PlainPickler
-        self._pickler = cls(self.file, protocol=5, buffer_callback=self._take)
-
-    def _take(self, buffer: pickle.PickleBuffer) -> bool:
-        try:
-            with buffer.raw() as m:
-                size = m.nbytes
-        except BufferError:  # not contiguous: let pickle write it in band
-            return True
-        if size < INLINE_LIMIT:
-            return True
-        self.buffers.append(buffer)
-        return False
-
-    def add(self, value: Any) -> None:
-        self._pickler.dump(value)
-
-    def getvalue(self) -> bytes:
-        return self.file.getvalue()
-
-
-def load_values(values: bytes | bytearray | memoryview, buffers: list[Any], count: int) -> Any:
-    """Yield ``count`` values from a stream written by :class:`ValuePacker`."""
-    unpickler = pickle.Unpickler(io.BytesIO(values), buffers=buffers)
-    for _ in range(count):
-        yield unpickler.load()
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text
 
 
 # -- figures ------------------------------------------------------------------------
@@ -423,7 +165,7 @@ def end_figures(result: Any) -> tuple[list[Any], Any]:
         if is_figure:
             result_display = render_figure(result, _figure_settings)
     except Exception as exc:  # noqa: BLE001 - the job's values still go back
-        print(f"ipytasks: could not render a figure: {_error_text(exc)}", file=sys.stderr)
+        print(f"ipytasks: could not render a figure: {wire.error_text(exc)}", file=sys.stderr)
     finally:
         pyplot = sys.modules.get("matplotlib.pyplot")
         if pyplot is not None:
@@ -570,15 +312,15 @@ def _describe_error(
     try:
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the error
-        text = f"{type_name(exc)} (its message could not be formatted)\n"
+        text = f"{wire.type_name(exc)} (its message could not be formatted)\n"
     try:
         message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     except Exception:  # noqa: BLE001
-        message = type_name(exc)
+        message = wire.type_name(exc)
     pickled = None
     for cloud in (False, True):
         try:
-            packer = ValuePacker(cloud=cloud)
+            packer = wire.ValuePacker(cloud=cloud)
             packer.add(exc)
             if not packer.buffers:
                 pickled = packer.getvalue()
@@ -586,7 +328,7 @@ def _describe_error(
         except BaseException:  # noqa: BLE001 - then the kernel shows it as a RemoteError
             pass
     described: dict[str, Any] = {
-        "type": type_name(exc),
+        "type": wire.type_name(exc),
         "message": message,
         "text": text,
         "frames": frames,
@@ -612,8 +354,8 @@ def _is_closed_file(value: Any) -> bool:
 
 def _pack_outputs(
     names: list[str], namespace: dict[str, Any], has_result: bool, result: Any, cloud: bool
-) -> ValuePacker:
-    packer = ValuePacker(cloud=cloud)
+) -> wire.ValuePacker:
+    packer = wire.ValuePacker(cloud=cloud)
     for name in names:
         value = namespace[name]
         try:
@@ -621,7 +363,7 @@ def _pack_outputs(
         except BaseException as exc:  # noqa: BLE001 - named and sent back as the error
             raise Unshippable(
                 CANNOT_SEND_BACK.format(
-                    what=repr(name), type=type_name(value), error=_error_text(exc)
+                    what=repr(name), type=wire.type_name(value), error=wire.error_text(exc)
                 )
             ) from None
     if has_result:
@@ -629,7 +371,9 @@ def _pack_outputs(
             packer.add(result)
         except BaseException as exc:  # noqa: BLE001
             raise Unshippable(
-                CANNOT_SEND_BACK.format(what=RESULT, type=type_name(result), error=_error_text(exc))
+                CANNOT_SEND_BACK.format(
+                    what=wire.RESULT, type=wire.type_name(result), error=wire.error_text(exc)
+                )
             ) from None
     return packer
 
@@ -649,13 +393,13 @@ def run_job(
     _apply_environment(job)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     names = job["names"]
-    loader = load_values(values, buffers, len(names))
+    loader = wire.load_values(values, buffers, len(names))
     for name in names:
         try:
             namespace[name] = next(loader)
         except BaseException as exc:  # noqa: BLE001
             message = CANNOT_RECEIVE.format(
-                name=name, type=job["types"].get(name, "?"), error=_error_text(exc)
+                name=name, type=job["types"].get(name, "?"), error=wire.error_text(exc)
             )
             return {"ok": False, "shipping": message}, b"", []
     del loader, values, buffers
@@ -701,11 +445,11 @@ def run_job(
         meta = {
             "ok": True,
             "names": out_names,
-            "types": {n: type_name(namespace[n]) for n in out_names},
+            "types": {n: wire.type_name(namespace[n]) for n in out_names},
             "deleted": deleted,
             "left": left,
             "result": has_result,
-            "result_type": type_name(result),
+            "result_type": wire.type_name(result),
             "displays": displays,
             "result_display": result_display,
         }
@@ -715,6 +459,130 @@ def run_job(
         # Functions defined in the cell hold the namespace: break the cycle now,
         # so large inputs are freed before the next job, not at the next GC.
         namespace.clear()
+
+
+# -- what a job tells while it runs: its bars' progress, where it is, what it cost ------
+
+
+#: The private package the worker process runs this module in (made by :mod:`.local`'s
+#: bootstrap), and this module's name there: ``ipytasks.progress`` in a cell (which
+#: imports ipytasks) finds the running job's :class:`JobTalk` by it.
+PACKAGE = "_ipytasks_worker"
+WORKER_MODULE = PACKAGE + ".child"
+#: The running worker process's notes (``None`` in the kernel).
+_talk: JobTalk | None = None
+#: Least seconds between two progress notes of one bar (its end is always sent).
+NOTE_INTERVAL = 0.2
+#: Seconds between two looks at where a job's body is (when the kernel asked for them).
+SAMPLE_INTERVAL = 1.0
+
+
+class JobTalk:
+    """The worker process's side of a job's notes: its bars' progress, where its body is,
+    and what it cost. Notes go on the reply pipe ahead of the reply, one whole message
+    each, under one lock with the reply; a note from a thread the job left behind is
+    dropped once the job has replied."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.job = 0
+        self._count = 0
+        self._last: dict[Any, float] = {}
+        self._cost: tuple[float, float] = (0.0, 0.0)
+        self.watch = watch.TqdmWatch(self.owner, self.bar)
+
+    def owner(self) -> int | None:
+        return self.job or None
+
+    def begin(self, job: dict[str, Any]) -> None:
+        import time
+
+        self._count += 1
+        self._last.clear()
+        _reset_peak()
+        usage = _usage()
+        self._cost = (usage, time.monotonic())
+        with self.lock:
+            self.job = self._count
+        if job.get("sample"):
+            threading.Thread(target=self._sample, args=(self.job, threading.get_ident(),
+                                                       job["filename"]),
+                             name="ipytasks-sample", daemon=True).start()
+
+    def end(self) -> dict[str, Any]:
+        """Stop the notes; what the job cost: ``{"cpu": seconds, "rss": peak bytes}``."""
+        with self.lock:
+            self.job = 0
+        return {"cpu": _usage() - self._cost[0], "rss": _peak_rss()}
+
+    def send(self, job: int, note: dict[str, Any]) -> None:
+        data = wire.NOTE + pickle.dumps(note, protocol=5)
+        with self.lock:
+            if job != self.job:
+                return
+            try:
+                wire.write_message(self.fd, data, b"", [])
+            except OSError:
+                pass
+
+    def bar(self, job: int, key: Any, state: dict[str, Any], closed: bool) -> None:
+        import time
+
+        now = time.monotonic()
+        if not closed and now - self._last.get(key, -NOTE_INTERVAL) < NOTE_INTERVAL:
+            return
+        self._last[key] = now
+        self.send(job, {"progress": state, "key": key, "closed": closed})
+
+    def progress(self, done: float, total: float | None, note: str) -> None:
+        """``ipytasks.progress`` in a worker process."""
+        import time
+
+        job = self.job
+        if job:
+            elapsed = time.monotonic() - self._cost[1]
+            self.bar(job, "api", {"n": done, "total": total, "rate": None,
+                                  "elapsed": elapsed, "note": note, "unit": "it"},
+                     total is not None and done >= total)
+
+    def _sample(self, job: int, ident: int, filename: str) -> None:
+        import time
+
+        said = None
+        while self.job == job:
+            frame = sys._current_frames().get(ident)
+            where = watch.where_text(frame, filename) if frame is not None else None
+            del frame
+            if where != said:
+                said = where
+                self.send(job, {"where": where})
+            time.sleep(SAMPLE_INTERVAL)
+
+
+def _usage() -> float:
+    """CPU seconds (user and system) this process has used."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _reset_peak() -> None:
+    """Start the peak of resident memory again from now (Linux ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+    except OSError:
+        pass  # not Linux: the peak counts from the process's start
+
+
+def _peak_rss() -> int:
+    """The most resident memory this process held since the last reset, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 # -- the process --------------------------------------------------------------------
@@ -729,12 +597,12 @@ def _die_with_parent(parent_pid: int) -> None:
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
         except Exception:  # noqa: BLE001 - the pipe watch below still works
             pass
-    if os.getppid() != parent_pid:  # the kernel died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(0)
 
 
 def _watch_pipe(fd: int) -> None:
-    """Exit as soon as the kernel's end of the command pipe is closed (kernel gone)."""
+    """Exit as soon as the parent's end of the job pipe is closed (the parent is gone)."""
     import select
 
     poller = select.poll()
@@ -766,7 +634,7 @@ def _end_of_output(
     """Flush the streams and mark the end of a job's output on fd 1 and fd 2.
 
     A cell that closed or redirected fd 1 or fd 2 (``os.dup2``) gets them back on
-    the kernel's pipes first (``pipes``: fd -> (a duplicate, its identity)).
+    the parent's pipes first (``pipes``: fd -> (a duplicate, its identity)).
     Returns which of the two got their marker.
     """
     for stream in (sys.stdout, sys.stderr, stdout, stderr):
@@ -787,129 +655,9 @@ def _end_of_output(
     return marked
 
 
-class StreamPump:
-    """Reads one output stream of a worker process and hands its text on, job by job.
-
-    ``emit(name, text)`` receives the text of the current job (set by :meth:`begin`).
-    Counts the end-of-job markers it strips, so the job's owner can wait until the
-    output of a job is all in. Text read before the first job is kept for it (a
-    worker that fails to start says why there). Used by process mode in the kernel
-    and by dask mode on a Dask worker, so it needs nothing but the standard library.
-    """
-
-    def __init__(
-        self,
-        fd: int,
-        name: str,
-        marker: bytes,
-        thread_name: str,
-        on_error: Any = None,
-    ) -> None:
-        import threading
-
-        self.name = name
-        self._fd = fd
-        self._marker = marker
-        self._cond = threading.Condition()
-        self._emit: Any = None
-        self._on_error = on_error
-        self._started = False
-        self._early: list[str] = []
-        self.marks = 0
-        self.eof = False
-        self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
-        self.thread.start()
-
-    def begin(self, emit: Any) -> None:
-        """Send what comes from now on to ``emit(name, text)`` (``None``: nowhere)."""
-        with self._cond:
-            self._emit = emit
-            early, self._early = self._early, []
-            self._started = True
-            for text in early:
-                self._write(text)
-
-    def _write(self, text: str) -> None:
-        if self._emit is None:
-            return
-        try:
-            self._emit(self.name, text)
-        except Exception as exc:  # noqa: BLE001 - the reader must go on (markers)
-            if self._on_error is not None:
-                self._on_error(exc)
-
-    def wait_marks(self, count: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.marks >= count or self.eof, timeout)
-
-    def wait_eof(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.eof, timeout)
-
-    def _deliver(self, text: str) -> None:
-        if not text:
-            return
-        with self._cond:
-            if not self._started:
-                self._early.append(text)
-            else:
-                self._write(text)
-
-    def _run(self) -> None:
-        marker = self._marker
-        import codecs
-
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        carry = b""
-        try:
-            while True:
-                try:
-                    chunk = os.read(self._fd, 65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    break
-                data = carry + chunk if carry else chunk
-                carry = b""
-                while True:
-                    at = data.find(marker)
-                    if at < 0:
-                        break
-                    self._deliver(decoder.decode(data[:at], final=True))
-                    decoder.reset()
-                    data = data[at + len(marker) :]
-                    with self._cond:
-                        self.marks += 1
-                        self._cond.notify_all()
-                keep = _partial_marker(data, marker)
-                if keep:
-                    data, carry = data[:-keep], data[-keep:]
-                self._deliver(decoder.decode(data))
-        finally:
-            self._deliver(decoder.decode(carry, final=True))
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            with self._cond:
-                self.eof = True
-                self._cond.notify_all()
-
-
-def _partial_marker(data: bytes, marker: bytes) -> int:
-    """How many bytes at the end of ``data`` could be the start of ``marker``."""
-    tail = data[-(len(marker) - 1) :]
-    if marker[:1] not in tail:
-        return 0
-    for size in range(len(tail), 0, -1):
-        if data.endswith(marker[:size]):
-            return size
-    return 0
-
-
-def main(argv: list[str]) -> None:
-    cmd_fd, reply_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
-    marker = bytes.fromhex(argv[3])
+def _set_up(cmd_fd: int, reply_fd: int, parent_pid: int) -> tuple[Any, Any, dict[int, Any]]:
+    """Make this process a worker: deaf to SIGINT, dying with its parent, matplotlib's
+    backend ours, UTF-8 streams; returns them and fd 1 and fd 2 as they are now."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     sys.meta_path.insert(0, _BackendLoader)
@@ -926,14 +674,28 @@ def main(argv: list[str]) -> None:
             )
         except Exception:  # noqa: BLE001
             pass
-    stdout, stderr = sys.stdout, sys.stderr
     pipes = {fd: (os.dup(fd), _identity(fd)) for fd in (1, 2)}
-    faulthandler.enable(file=stderr)  # a segfault prints the Python traceback first
+    faulthandler.enable(file=sys.stderr)  # a segfault prints the Python traceback first
     threading.Thread(target=_watch_pipe, args=(cmd_fd,), name="ipytasks-watch", daemon=True).start()
+    return sys.stdout, sys.stderr, pipes
+
+
+def main(argv: list[str]) -> None:
+    """The worker process: one job after another, until the parent closes the job pipe.
+
+    ``argv``: the job pipe's fd, the reply pipe's fd, the parent's pid, the end-of-job
+    marker (hex).
+    """
     import select
 
+    cmd_fd, reply_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
+    marker = bytes.fromhex(argv[3])
+    stdout, stderr, pipes = _set_up(cmd_fd, reply_fd, parent_pid)
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
+    global _talk
+    _talk = talk = JobTalk(reply_fd)
+    talk.watch.install()
     warming = False
     while True:
         if not warming and not poller.poll(0):
@@ -942,30 +704,27 @@ def main(argv: list[str]) -> None:
             warming = True
             threading.Thread(target=_warm_cloudpickle, name="ipytasks-warm", daemon=True).start()
         try:
-            meta, values, buffers = read_message(cmd_fd)
+            meta, values, buffers = wire.read_message(cmd_fd)
         except EOFError:
             break
         job = pickle.loads(meta)
+        talk.begin(job)
         try:
             reply = run_job(job, values, buffers)
         except BaseException as exc:  # noqa: BLE001 - a bug here, not in the cell
-            reply = (
-                {
-                    "ok": False,
-                    "shipping": f"internal error in the worker process: {_error_text(exc)}",
-                },
-                b"",
-                [],
-            )
+            error = f"internal error in the worker process: {wire.error_text(exc)}"
+            reply = ({"ok": False, "shipping": error}, b"", [])
         del meta, values, buffers, job
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the cell changed it
         reply_meta, reply_values, reply_buffers = reply
         del reply
+        reply_meta["cost"] = talk.end()
         reply_meta["marked"] = _end_of_output(stdout, stderr, marker, pipes)
         try:
-            write_message(
-                reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
-            )
+            with talk.lock:  # after a note being written, never inside it
+                wire.write_message(
+                    reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
+                )
         except OSError:
             break
         del reply_meta, reply_values, reply_buffers
@@ -976,7 +735,3 @@ def main(argv: list[str]) -> None:
             pass
     # Not sys.exit: threads the cells started must not keep the process alive.
     os._exit(0)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
