@@ -54,7 +54,7 @@ import struct
 import sys
 import threading
 
-from . import watch, wire
+from . import segments, watch, wire
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the worker 15 ms
 if TYPE_CHECKING:
@@ -680,17 +680,32 @@ def _set_up(cmd_fd: int, reply_fd: int, parent_pid: int) -> tuple[Any, Any, dict
     return sys.stdout, sys.stderr, pipes
 
 
+def _shared_memory(arg: str) -> segments.SharedMemory | None:
+    """The shared memory with the parent: ``arg`` is ``FD:IDLE``, the descriptor of the
+    socket and the parent's :data:`.segments.IDLE`, or ``-`` (none: the platform has none)."""
+    if arg == "-":
+        return None
+    import socket
+
+    fd, _, idle = arg.partition(":")
+    segments.IDLE = float(idle)
+    sock = socket.socket(fileno=int(fd))
+    sock.set_inheritable(False)  # the cell's own subprocesses must not hold it
+    return segments.SharedMemory(sock, in_place=True)
+
+
 def main(argv: list[str]) -> None:
     """The worker process: one job after another, until the parent closes the job pipe.
 
     ``argv``: the job pipe's fd, the reply pipe's fd, the parent's pid, the end-of-job
-    marker (hex).
+    marker (hex), and ``FD:IDLE`` for shared memory (``-``: none; see :func:`_shared_memory`).
     """
     import select
 
     cmd_fd, reply_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
     marker = bytes.fromhex(argv[3])
     stdout, stderr, pipes = _set_up(cmd_fd, reply_fd, parent_pid)
+    shared = _shared_memory(argv[4])
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
     global _talk
@@ -703,27 +718,42 @@ def main(argv: list[str]) -> None:
             # need it. Not while a job waits: that one would share the GIL with it.
             warming = True
             threading.Thread(target=_warm_cloudpickle, name="ipytasks-warm", daemon=True).start()
+        if shared is not None and shared.holding() and not poller.poll(segments.IDLE * 1000):
+            shared.release()  # a while without a job: the warm segment goes
         try:
-            meta, values, buffers = wire.read_message(cmd_fd)
+            meta, values, buffers = wire.read_message(cmd_fd, shared)
         except EOFError:
             break
-        job = pickle.loads(meta)
+        except (OSError, ValueError) as exc:  # the pipe's part was read: the job fails
+            error = f"cannot read the job's values from shared memory: {wire.error_text(exc)}"
+            meta, values, buffers, job = b"", b"", [], {}
+            reply: tuple[dict[str, Any], bytes, list[Any]] | None = (
+                {"ok": False, "shipping": error}, b"", [])
+        else:
+            job, reply = pickle.loads(meta), None
         talk.begin(job)
-        try:
-            reply = run_job(job, values, buffers)
-        except BaseException as exc:  # noqa: BLE001 - a bug here, not in the cell
-            error = f"internal error in the worker process: {wire.error_text(exc)}"
-            reply = ({"ok": False, "shipping": error}, b"", [])
+        if reply is None:
+            try:
+                reply = run_job(job, values, buffers)
+            except BaseException as exc:  # noqa: BLE001 - a bug here, not in the cell
+                error = f"internal error in the worker process: {wire.error_text(exc)}"
+                reply = ({"ok": False, "shipping": error}, b"", [])
         del meta, values, buffers, job
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the cell changed it
         reply_meta, reply_values, reply_buffers = reply
         del reply
         reply_meta["cost"] = talk.end()
+        if shared is not None:
+            # Placed now, while the job's views of the kernel's segment are mapped; then
+            # they go, and the kernel hears of any the job left behind.
+            reply_buffers = shared.settle(reply_buffers)
+            reply_meta["kept"] = shared.end_message()
         reply_meta["marked"] = _end_of_output(stdout, stderr, marker, pipes)
         try:
             with talk.lock:  # after a note being written, never inside it
                 wire.write_message(
-                    reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
+                    reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers,
+                    shared=shared,
                 )
         except OSError:
             break

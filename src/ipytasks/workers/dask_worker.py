@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ("MODULES", "close_session", "open_session", "run_job")
 
 #: The modules of the runtime the kernel sends, in import order (this one last).
-MODULES = ("wire", "watch", "child", "local", "dask_worker")
+MODULES = ("segments", "wire", "watch", "child", "local", "dask_worker")
 
 #: An idle child older than this (seconds since its last job) is ended.
 IDLE_TIMEOUT = 300.0

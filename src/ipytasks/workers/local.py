@@ -7,7 +7,7 @@ standard library only: on a Dask worker it runs from source the kernel sent.
 
 Starting
 --------
-``python -P -u -c <bootstrap> ipytasks-worker CMD_FD REPLY_FD PARENT_PID MARKER`` in a
+``python -P -u -c <bootstrap> ipytasks-worker CMD_FD REPLY_FD PARENT_PID MARKER SHM`` in a
 process group of its own, stdin from ``/dev/null``, fd 1 and fd 2 as two pipes. The
 first thing on the job pipe is the compiled code of :data:`CHILD_MODULES` (marshal:
 the child is the parent's own interpreter); the bootstrap makes them a private package
@@ -20,11 +20,14 @@ start children on a thread that lives as long as they should.
 Talking
 -------
 One job at a time (:meth:`Child.run`): the job as one :mod:`.wire` message, the reply as
-another. Meanwhile two :class:`StreamPump` threads read fd 1 and fd 2 as the bytes
-arrive (C extensions' writes and a segfault's faulthandler dump included) and hand the
-text on; the notes the job sends ahead of its reply (progress, where it is) are handed on
-as they come. Each job ends with a random marker on both streams, so the reply is returned
-only once all the job's output is in, and output is never given to the next job.
+another; their buffers of a megabyte and more through shared memory (:mod:`.segments`,
+over a Unix socket passed as one more descriptor; Linux), whose warm segments each side
+gives up after :data:`.segments.IDLE` seconds without a job. Meanwhile two
+:class:`StreamPump` threads read fd 1 and fd 2 as the bytes arrive (C extensions' writes
+and a segfault's faulthandler dump included) and hand the text on; the notes the job
+sends ahead of its reply (progress, where it is) are handed on as they come. Each job
+ends with a random marker on both streams, so the reply is returned only once all the
+job's output is in, and output is never given to the next job.
 
 Ending
 ------
@@ -43,13 +46,14 @@ import pickle
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import child, wire
+from . import child, segments, wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,7 +73,7 @@ __all__ = (
 #: The child's first argument: how to recognise a worker process in ``ps``.
 TAG = "ipytasks-worker"
 #: The modules the child runs, in import order, and the private package they form there.
-CHILD_MODULES = ("wire", "watch", "child")
+CHILD_MODULES = ("segments", "wire", "watch", "child")
 PACKAGE = child.PACKAGE
 
 DIED = "worker process died ({how})"
@@ -295,6 +299,42 @@ def _partial_marker(data: bytes, marker: bytes) -> int:
     return 0
 
 
+class _IdleKeeper:
+    """Gives up the warm segments of children that have not run a job for a while: one
+    daemon thread for all of them, running only while some child holds one."""
+
+    def __init__(self) -> None:
+        import weakref
+
+        self._children: weakref.WeakSet[Child] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, child: Child) -> None:
+        with self._lock:
+            self._children.add(child)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="ipytasks-shm-idle", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(segments.IDLE / 4)
+            now = time.monotonic()
+            with self._lock:
+                children = list(self._children)
+                if not children:
+                    self._thread = None
+                    return
+            for child in children:
+                child.release_idle(now)
+            del children
+
+
+_idle_keeper = _IdleKeeper()
+
+
 class Child:
     """One worker process, its two pipes and its two output readers.
 
@@ -311,7 +351,14 @@ class Child:
         rep_r, rep_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        child_ends = (cmd_r, rep_w, out_w, err_w)
+        child_ends: tuple[int, ...] = (cmd_r, rep_w, out_w, err_w)
+        ours: socket.socket | None = None
+        theirs: socket.socket | None = None
+        if segments.supported():
+            try:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            except OSError:  # without it, everything goes through the pipes
+                ours = theirs = None
         try:
             _grow_pipe(cmd_w)
             _grow_pipe(rep_r)
@@ -327,22 +374,28 @@ class Child:
                     str(rep_w),
                     str(os.getpid()),
                     marker.hex(),
+                    f"{theirs.fileno()}:{segments.IDLE!r}" if theirs is not None else "-",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
-                pass_fds=(cmd_r, rep_w),
+                pass_fds=(cmd_r, rep_w) + ((theirs.fileno(),) if theirs is not None else ()),
                 env=child_environ(),
                 process_group=0,
             )
         except BaseException:
             for fd in (cmd_w, rep_r, out_r, err_r):
                 os.close(fd)
+            if ours is not None:
+                ours.close()
             raise
         finally:
             for fd in child_ends:
                 os.close(fd)
+            if theirs is not None:
+                theirs.close()
         self.pid = self.proc.pid
+        self._shared = segments.SharedMemory(ours, in_place=False) if ours is not None else None
         self._cmd = cmd_w
         self._rep = rep_r
         self._marks = [0, 0]
@@ -353,6 +406,8 @@ class Child:
         self.killed = False
         self.last_used = time.monotonic()
         self._unsent = self._send_code(code)
+        if self._shared is not None:
+            _idle_keeper.watch(self)
         self._pumps = (
             StreamPump(out_r, "stdout", marker, f"ipytasks-{self.pid}-stdout", on_error),
             StreamPump(err_r, "stderr", marker, f"ipytasks-{self.pid}-stderr", on_error),
@@ -415,7 +470,7 @@ class Child:
             try:
                 while self._unsent:
                     self._unsent = self._unsent[os.write(self._cmd, self._unsent) :]
-                wire.write_message(self._cmd, meta, values, buffers, readonly)
+                wire.write_message(self._cmd, meta, values, buffers, readonly, self._shared)
                 del meta, values, buffers
                 reply = self._reply(wanted, on_note)
                 if reply is None:
@@ -430,6 +485,10 @@ class Child:
                 self._death()
                 raise Died(LOST.format(error=wire.error_text(exc))) from None
             info = pickle.loads(reply_meta)
+            if self._shared is not None:
+                self._shared.end_message()
+                # Views of the kernel's segment the job left behind in the child.
+                self._shared.retire(info.get("kept") or [])
             for i, pump in enumerate(self._pumps):
                 if info.get("marked", (True, True))[i]:
                     self._marks[i] += 1
@@ -460,7 +519,7 @@ class Child:
                         return None
                 if not ready:
                     continue
-            message = wire.read_message(self._rep)
+            message = wire.read_message(self._rep, self._shared)
             note = wire.note_of(message[0])
             if note is None:
                 return message
@@ -502,6 +561,17 @@ class Child:
             if not self._busy:
                 self._close_pipes()
 
+    def release_idle(self, now: float) -> None:
+        """Give up the warm shared-memory segment if no job ran for :data:`.segments.IDLE`
+        seconds (the child gives up its own likewise)."""
+        with self._lock:
+            shared = self._shared
+            if shared is not None and not self._busy and now - self.last_used >= segments.IDLE:
+                shared.release()
+
+    def holds_memory(self) -> bool:
+        return self._shared is not None and self._shared.holding()
+
     def _close_pipes(self) -> None:
         for fd in (self._cmd, self._rep):
             try:
@@ -509,6 +579,10 @@ class Child:
             except OSError:
                 pass
         self._cmd = self._rep = -1
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.close()
+            shared.sock.close()
 
     def _death(self) -> str:
         try:

@@ -6,12 +6,14 @@ the standard library only, and cloudpickle when a value needs it (imported then)
 
 One message, either way::
 
-    header   <Q meta length> <Q values length> <I number of buffers>
-    table    per buffer: <Q length> <B read-only flag>
+    header   <Q meta length> <Q values length> <I number of buffers> <I table length>
+    table    per buffer: <Q length> <B flags: 1 read-only, 2 in shared memory>
+             and, in shared memory, where: <B whose segment> <Q its serial> <Q offset>
     meta     a plain pickle of builtins (dicts, lists, str, int, bytes)
     values   named values, each one pickle, one after the other, from ONE pickler
              (so objects shared between names stay shared and each is sent once)
-    buffers  the raw bytes of each out-of-band buffer (pickle protocol 5)
+    buffers  the raw bytes of each out-of-band buffer not in shared memory
+             (pickle protocol 5)
 
 A *note* is a message whose meta starts with :data:`NOTE` (a pickle starts with 0x80)
 and carries no values: what a job tells while it runs (its progress, where it is),
@@ -21,7 +23,9 @@ Buffers of 64 KiB and more (NumPy arrays, ``bytes``, ``bytearray``) leave the
 pickle: they are written straight from the object's memory and read straight into
 the memory of the object that is rebuilt, so a 200 MB array is never copied into
 a pickle on either side. Large ``bytes`` are read into a fresh ``bytes`` object
-(CPython), so even they are not copied after the read. Modules travel by name.
+(CPython), so even they are not copied after the read. Where the two ends share
+memory (:mod:`.segments`: a kernel and its worker process), buffers of a megabyte and
+more do not go through the pipe at all. Modules travel by name.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ import struct
 import sys
 import types
 
+from . import segments
+from .segments import Placement
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a worker 15 ms
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 __all__ = (
@@ -57,8 +65,9 @@ RESULT = "the cell's result (its last expression)"
 #: The first byte of a note's meta.
 NOTE = b"N"
 
-_HEAD = struct.Struct("<QQI")
+_HEAD = struct.Struct("<QQII")
 _ENTRY = struct.Struct("<QB")
+_READONLY, _SHARED = 1, 2
 
 
 def type_name(value: Any) -> str:
@@ -95,27 +104,42 @@ def write_message(
     fd: int,
     meta: bytes,
     values: bytes,
-    buffers: list[pickle.PickleBuffer],
+    buffers: Sequence[pickle.PickleBuffer | Placement],
     readonly: list[bool] | None = None,
+    shared: segments.SharedMemory | None = None,
 ) -> None:
     """Write one message; blocks until the pipe has taken all of it.
 
     ``readonly`` gives each buffer's read-only flag when it is not the buffer's own
     (dask mode: a buffer that was writable in the kernel may arrive read-only).
+    ``shared``: the shared memory with the reader, where the large buffers go (see
+    :meth:`.segments.SharedMemory.place`); a :class:`.segments.Placement` among
+    ``buffers`` is one placed already.
     """
-    raws = [b.raw() for b in buffers]
+    raws = [b if isinstance(b, Placement) else b.raw() for b in buffers]
     try:
+        placed: list[Placement | None] = [m if isinstance(m, Placement) else None for m in raws]
+        if shared is not None:
+            views = [m for m in raws if not isinstance(m, Placement)]
+            where = iter(shared.place(views))
+            placed = [p if p is not None else next(where) for p in placed]
+            shared.pass_segments(placed)
         flags = [m.readonly for m in raws] if readonly is None else readonly
-        table = b"".join(
-            _ENTRY.pack(m.nbytes, flag) for m, flag in zip(raws, flags, strict=True)
-        )
-        head = _HEAD.pack(len(meta), len(values), len(raws)) + table
+        entries = []
+        for m, flag, p in zip(raws, flags, placed, strict=True):
+            code = (_READONLY if flag else 0) | (_SHARED if p is not None else 0)
+            size = m.size if isinstance(m, Placement) else m.nbytes
+            entries.append(_ENTRY.pack(size, code) + (p.pack() if p is not None else b""))
+        table = b"".join(entries)
+        head = _HEAD.pack(len(meta), len(values), len(raws), len(table)) + table
         _write_views(fd, [memoryview(head), memoryview(meta), memoryview(values)])
-        for m in raws:
-            _write_views(fd, [m])
+        for m, p in zip(raws, placed):
+            if p is None:
+                _write_views(fd, [m])  # type: ignore[list-item]  # a memoryview
     finally:
         for m in raws:
-            m.release()
+            if not isinstance(m, Placement):
+                m.release()
 
 
 def _read_into(fd: int, view: memoryview) -> None:
@@ -135,52 +159,50 @@ def _read_exactly(fd: int, size: int) -> bytearray:
     return buf
 
 
-_fresh_bytes_api: Any = None
-
-
-def _fresh_bytes(size: int) -> tuple[bytes, memoryview] | None:
-    """A new ``bytes`` of ``size`` (not yet seen by anyone) and a writable view of it.
-
-    CPython only: this is what ``os.read`` does internally. Returns ``None`` elsewhere.
-    """
-    global _fresh_bytes_api
-    if sys.implementation.name != "cpython" or size < 2:
-        return None
-    if _fresh_bytes_api is None:
-        import ctypes
-
-        make = ctypes.pythonapi.PyBytes_FromStringAndSize
-        make.restype = ctypes.py_object
-        make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-        _fresh_bytes_api = (ctypes, make, bytes.__basicsize__ - 1)
-    ctypes, make, offset = _fresh_bytes_api
-    data = make(None, size)
-    view = memoryview((ctypes.c_char * size).from_address(id(data) + offset)).cast("B")
-    return data, view
-
-
 def _read_buffer(fd: int, size: int, readonly: bool) -> bytes | bytearray:
-    if readonly and size >= INLINE_LIMIT:
-        fresh = _fresh_bytes(size)
-        if fresh is not None:
-            data, view = fresh
-            with view:
-                _read_into(fd, view)
-            return data
+    if size >= INLINE_LIMIT and sys.implementation.name == "cpython":
+        # Not zeroed first, its pages asked to be huge: a fresh bytearray of 200 MB
+        # costs more to zero page by page than to fill.
+        data, view = segments.fresh_buffer(size, readonly)
+        with view:
+            _read_into(fd, view)
+        return data
     return _read_exactly(fd, size)
 
 
-def read_message(fd: int) -> tuple[bytes | bytearray, bytes | bytearray, list[Any]]:
-    """Read one message: ``(meta, values, buffers)``.
+def read_message(
+    fd: int, shared: segments.SharedMemory | None = None
+) -> tuple[bytes | bytearray, bytes | bytearray, list[Any]]:
+    """Read one message: ``(meta, values, buffers)``; its buffers in shared memory
+    through ``shared`` (views where they are, or copies: see
+    :meth:`.segments.SharedMemory.receive`).
 
     :raises EOFError: the other end closed the pipe (before or during the message).
     """
-    meta_len, values_len, count = _HEAD.unpack(_read_exactly(fd, _HEAD.size))
-    table = _read_exactly(fd, _ENTRY.size * count)
-    entries = [_ENTRY.unpack_from(table, i * _ENTRY.size) for i in range(count)]
+    meta_len, values_len, count, table_len = _HEAD.unpack(_read_exactly(fd, _HEAD.size))
+    table = _read_exactly(fd, table_len)
+    entries: list[tuple[int, bool, Placement | None]] = []
+    at = 0
+    for _ in range(count):
+        size, code = _ENTRY.unpack_from(table, at)
+        at += _ENTRY.size
+        placement = None
+        if code & _SHARED:
+            placement = Placement.unpack(table, at, size, bool(code & _READONLY))
+            at += segments.PLACEMENT_SIZE
+        entries.append((size, bool(code & _READONLY), placement))
     meta = _read_exactly(fd, meta_len)
     values = _read_exactly(fd, values_len)
-    buffers = [_read_buffer(fd, size, bool(readonly)) for size, readonly in entries]
+    buffers: list[Any] = [
+        None if p is not None else _read_buffer(fd, size, readonly)
+        for size, readonly, p in entries
+    ]
+    placements = [p for _, _, p in entries if p is not None]
+    if placements:
+        if shared is None:
+            raise ValueError("the message has buffers in shared memory, and no way to them")
+        received = iter(shared.receive(placements))
+        buffers = [next(received) if b is None else b for b in buffers]
     return meta, values, buffers
 
 
@@ -285,9 +307,22 @@ class ValuePacker:
         self.file = io.BytesIO()
         self.buffers: list[pickle.PickleBuffer] = []
         cls = _cloud_pickler() if cloud else _PlainPickler
-        self._pickler = cls(self.file, protocol=5, buffer_callback=self._take)
+        # The callback holds the list, not this packer: no cycle through the pickler, whose
+        # memo holds every value packed. So they go with the packer, not at the next
+        # garbage collection (a worker's inputs read in place must go before its reply).
+        self._pickler = cls(self.file, protocol=5, buffer_callback=_taker(self.buffers))
 
-    def _take(self, buffer: pickle.PickleBuffer) -> bool:
+    def add(self, value: Any) -> None:
+        self._pickler.dump(value)
+
+    def getvalue(self) -> bytes:
+        """The stream; the values are let go of (the memo), the buffers kept."""
+        self._pickler.clear_memo()
+        return self.file.getvalue()
+
+
+def _taker(buffers: list[pickle.PickleBuffer]) -> Any:
+    def take(buffer: pickle.PickleBuffer) -> bool:
         try:
             with buffer.raw() as m:
                 size = m.nbytes
@@ -295,14 +330,10 @@ class ValuePacker:
             return True
         if size < INLINE_LIMIT:
             return True
-        self.buffers.append(buffer)
+        buffers.append(buffer)
         return False
 
-    def add(self, value: Any) -> None:
-        self._pickler.dump(value)
-
-    def getvalue(self) -> bytes:
-        return self.file.getvalue()
+    return take
 
 
 def load_values(values: bytes | bytearray | memoryview, buffers: list[Any], count: int) -> Any:
