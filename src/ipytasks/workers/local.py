@@ -327,8 +327,8 @@ class _IdleKeeper:
                 if not children:
                     self._thread = None
                     return
-            for child in children:
-                child.release_idle(now)
+            for one in children:
+                one.release_idle(now)
             del children
 
 
