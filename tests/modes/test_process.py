@@ -297,3 +297,24 @@ def test_in_a_kernel_interrupts_spare_process_tasks(fresh_kernel: Any, tmp_path:
         assert ready, "a worker outlived its kernel's shutdown"
     finally:
         os.close(handle)
+
+
+async def test_a_job_that_writes_nothing_is_not_waited_on_for_output(ip: Any) -> None:
+    """A job that wrote nothing at all sends no end-of-output markers (nothing to wait
+    for); one that prints, or writes from C, still does, and its output is all in."""
+    sched = Scheduler(ip, TaskRegistry(), loop=asyncio.get_running_loop(),
+                      mode_settings={"process": {"max_workers": 1}})
+    try:
+        await run(sched, "1 + 1;", "silent0", process())
+        mode = sched.installed_mode("process")
+        assert isinstance(mode, ProcessMode) and mode._pool is not None
+        (worker,) = mode._pool.workers
+        before = list(worker.child._marks)
+        await run(sched, "1 + 1;", "silent1", process())
+        assert worker.child._marks == before
+        loud = await run(sched, "import os\nos.write(1, b'from C\\n')\nprint('from Python')",
+                         "loud", process())
+        assert worker.child._marks == [before[0] + 1, before[1] + 1]
+        assert "from C" in loud.output and "from Python" in loud.output
+    finally:
+        sched.close()
