@@ -56,7 +56,8 @@ __all__ = ("IDLE", "SHM_LIMIT", "Placement", "SharedMemory", "supported")
 SHM_LIMIT = 1 << 20
 #: Offsets of buffers in a segment are multiples of this (pages: windows map from them).
 _ALIGN = max(mmap.ALLOCATIONGRANULARITY, 4096)
-#: What the kernel maps of a segment at a time.
+#: The most the kernel maps of a segment at a time (an eighth of the buffer, at least a
+#: megabyte, below that): the window adds to its memory while a value is copied.
 WINDOW = 16 << 20
 #: Seconds without a message after which a side gives up its warm segment.
 IDLE = 30.0
@@ -180,12 +181,13 @@ def _copy_through_windows(fd: int, offset: int, view: memoryview, into_segment: 
     """Copy between ``view`` and the segment ``fd`` at ``offset``, mapping a window at a
     time (each mapped whole at once: faster than faulting its pages in one by one)."""
     done, size = 0, view.nbytes
+    window_size = min(WINDOW, max(1 << 20, size // 8))
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if into_segment else 0)
     while done < size:
         start = offset + done
         base = start - start % _ALIGN
-        length = min(WINDOW, size - done + (start - base))
+        length = min(window_size, size - done + (start - base))
         window = mmap.mmap(fd, length, flags=flags, prot=prot, offset=base)
         try:
             with memoryview(window) as mapped:
