@@ -9,7 +9,6 @@ Calls from other threads hop onto the loop (:meth:`_LoopHost.call`).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import contextvars
@@ -19,7 +18,6 @@ import functools
 import itertools
 import random
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Iterable
@@ -32,6 +30,7 @@ from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
+from .loop import LoopHost
 from .modes import Mode, get_mode_class
 from .output import TaskOutput, _report_internal_error, current_output
 from .records import (
@@ -60,11 +59,6 @@ ASYNC_IN_THREAD = (
     "task {name!r}: the cell uses top-level await, which runs only on the event loop; "
     "use --mode async (or auto) instead of --mode thread"
 )
-OWN_LOOP_NOTICE = (
-    "ipytasks: no event loop runs between cells here, so tasks run on a loop of their own "
-    "in a background thread. Objects made in `await` cells belong to IPython's loop and "
-    "cannot be awaited in async tasks.\n"
-)
 UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
 UNLOAD_WRITING = (
     "ipytasks: {n} --cache entr{s} still being written; the kernel finishes them unless "
@@ -89,72 +83,6 @@ RETRY_DELAY_MAX = 60.0
 RETRY_JITTER = 0.2
 #: How often running tasks' elapsed times tick in their status lines.
 TICK_INTERVAL = 0.5
-
-
-class _LoopHost:
-    """The event loop tasks run on, and a way to call into it from any thread."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.own_thread: threading.Thread | None = None
-        if loop is None:
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                try:
-                    loop.run_forever()
-                finally:
-                    leftover = asyncio.all_tasks(loop)
-                    for task in leftover:
-                        task.cancel()
-                    loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                    loop.close()
-
-            self.own_thread = threading.Thread(target=run, name="ipytasks-loop", daemon=True)
-            self.own_thread.start()
-            ready.wait(10)
-            self.thread_ident = self.own_thread.ident
-        else:
-            self.thread_ident = threading.get_ident()
-        self.loop = loop
-
-    def on_loop_thread(self) -> bool:
-        return threading.get_ident() == self.thread_ident
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the loop thread and return its value (or raise its error)."""
-        if self.on_loop_thread():
-            return fn(*args)
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                future.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return future.result()
-
-    def run_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Block this (non-loop) thread until ``coro`` ends on the loop.
-
-        Ctrl-C (or any error here) cancels ``coro`` and re-raises: it ends the wait only.
-        """
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def close(self) -> None:
-        if self.own_thread is not None and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.own_thread.join(5)
 
 
 class ChangeFeed:
@@ -218,15 +146,7 @@ class Scheduler:
         self.tasks = registry
         self._mode_settings = mode_settings or {}
         self._echo = echo
-        if loop is None and getattr(shell, "kernel", None) is not None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self.own_loop = loop is None
-        self._host = _LoopHost(loop)
-        if self.own_loop:
-            sys.stderr.write(OWN_LOOP_NOTICE)
+        self._host = LoopHost.for_shell(shell, loop, at_exit=self._at_exit)
         self._modes: dict[str, Mode] = {}
         #: Where process-mode bodies run unless ``--on`` says: "local" or "dask".
         self.backend = "local"
@@ -242,7 +162,6 @@ class Scheduler:
         self._rates: dict[str, RateLimiter] = {}
         self._result_cache: ResultCache | None = None
         self._closed = False
-        atexit.register(self._at_exit)
         plots.install()  # pyplot's figures per task, from now until close()
 
     @property
@@ -900,12 +819,6 @@ class Scheduler:
 
     def run_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and block this thread until it ends (not the loop thread)."""
-        if self._host.on_loop_thread():
-            coro.close()
-            raise UsageError(
-                "this would block the event loop the tasks run on: "
-                "use `await ipytasks.wait(...)`, or %wait on a line of its own"
-            )
         return self._host.run_blocking(coro)
 
     def on_loop_thread(self) -> bool:
@@ -913,13 +826,7 @@ class Scheduler:
 
     async def await_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the scheduler's loop, from a coroutine on any loop."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        return await self._host.await_on_loop(coro)
 
     # -- closing ----------------------------------------------------------------------
 
@@ -928,7 +835,6 @@ class Scheduler:
         if self._closed:
             return []
         self._closed = True
-        atexit.unregister(self._at_exit)
         unfinished = [r for r in self.tasks.values() if not r.state.ended]
 
         def finish() -> None:
