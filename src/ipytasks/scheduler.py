@@ -28,11 +28,12 @@ from IPython.core.error import UsageError
 from . import plots
 from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
+from .changes import ChangeFeed, Changes
 from .dependencies import DependencyIndex, TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .loop import LoopHost
 from .modes import Mode, get_mode_class
-from .output import TaskOutput, _report_internal_error, current_output
+from .output import TaskOutput, current_output
 from .records import (
     SUCCESSFUL,
     TaskCancelled,
@@ -81,46 +82,6 @@ RETRY_DELAY_MAX = 60.0
 #: The spread of a retry's delay around its nominal value (a fraction either way), so that
 #: tasks failing together do not retry in lockstep.
 RETRY_JITTER = 0.2
-#: How often running tasks' elapsed times tick in their status lines.
-TICK_INTERVAL = 0.5
-
-
-class ChangeFeed:
-    """The tasks submitted or changed since a follower (a dashboard) last took them.
-
-    The scheduler adds each change as it happens, which costs a dict insert into the
-    feed's records (no call: this runs several times per task); it calls
-    ``wake(False)`` only when the feed goes from empty to not empty, and ``wake(True)``
-    when the last unfinished task has ended (before anything awaiting that task
-    resumes). The follower takes the records when it is ready, e.g. at its next
-    refresh: one call per refresh however many tasks changed.
-    """
-
-    __slots__ = ("_records", "_wake")
-
-    def __init__(self, wake: Callable[[bool], None]) -> None:
-        self._wake = wake
-        self._records: dict[TaskRecord, None] = {}
-
-    def _add_first(self, record: TaskRecord) -> None:
-        """Keep the first change since the follower last took them, and wake it."""
-        self._records[record] = None
-        self._call(False)
-
-    def idle(self) -> None:
-        self._call(True)
-
-    def take(self) -> list[TaskRecord]:
-        """The changed records, each once, in the order of their first change; empties the feed."""
-        records = list(self._records)
-        self._records.clear()
-        return records
-
-    def _call(self, idle: bool) -> None:
-        try:
-            self._wake(idle)
-        except Exception as exc:  # noqa: BLE001 - a broken follower must not break tasks
-            _report_internal_error("telling a follower about tasks", exc)
 
 
 class Scheduler:
@@ -152,10 +113,9 @@ class Scheduler:
         self.backend = "local"
         self._chains: dict[str, list[str]] = {}
         self._numbers = itertools.count(1)
-        self._ticking: set[TaskRecord] = set()
-        self._tick_handle: asyncio.TimerHandle | None = None
-        self._feeds: list[ChangeFeed] = []
-        # Tasks that have not ended: when the last ends, the feeds are told at once.
+        #: Where every change of a task's status is told (its views and followers hear it).
+        self.changes = Changes()
+        # Tasks that have not ended: when the last ends, the followers are told at once.
         self._active: set[TaskRecord] = set()
         self._deps = DependencyIndex()
         self._limiters: dict[str, Limiter] = {}
@@ -288,7 +248,7 @@ class Scheduler:
         record._runner = self.loop.create_task(
             self._drive(record), name=f"ipytasks:{name}", context=contextvars.copy_context()
         )
-        self._changed(record)
+        self.changes.changed(record)
         return record
 
     def _report_conflicts(
@@ -440,25 +400,8 @@ class Scheduler:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: ipytasks was unloaded
             self.loop.call_soon_threadsafe(
-                self._amended, record, f"not stored: {why}", context=contextvars.Context()
+                self.changes.amended, record, f"not stored: {why}", context=contextvars.Context()
             )
-
-    def _amended(self, record: TaskRecord, note: str) -> None:
-        """An ended task's status changed (see :meth:`_written`): its views are final
-        already, so each is asked to say it once more; the feeds are told as usual."""
-        self._tell_feeds(record)
-        sink = record.sink
-        if sink is None:
-            return
-        for view in list(sink.views):
-            amend = getattr(view, "amend", None)
-            try:
-                if amend is not None:
-                    amend(sink, note)
-                else:
-                    view.update(sink)
-            except Exception as exc:  # a broken view must not break the loop
-                _report_internal_error("refreshing a task's view", exc)
 
     async def _cache_lookup(self, record: TaskRecord) -> Plan | None:
         """End ``record`` as cached when its outcome is stored; else the plan to store it."""
@@ -515,7 +458,7 @@ class Scheduler:
                 name=f"ipytasks:{child.name}",
                 context=contextvars.copy_context(),
             )
-        self._changed(record)
+        self.changes.changed(record)
         try:
             for child in record.children:
                 await child._ended_event.wait()
@@ -557,7 +500,7 @@ class Scheduler:
                     f"limit {limiter.capacity} in group {options.group} "
                     f"({limiter.running} running, {limiter.waiting + 1} waiting)"
                 )
-                self._changed(record)
+                self.changes.changed(record)
             await limiter.acquire(options.priority)
         try:
             if rater is not None:
@@ -583,7 +526,7 @@ class Scheduler:
             )
         record.state = TaskState.PENDING
         record.pending_reason = f"retry {done + 1}/{total} in {delay:.1f}s"
-        self._changed(record)
+        self.changes.changed(record)
         await asyncio.sleep(delay)
         record.pending_reason = None
 
@@ -594,7 +537,7 @@ class Scheduler:
         if record.started is None:
             record.started = time.time()
         record.attempts += 1
-        self._changed(record)
+        self.changes.changed(record)
         mode = self._mode(record.mode)
         timeout = record.options.timeout
         deadline = asyncio.timeout(timeout)
@@ -699,16 +642,15 @@ class Scheduler:
             self._show_error(record, error)
         elif state in SUCCESSFUL and result is not None and not record.cell.quiet_result:
             self._show_result(record, result)
-        self._changed(record)
+        self.changes.changed(record)
         active = self._active
         active.discard(record)
         if not active:
-            # Before the end event is set: whoever awaits it finds the feeds told.
-            for feed in list(self._feeds):
-                feed.idle()
+            # Before the end event is set: whoever awaits it finds the followers told.
+            self.changes.idle()
         record._ended_event.set()
         if record.parent is not None and not record.parent.state.ended:
-            self._changed(record.parent)  # "k of n done"
+            self.changes.changed(record.parent)  # "k of n done"
 
     def _show_result(self, record: TaskRecord, result: Any) -> None:
         assert record.sink is not None  # set at registration
@@ -739,49 +681,10 @@ class Scheduler:
 
     def subscribe(self, wake: Callable[[bool], None]) -> ChangeFeed:
         """Follow the tasks' changes (a dashboard does): see :class:`ChangeFeed`."""
-        feed = ChangeFeed(wake)
-        self._feeds.append(feed)
-        return feed
+        return self.changes.follow(wake)
 
     def unsubscribe(self, feed: ChangeFeed) -> None:
-        if feed in self._feeds:
-            self._feeds.remove(feed)
-
-    def _changed(self, record: TaskRecord) -> None:
-        """Tell the feeds and the task's views; keep running ones ticking."""
-        self._tell_feeds(record)
-        sink = record.sink
-        if sink is None or not sink.views:
-            return
-        if record.state is TaskState.RUNNING:
-            self._ticking.add(record)
-            self._arm_tick()
-        else:
-            self._ticking.discard(record)
-        contextvars.Context().run(sink.flush)
-
-    def _tell_feeds(self, record: TaskRecord) -> None:
-        for feed in self._feeds:
-            records = feed._records
-            if records:  # its follower is woken already
-                records[record] = None
-            else:
-                feed._add_first(record)
-
-    def _arm_tick(self) -> None:
-        if self._tick_handle is None and self._ticking:
-            self._tick_handle = self.loop.call_later(
-                TICK_INTERVAL, self._tick, context=contextvars.Context()
-            )
-
-    def _tick(self) -> None:
-        self._tick_handle = None
-        for record in list(self._ticking):
-            if record.state is not TaskState.RUNNING:
-                self._ticking.discard(record)
-            elif record.sink is not None:
-                record.sink.flush()
-        self._arm_tick()
+        self.changes.unfollow(feed)
 
     # -- waiting and cancelling ---------------------------------------------------------
 
@@ -843,9 +746,6 @@ class Scheduler:
                     record._runner.cancel()
                 # Mark it now: the loop may not run again before the caller looks.
                 self._end(record, TaskState.CANCELLED, error=TaskCancelled("ipytasks was unloaded"))
-            if self._tick_handle is not None:
-                self._tick_handle.cancel()
-                self._tick_handle = None
 
         try:
             self._host.call(finish)

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from ipytasks.changes import Changes
 from ipytasks.output import TaskOutput
 from ipytasks.overview import open_dashboard, summarize, text_table
 from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tasks
 from ipytasks.overview.widgets import Dashboard
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
-from ipytasks.scheduler import ChangeFeed, Scheduler
+from ipytasks.scheduler import Scheduler
 
 T0 = 1_700_000_000.0
 
@@ -51,24 +52,18 @@ def record(name: str, state: TaskState = TaskState.PENDING, submitted: float = 0
 class FakeScheduler:
     """What the dashboard uses of a Scheduler; the test plays the scheduler's part.
 
-    Following changes is the Scheduler's own code (feeds, and telling them of a change).
+    Following changes is the Scheduler's own code (its :class:`Changes`).
     """
 
     subscribe = Scheduler.subscribe
     unsubscribe = Scheduler.unsubscribe
-    _changed = Scheduler._changed
-    _tell_feeds = Scheduler._tell_feeds
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks = TaskRegistry()
         self.loop = loop
-        self._feeds: list[ChangeFeed] = []
-        self._ticking: set[TaskRecord] = set()  # what _changed keeps for output views
+        self.changes = Changes()
         self.cancelled: list[tuple[str, int]] = []
         self.loop_thread = threading.get_ident()
-
-    def _arm_tick(self) -> None:
-        pass  # the test flushes outputs itself
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self.loop_thread
@@ -85,10 +80,9 @@ class FakeScheduler:
         return rec
 
     def changed(self, rec: TaskRecord) -> None:
-        self._changed(rec)
+        self.changes.changed(rec)
         if rec.state.ended and all(r.state.ended for r in self.tasks.values()):
-            for feed in list(self._feeds):
-                feed.idle()
+            self.changes.idle()
 
 
 class Board:
@@ -460,7 +454,7 @@ async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board
     assert table(a) == table(b) and "▶ running" in table(a)
     a.close()
     assert a.comm is None and all(w.comm is None for w in [a.view, a.cancel_button, a.output])
-    assert len(sched._feeds) == 1
+    assert len(sched.changes.feeds) == 1
     rec.state, rec.ended = TaskState.DONE, T0 + 1.5
     with WidgetMessages() as sent:
         sched.changed(rec)
@@ -574,7 +568,7 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
     finally:
         dash.close()
         sched.close()
-    assert dash._feed not in sched._feeds
+    assert dash._feed not in sched.changes.feeds
 
 
 async def test_default_timer_runs_on_the_scheduler_loop_in_an_empty_context(shell: Any) -> None:

@@ -32,8 +32,8 @@ import traitlets
 
 from ..bundle import WIDGET_MIME
 from ..output import _report_internal_error
+from ..throttle import Throttle
 from .render import snapshot_html, summarize, text_table
-from .throttle import Throttle
 
 if TYPE_CHECKING:
     from ..records import TaskRecord

@@ -23,7 +23,7 @@ with their own cost (:data:`MAX_SHARE`), so a session of 10,000 tasks is drawn l
 often rather than slowing the kernel down.
 
 Updates: the scheduler puts every change in the dashboard's
-:class:`~ipytasks.scheduler.ChangeFeed` and wakes it when the feed was empty; the
+:class:`~ipytasks.changes.ChangeFeed` and wakes it when the feed was empty; the
 dashboard then only asks its :class:`~ipytasks.overview.throttle.Throttle` for a
 refresh, which takes what the feed holds. A refresh runs at most every
 ``mininterval`` seconds (the first after a quiet spell :data:`SETTLE` seconds after
@@ -49,11 +49,11 @@ import traitlets
 
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
+from ..throttle import CallLater, Throttle
 from ..views import STATE_STYLE
 from .columns import TaskColumns
 from .render import summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
-from .throttle import CallLater, Throttle
 from .timeline import LABELLED_LANES
 
 if TYPE_CHECKING:
