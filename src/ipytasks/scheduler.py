@@ -13,13 +13,10 @@ import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
-import difflib
 import functools
-import itertools
 import random
 import sys
 import time
-import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -29,7 +26,7 @@ from . import plots
 from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
 from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
 from .changes import ChangeFeed, Changes
-from .dependencies import DependencyIndex, TaskNames, task_names
+from .dependencies import TaskNames, task_names
 from .limits import Limiter, RateLimiter
 from .loop import LoopHost
 from .modes import Mode, get_mode_class
@@ -37,7 +34,6 @@ from .output import TaskOutput, current_output
 from .records import (
     SUCCESSFUL,
     TaskCancelled,
-    TaskConflictWarning,
     TaskError,
     TaskFailed,
     TaskOptions,
@@ -46,16 +42,12 @@ from .records import (
     TaskSkipped,
     TaskState,
 )
+from .taskgraph import TaskGraph
 
 __all__ = ("Scheduler",)
 
 T = TypeVar("T")
 
-TASK_BUSY = "task {name!r} is {state}: %cancel {name} first, or give this cell another NAME"
-UNKNOWN_TARGET = "{option}: no task or group named {target!r}{hint} (known: {known})"
-#: How many known names an unknown-target error lists (the rest are counted).
-KNOWN_NAMED = 8
-SELF_CYCLE = "cycle: task {name!r} cannot wait for itself ({option} {name})"
 ASYNC_IN_THREAD = (
     "task {name!r}: the cell uses top-level await, which runs only on the event loop; "
     "use --mode async (or auto) instead of --mode thread"
@@ -72,8 +64,6 @@ SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinish
 _SUCCESS = SUCCESSFUL
 #: Outcomes of an attempt that --retries runs again.
 _RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT)
-#: How many conflicting tasks a conflict warning names (the rest are counted).
-CONFLICTS_NAMED = 3
 #: The longest wait before a retry, in seconds: the doubling stops there (as tenacity's
 #: ``wait_exponential(max=…)`` and the capped backoff of cloud SDKs do), so ``--retries 20``
 #: retries every minute or so at the end rather than after 2**19 times the first delay. A
@@ -111,13 +101,10 @@ class Scheduler:
         self._modes: dict[str, Mode] = {}
         #: Where process-mode bodies run unless ``--on`` says: "local" or "dask".
         self.backend = "local"
-        self._chains: dict[str, list[str]] = {}
-        self._numbers = itertools.count(1)
+        #: The tasks and what each waits for.
+        self.graph = TaskGraph(registry)
         #: Where every change of a task's status is told (its views and followers hear it).
         self.changes = Changes()
-        # Tasks that have not ended: when the last ends, the followers are told at once.
-        self._active: set[TaskRecord] = set()
-        self._deps = DependencyIndex()
         self._limiters: dict[str, Limiter] = {}
         self._rates: dict[str, RateLimiter] = {}
         self._result_cache: ResultCache | None = None
@@ -132,10 +119,7 @@ class Scheduler:
 
     def next_default_name(self) -> str:
         """A fresh ``taskN`` name for a submission that gave none."""
-        while True:
-            name = f"task{next(self._numbers)}"
-            if name not in self.tasks:
-                return name
+        return self.graph.next_default_name()
 
     def submit(
         self,
@@ -169,11 +153,7 @@ class Scheduler:
         if options.map is not None:
             _check_map_expression(options.map)
         names = task_names(cell, options)
-        if options.map is not None:
-            if options.group is None:
-                # The items form a group under the map's name: --limit, %wait and --after see it.
-                options = dataclasses.replace(options, group=name)
-        else:
+        if options.map is None:
             probe = TaskRecord(name=name, source=source, options=options, cell=cell, mode=mode)
             self._mode(mode).prepare(probe)
         return self._host.call(self._register, source, name, options, cell, mode, names, attach)
@@ -190,40 +170,9 @@ class Scheduler:
     ) -> TaskRecord:
         if self._closed:
             raise UsageError(UNLOADED)
-        existing = self.tasks.get(name)
-        if existing is not None and not existing.state.ended:
-            raise UsageError(TASK_BUSY.format(name=name, state=existing.state))
-        upstream: dict[TaskRecord, str] = {}
-        for target in options.after:
-            if target == name:
-                raise UsageError(SELF_CYCLE.format(name=name, option="--after"))
-            for record in self._resolve(target, "--after"):
-                upstream.setdefault(record, "after")
-        if options.chain is not None:
-            previous = self._chain_predecessor(options.chain, name)
-            if previous is not None:
-                upstream.setdefault(previous, f"chain {options.chain}")
-        shared = self._deps.shared(names)
-        if options.infer:
-            for other, why in shared.items():
-                reason = ", ".join(why)
-                upstream[other] = f"{upstream[other]}; {reason}" if other in upstream else reason
-        else:
-            self._report_conflicts(
-                name, options, {r: w for r, w in shared.items() if r not in upstream}
-            )
-
-        record = TaskRecord(
-            name=name,
-            source=source,
-            options=options,
-            cell=cell,
-            mode=mode,
-            waits_for=tuple(r.name for r in upstream),
-            reasons={r.name: why for r, why in upstream.items()},
-            upstream=tuple(upstream),
-        )
-        if options.map is not None and all(u.state.ended for u in upstream):
+        record = self.graph.new_task(source, name, options, cell, mode, names)
+        options = record.options
+        if options.map is not None and all(u.state.ended for u in record.upstream):
             # Nothing it waits for is unfinished: evaluate EXPR now, so a bad one is a
             # usage error in the submitting cell rather than a failed task.
             try:
@@ -236,12 +185,8 @@ class Scheduler:
         record.sink = TaskOutput(self.loop, self._echo)
         record.sink.owner = record
         record._ended_event = asyncio.Event()
-        self.tasks._add(record)
-        self._active.add(record)
-        self._deps.add(record, names)
+        self.graph.add(record, names)
         self._set_group_limits(options)
-        if options.chain is not None and name not in self._chains.setdefault(options.chain, []):
-            self._chains[options.chain].append(name)
         if attach is not None:
             attach(record)
         # A fresh context per task: the output variable set inside it stays its own.
@@ -250,27 +195,6 @@ class Scheduler:
         )
         self.changes.changed(record)
         return record
-
-    def _report_conflicts(
-        self, name: str, options: TaskOptions, conflicts: dict[TaskRecord, list[str]]
-    ) -> None:
-        """A task that does not wait (``--no-infer``) but shares names: warn, or refuse
-        (``--strict``)."""
-        if not conflicts:
-            return
-        named = list(conflicts.items())[:CONFLICTS_NAMED]
-        lines = [
-            f"task {name!r} {', '.join(why)} while task {other.name!r} is {other.state}; "
-            f"the order they end in decides the value"
-            for other, why in named
-        ]
-        if len(conflicts) > len(named):
-            lines.append(f"and {len(conflicts) - len(named)} more unfinished tasks")
-        others = ",".join(other.name for other, _ in named)
-        message = "; ".join(lines) + f" (drop --no-infer, or add --after {others})"
-        if options.strict:
-            raise UsageError(f"conflict (--strict): {message}")
-        warnings.warn(TaskConflictWarning(message), stacklevel=1)
 
     def _set_group_limits(self, options: TaskOptions) -> None:
         """``--limit``/``--rate`` set the group's limit and rate (the latest given wins)."""
@@ -290,54 +214,9 @@ class Scheduler:
             else:
                 rater.set_rate(options.rate)
 
-    def _chain_predecessor(self, chain: str, name: str) -> TaskRecord | None:
-        """The task a sequential task of ``chain`` named ``name`` runs after.
-
-        A chain is a sequence of names. A new name goes at the end, after the
-        latest task of the name before it; a name submitted again (a fixed cell)
-        keeps its place, so it runs after its old predecessor rather than after
-        whatever failed or was skipped further down the chain.
-        """
-        names = self._chains.get(chain, [])
-        position = names.index(name) if name in names else len(names)
-        if position == 0:
-            return None
-        return self.tasks.get(names[position - 1])
-
-    def _resolve(self, target: str, option: str) -> list[TaskRecord]:
-        """The records a name or group stands for (the latest record of each name)."""
-        record = self.tasks.get(target)
-        if record is not None:
-            return [record]
-        members = [r for r in self.tasks.values() if r.options.group == target]
-        if members:
-            return members
-        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target,
-                                               **self._known_targets(target)))
-
-    def _known_targets(self, target: str) -> dict[str, str]:
-        """What an unknown-target error suggests: close names, and a few of those known
-        (groups, and tasks other than a map's items, which their map's name stands for)."""
-        names = dict.fromkeys(n for n, r in self.tasks.items() if r.parent is None)
-        names.update(dict.fromkeys(r.options.group for r in self.tasks.values()
-                                   if r.options.group is not None))
-        close = difflib.get_close_matches(target, list(names), n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        shown = list(names)[-KNOWN_NAMED:]  # the newest: the likeliest to be meant
-        rest = len(names) - len(shown)
-        known = ", ".join(shown) + (f" and {rest:,} more" if rest else "")
-        return {"hint": hint, "known": known or "none yet"}
-
     def resolve(self, targets: Iterable[str], option: str) -> list[TaskRecord]:
-        """Records for names and groups, in submission order, each once; all if empty."""
-        targets = list(targets)
-        if not targets:
-            return list(self.tasks.values())
-        found: dict[TaskRecord, None] = {}
-        for target in targets:
-            for record in self._resolve(target, option):
-                found[record] = None
-        return list(found)
+        """Records for names and groups (see :meth:`TaskGraph.resolve`)."""
+        return self.graph.resolve(targets, option)
 
     # -- running ----------------------------------------------------------------------
 
@@ -451,8 +330,7 @@ class Scheduler:
             child.sink.owner = child
             child._ended_event = asyncio.Event()
             record.children.append(child)
-            self.tasks._add(child)
-            self._active.add(child)
+            self.graph.add_item(child)
             child._runner = self.loop.create_task(
                 self._drive(child),
                 name=f"ipytasks:{child.name}",
@@ -629,7 +507,7 @@ class Scheduler:
     ) -> None:
         if record.state.ended:
             return
-        self._deps.remove(record)
+        last = self.graph.ended(record)
         record.state = state
         record.ended = time.time()
         record.result = result
@@ -643,9 +521,7 @@ class Scheduler:
         elif state in SUCCESSFUL and result is not None and not record.cell.quiet_result:
             self._show_result(record, result)
         self.changes.changed(record)
-        active = self._active
-        active.discard(record)
-        if not active:
+        if last:
             # Before the end event is set: whoever awaits it finds the followers told.
             self.changes.idle()
         record._ended_event.set()
