@@ -184,11 +184,6 @@ class TaskRecord:
     #: it was not stored.
     cache_key: str | None = field(default=None, repr=False)
     cache_note: str | None = field(default=None, repr=False)
-    # A --map task's items, when they could be evaluated at submission.
-    _map_items: list[Any] | None = field(default=None, repr=False)
-    # Set by the scheduler: an asyncio.Event set when the task ends.
-    _ended_event: Any = field(default=None, repr=False)
-    _runner: Any = field(default=None, repr=False)
     # A worker process's rendering of a Figure result: (data, metadata) to show for it.
     _result_display: Any = field(default=None, repr=False)
 

@@ -75,6 +75,18 @@ RETRY_JITTER = 0.2
 Outcome = tuple[TaskState, Any, BaseException | None]
 
 
+@dataclasses.dataclass(eq=False, slots=True)
+class _Run:
+    """What the runner holds for a task until it ends (then it is dropped)."""
+
+    #: Set when the task ends: its downstream and its waiters await it.
+    ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    #: The asyncio task driving it, once started.
+    driver: asyncio.Task[None] | None = None
+    #: A --map task's items, when they could be evaluated at submission.
+    items: list[Any] | None = None
+
+
 class TaskRunner:
     """Runs tasks on ``loop``: each through its mode, within its group's limits, until
     its end. Call it on the loop's thread.
@@ -108,19 +120,22 @@ class TaskRunner:
         self._echo = echo
         self._limiters: dict[str, Limiter] = {}
         self._rates: dict[str, RateLimiter] = {}
+        # The tasks that have not ended: ended ones keep nothing of the runner's.
+        self._runs: dict[TaskRecord, _Run] = {}
 
     # -- starting -----------------------------------------------------------------------
 
     def prepare(self, record: TaskRecord) -> None:
-        """Give a new task (from :meth:`TaskGraph.new_task`) its output and its end event.
+        """Get a new task (from :meth:`TaskGraph.new_task`) ready to start: its output.
 
         :raises UsageError: a ``--map`` task whose upstream has ended: its EXPR is
             evaluated now, so that a bad one is said in the submitting cell.
         """
+        run = _Run()
         options = record.options
         if options.map is not None and all(u.state.ended for u in record.upstream):
             try:
-                record._map_items = self._map_items(options.map[1])
+                run.items = self._map_items(options.map[1])
             except Exception as exc:  # noqa: BLE001 - whatever EXPR raises, said plainly
                 text = str(exc)
                 if not text.startswith("--map"):
@@ -128,13 +143,16 @@ class TaskRunner:
                 raise UsageError(text) from None
         record.sink = TaskOutput(self.loop, self._echo)
         record.sink.owner = record
-        record._ended_event = asyncio.Event()
+        self._runs[record] = run
 
     def start(self, record: TaskRecord) -> None:
         """Start the life of a prepared task (it begins once the loop runs again)."""
         self._set_group_limits(record.options)
+        self._start(record, self._runs[record])
+
+    def _start(self, record: TaskRecord, run: _Run) -> None:
         # A fresh context per task: the output variable set inside it stays its own.
-        record._runner = self.loop.create_task(
+        run.driver = self.loop.create_task(
             self._drive(record), name=f"ipytasks:{record.name}", context=contextvars.copy_context()
         )
 
@@ -166,7 +184,7 @@ class TaskRunner:
         try:
             async with asyncio.timeout(timeout):
                 for record in records:
-                    await record._ended_event.wait()
+                    await self._until_ended(record)
         except TimeoutError:
             open_ = ", ".join(f"{r.name} ({r.state})" for r in records if not r.state.ended)
             raise TimeoutError(f"still unfinished after {timeout:g} s: {open_}") from None
@@ -174,21 +192,30 @@ class TaskRunner:
         if failures:
             raise TaskFailed(failures)
 
+    async def _until_ended(self, record: TaskRecord) -> None:
+        if not record.state.ended:
+            await self._runs[record].ended.wait()
+
     def cancel(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """Cancel the records that have not ended (they end as the loop runs); return those."""
         cancelled = []
         for record in records:
-            if not record.state.ended and record._runner is not None:
-                record._runner.cancel()
+            if self._cancel(record):
                 cancelled.append(record)
         return cancelled
+
+    def _cancel(self, record: TaskRecord) -> bool:
+        run = self._runs.get(record)
+        if record.state.ended or run is None or run.driver is None:
+            return False
+        run.driver.cancel()
+        return True
 
     def cancel_now(self, records: list[TaskRecord], why: str) -> None:
         """Cancel ``records`` and end them at once, saying ``why``: the loop may not run
         again before the caller looks (unload)."""
         for record in records:
-            if record._runner is not None:
-                record._runner.cancel()
+            self._cancel(record)
             self.end(record, TaskState.CANCELLED, error=TaskCancelled(why))
 
     # -- a task's life ------------------------------------------------------------------
@@ -198,7 +225,7 @@ class TaskRunner:
         current_output.set(record.sink)
         try:
             for upstream in record.upstream:
-                await upstream._ended_event.wait()
+                await self._until_ended(upstream)
             if record.options.on_error == "stop":
                 bad = [u for u in record.upstream if u.state not in SUCCESSFUL]
                 if bad:
@@ -277,7 +304,7 @@ class TaskRunner:
         record.state = TaskState.RUNNING
         record.started = time.time()
         record.attempts = 1
-        items = record._map_items
+        items = self._runs[record].items
         if items is None:
             items = self._map_items(expr)
         function = compile_map_function(cell, var, self.shell.user_ns)
@@ -295,22 +322,17 @@ class TaskRunner:
             )
             child.sink = TaskOutput(self.loop, _prefixed(record.sink, f"[{index}] "))
             child.sink.owner = child
-            child._ended_event = asyncio.Event()
             record.children.append(child)
             self._graph.add_item(child)
-            child._runner = self.loop.create_task(
-                self._drive(child),
-                name=f"ipytasks:{child.name}",
-                context=contextvars.copy_context(),
-            )
+            run = self._runs[child] = _Run()
+            self._start(child, run)
         self._changes.changed(record)
         try:
             for child in record.children:
-                await child._ended_event.wait()
+                await self._until_ended(child)
         except asyncio.CancelledError:
             for child in record.children:
-                if child._runner is not None and not child.state.ended:
-                    child._runner.cancel()
+                self._cancel(child)
             raise
         failures = [c for c in record.children if c.state in _FAILURES]
         if failures:
@@ -450,7 +472,9 @@ class TaskRunner:
         if last:
             # Before the end event is set: whoever awaits it finds the followers told.
             changes.idle()
-        record._ended_event.set()
+        run = self._runs.pop(record, None)
+        if run is not None:
+            run.ended.set()
         if record.parent is not None and not record.parent.state.ended:
             changes.changed(record.parent)  # "k of n done"
 

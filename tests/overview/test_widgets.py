@@ -9,6 +9,7 @@ with ``get_state()`` and messages to the front end are counted at ``Widget._send
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import threading
@@ -24,7 +25,7 @@ from ipytasks.output import TaskOutput
 from ipytasks.overview import open_dashboard, summarize, text_table
 from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tasks
 from ipytasks.overview.widgets import Dashboard
-from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskFailed, TaskOptions, TaskRecord, TaskRegistry, TaskState
 from ipytasks.scheduler import Scheduler
 
 T0 = 1_700_000_000.0
@@ -549,7 +550,8 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
                            TaskOptions())
         slow = sched.submit("await asyncio.sleep(30)", "slow", TaskOptions(group="g"))
         after = sched.submit("1", "after", TaskOptions(after=("slow",), on_error="continue"))
-        await asyncio.wait_for(asyncio.gather(ok._ended_event.wait(), bad._ended_event.wait()), 10)
+        with contextlib.suppress(TaskFailed):
+            await asyncio.wait_for(sched.wait([ok, bad]), 10)
         clock.advance(1)
         shown = table(dash)
         assert "✔ done" in shown and "✖ failed" in shown and "▶ running" in shown
@@ -557,8 +559,7 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
         pick(dash, "slow")
         await settle()
         dash.cancel_button.click()
-        await asyncio.wait_for(asyncio.gather(slow._ended_event.wait(),
-                                              after._ended_event.wait()), 10)
+        await asyncio.wait_for(sched.wait([slow, after]), 10)
         clock.advance(2)
         assert slow.state is TaskState.CANCELLED and after.state is TaskState.DONE
         shown = table(dash)
