@@ -68,11 +68,14 @@ async def test_cancelled_waiter_gives_its_turn_away() -> None:
 
 @pytest.mark.anyio
 async def test_rate_spaces_starts() -> None:
-    """At 20 starts per second, five starts are at least 50 ms apart.
+    """At 20 starts per second, of five starts asked for at once the k-th (from 0)
+    comes at least k × 50 ms after they were asked for.
 
-    Time is what this measures: the rate limiter's own waits, timed on the loop's clock.
-    A loaded machine only stretches the gaps, so the lower bound (45 ms, 5 ms under the
-    rate's 50) holds however busy it is.
+    Time is what this measures: the rate limiter's own waits, on the loop's clock. It is
+    checked from the moment they were asked for, not between neighbours: a start that
+    resumed late on a loaded machine may be followed closely by the next (the limiter
+    lets a late start catch up within one interval), but none comes before its turn,
+    and load only delays.
     """
     rater = RateLimiter(20)
     loop = asyncio.get_running_loop()
@@ -82,9 +85,10 @@ async def test_rate_spaces_starts() -> None:
         await rater.acquire()
         starts.append(loop.time())
 
+    asked = loop.time()
     await asyncio.wait_for(asyncio.gather(*(start() for _ in range(5))), 5)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert len(gaps) == 4 and all(gap >= 0.045 for gap in gaps), gaps
+    since = [t - asked for t in starts]
+    assert len(since) == 5 and all(s >= k * 0.05 - 0.005 for k, s in enumerate(since)), since
 
 
 @pytest.mark.parametrize(
