@@ -16,7 +16,6 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from IPython.core.error import UsageError
 
 from conftest import GatedMode
 from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRegistry
@@ -115,7 +114,7 @@ async def test_no_infer_warns_and_strict_refuses(sched: Scheduler) -> None:
     ):
         b = sched.submit("x = 2", "b", gated(infer=False))
     assert b.waits_for == ()
-    with pytest.raises(UsageError, match=r"conflict \(--strict\).*--after a,b\)"):
+    with pytest.raises(ValueError, match=r"conflict \(--strict\).*--after a,b\)"):
         sched.submit("y = x", "c", gated(infer=False, strict=True))
     assert "c" not in sched.tasks
 

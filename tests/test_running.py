@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio
 import pytest
-from IPython.core.error import UsageError
 
 from conftest import GatedMode
 from ipytasks.records import TaskFailed, TaskOptions
@@ -217,14 +216,14 @@ async def test_map_items_respect_the_limit(scheduler: Scheduler, gated: GatedMod
 
 
 async def test_map_failure_and_bad_expression(scheduler: Scheduler) -> None:
-    """A failing item fails the map, naming it; a bad EXPR is a usage error at submission."""
+    """A failing item fails the map, naming it; a bad EXPR is refused at submission."""
     m = scheduler.submit("10 // x", "m", TaskOptions(mode="async", map=("x", "[1, 0, 2]")))
     with anyio.fail_after(5), pytest.raises(TaskFailed, match=r"m\[1\] \(failed\)"):
         await scheduler.wait([m])
     assert m.state == "failed" and scheduler.tasks["m[2]"].result == 5
-    with pytest.raises(UsageError, match="is not iterable"):
+    with pytest.raises(ValueError, match="is not iterable"):
         scheduler.submit("1", "bad", TaskOptions(map=("x", "5")))
-    with pytest.raises(UsageError, match="not an expression"):
+    with pytest.raises(ValueError, match="not an expression"):
         scheduler.submit("1", "bad", TaskOptions(map=("x", "[1,")))
     assert "bad" not in scheduler.tasks
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from IPython.core.error import UsageError
+from .errors import BadArgument
 
 __all__ = ("LoopHost",)
 
@@ -127,11 +127,11 @@ class LoopHost:
 
         Ctrl-C (or any error here) cancels ``coro`` and re-raises: it ends the wait only.
 
-        :raises UsageError: called on the loop's thread, which it would block for good.
+        :raises ValueError: called on the loop's thread, which it would block for good.
         """
         if self.on_loop_thread():
             coro.close()
-            raise UsageError(BLOCKS_THE_LOOP)
+            raise BadArgument(BLOCKS_THE_LOOP)
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
+import inspect
 import io
 import re
 import shlex
 import tokenize
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
@@ -26,7 +28,10 @@ from traitlets import Int, TraitError, observe, validate
 
 from . import api
 from .cache.outcome import FLUSH_TIMEOUT
-from .modes import BACKENDS, MODES, NEEDS_DASK, dask_available
+from .errors import REFUSALS
+from .modes import BACKENDS, NEEDS_DASK, dask_available
+from .options import magic_arguments as task_arguments
+from .options import magic_values
 from .records import TaskFailed
 
 if TYPE_CHECKING:
@@ -35,124 +40,8 @@ if TYPE_CHECKING:
 __all__ = ("TaskMagics",)
 
 WAIT_INTERRUPTED = "the wait was interrupted; the tasks keep running (%cancel stops them)"
+F = TypeVar("F", bound=Callable[..., Any])
 _BACKEND_WHERE = {"local": "in worker processes on this machine", "dask": "on Dask"}
-
-
-def task_args(f: Any) -> Any:
-    """The options ``%%parallel`` and ``%%sequential`` share."""
-    decorators = [
-        magic_arguments.argument(
-            "name", nargs="?", default=None, metavar="NAME",
-            help="Task name, a Python identifier. Default: the cell's number (cell7).",
-        ),
-        magic_arguments.argument(
-            "--after", metavar="A,B", default=None,
-            help="Start only after these tasks or groups have ended.",
-        ),
-        magic_arguments.argument(
-            "-g", "--group", metavar="G", default=None,
-            help="Group label, for %%wait, %%cancel and --after.",
-        ),
-        magic_arguments.argument(
-            "--on-error", dest="on_error", choices=api.ON_ERROR_CHOICES, default="stop",
-            help="When a task this one waits for did not succeed: 'stop' (default) "
-            "marks this one skipped, 'continue' runs it anyway.",
-        ),
-        magic_arguments.argument(
-            "--mode", choices=MODES, default="auto",
-            help="Where the body runs: 'async' on the kernel's event loop, 'thread' in a "
-            "worker thread, 'process' in a worker process; 'auto' (default) picks async "
-            "when the cell has a top-level await, else thread.",
-        ),
-        magic_arguments.argument(
-            "--thread", dest="mode", action="store_const", const="thread",
-            help="Short for --mode thread.",
-        ),
-        magic_arguments.argument(
-            "--process", dest="mode", action="store_const", const="process",
-            help="Short for --mode process: run in a worker process; the names the cell "
-            "reads are shipped there and the names it binds come back on success.",
-        ),
-        magic_arguments.argument(
-            "--on", choices=BACKENDS, default=None,
-            help="Where a process-mode body runs: 'dask' on a Dask cluster (implies "
-            "--process; the cluster of %%tasks_backend, else a LocalCluster started with "
-            "the first such task), 'local' in worker processes on this machine. Default: "
-            "the backend %%tasks_backend set (local unless changed).",
-        ),
-        magic_arguments.argument(
-            "--timeout", metavar="S", type=float, default=None,
-            help="Stop the body after S seconds; the task ends as timed_out.",
-        ),
-        magic_arguments.argument(
-            "--retries", metavar="N", type=int, default=0,
-            help="Run the body again up to N times after it fails or times out, waiting "
-            "--retry-delay seconds before the first retry and twice as long before each "
-            "next one, up to 60 s.",
-        ),
-        magic_arguments.argument(
-            "--retry-delay", dest="retry_delay", metavar="S", type=float, default=1.0,
-            help="Wait S seconds before the first retry (default 1), doubling each time "
-            "(with 20%% jitter) up to a cap of 60 s; a delay above 60 s stays as it is.",
-        ),
-        magic_arguments.argument(
-            "--limit", metavar="N", type=int, default=None,
-            help="At most N tasks of this task's group run at once.",
-        ),
-        magic_arguments.argument(
-            "--rate", metavar="N/s", default=None,
-            help="At most N starts per second (or N/min) in this task's group.",
-        ),
-        magic_arguments.argument(
-            "--map", metavar="VAR in EXPR", default=None,
-            help="Fan out: one task per item of EXPR with VAR bound to it, named NAME[0], "
-            "NAME[1]...; each item runs in a scope of its own and the task's result is the "
-            "list of the items' results, in order. EXPR is any Python expression "
-            "(range(0, -k, -1), a comprehension); it runs to the next option of this magic "
-            "outside brackets and strings, and is evaluated once the tasks it depends on "
-            "have ended.",
-        ),
-        magic_arguments.argument(
-            "--priority", metavar="N", type=int, default=0,
-            help="Among tasks held by a --limit or --rate, higher N starts first (default 0).",
-        ),
-        magic_arguments.argument(
-            "--no-infer", dest="infer", action="store_false",
-            help="Do not wait for unfinished tasks whose names this cell reads, rebinds or "
-            "changes (by default it does, so every name gets the value an in-order run gives).",
-        ),
-        magic_arguments.argument(
-            "--strict", action="store_true",
-            help="Make a conflict on a shared name (possible with --no-infer) an error, "
-            "not a warning.",
-        ),
-        magic_arguments.argument(
-            "--wait", action="store_true",
-            help="Block this cell until the task ends (output shows live); "
-            "other tasks keep running.",
-        ),
-        magic_arguments.argument(
-            "--quiet", action="store_true",
-            help="No status line or output area in the cell; output is still kept.",
-        ),
-        magic_arguments.argument(
-            "--cache", action="store_true",
-            help="Reuse the stored outcome (the names the cell binds, its result, its "
-            "outputs) when the cell's code (comments and blank lines aside), the values it "
-            "reads and the tasks it follows by --after or chain are unchanged, also after a "
-            "kernel restart: the task then ends at once as 'cached'. Stored in .ipytasks/ "
-            "beside the notebook (%%tasks_cache says where and what).",
-        ),
-        magic_arguments.argument(
-            "--cache-key", dest="cache_key", metavar="EXPR", default=None,
-            help="An expression whose value joins the cache key (implies --cache), for a "
-            "cell that reads the clock or random numbers: e.g. --cache-key "
-            "'datetime.date.today()' reruns it once a day.",
-        ),
-    ]
-    for decorator in reversed(decorators):
-        f = decorator(f)
-    return f
 
 
 def mode_settings(magics: TaskMagics) -> dict[str, dict[str, Any]]:
@@ -162,13 +51,6 @@ def mode_settings(magics: TaskMagics) -> dict[str, dict[str, Any]]:
         "process": {"max_workers": magics.max_workers or None},
         "dask": {"n_workers": magics.max_workers or None},  # the LocalCluster's
     }
-
-
-def _chain_arg(f: Any) -> Any:
-    return magic_arguments.argument(
-        "--chain", metavar="C", default="main",
-        help="The chain to append to (default 'main'); a chain runs its tasks in order.",
-    )(f)
 
 
 _MAP_OPTION = re.compile(r"(?:^|\s)--map(?=\s|$)")
@@ -249,6 +131,31 @@ def _without_traceback(exc: BaseException) -> BaseException:
     return exc.with_traceback(None)
 
 
+def _refusals_as_usage(function: F) -> F:
+    """Show the API's refusals (a bad option, an unknown task) as usage errors: one line,
+    no traceback. Errors of tasks (``%result``, ``%wait``) pass as they are."""
+    if inspect.iscoroutinefunction(function):
+        @functools.wraps(function)
+        async def refused_async(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            try:
+                return await function(*args, **kwargs)
+            except REFUSALS as exc:
+                raise UsageError(str(exc)) from None
+
+        return cast(F, refused_async)
+
+    @functools.wraps(function)
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            return function(*args, **kwargs)
+        except REFUSALS as exc:
+            raise UsageError(str(exc)) from None
+
+    return cast(F, refused)
+
+
 def _parse(magic: Any, line: str) -> Any:
     try:
         return magic_arguments.parse_argstring(magic, line)
@@ -294,29 +201,6 @@ class TaskMagics(Magics):
             for note in scheduler.configure(settings):
                 print(f"ipytasks: {note}")
 
-    def _task_options(self, args: Any, chain: str | None) -> tuple[str | None, dict[str, Any]]:
-        options = dict(
-            mode=args.mode,
-            after=args.after,
-            group=args.group,
-            chain=chain,
-            on_error=args.on_error,
-            timeout=args.timeout,
-            wait=args.wait,
-            quiet=args.quiet,
-            retries=args.retries,
-            retry_delay=args.retry_delay,
-            limit=args.limit,
-            rate=args.rate,
-            priority=args.priority,
-            infer=args.infer,
-            strict=args.strict,
-            on=args.on,
-            cache=args.cache,
-            cache_key=args.cache_key,
-        )
-        return args.name, options
-
     def _cell_number(self) -> int:
         # IPython counts the running cell before running it: In[n] runs with count n+1.
         assert self.shell is not None  # the magics are registered with a shell
@@ -332,14 +216,15 @@ class TaskMagics(Magics):
         method = getattr(self, magic)
         line, mapping = _split_map(magic, line, method.parser._option_string_actions)
         args = _parse(method, line)
-        name, options = self._task_options(args, args.chain if magic == "sequential" else None)
-        options["map"] = mapping
+        values = magic_values(args, magic)
+        values["map"] = mapping
         api._current()
         try:
             return api._submit(
                 cell,
-                name if name is not None else self._default_name(),
-                options,
+                args.name if args.name is not None else self._default_name(),
+                values,
+                "magic",
                 number=self._cell_number(),
             )
         except SyntaxError as exc:
@@ -348,8 +233,9 @@ class TaskMagics(Magics):
             raise UsageError(_syntax_message(magic, exc)) from None
 
     @magic_arguments.magic_arguments()
-    @task_args
+    @task_arguments("parallel")
     @cell_magic
+    @_refusals_as_usage
     def parallel(self, line: str, cell: str) -> None:
         """Run the cell as a background task, concurrently with other tasks.
 
@@ -373,9 +259,9 @@ class TaskMagics(Magics):
         self.submit_cell("parallel", line, cell)
 
     @magic_arguments.magic_arguments()
-    @task_args
-    @_chain_arg
+    @task_arguments("sequential")
     @cell_magic
+    @_refusals_as_usage
     def sequential(self, line: str, cell: str) -> None:
         """Run the cell as a background task after the previous task of its chain.
 
@@ -403,6 +289,7 @@ class TaskMagics(Magics):
         help="Give up waiting after S seconds (the tasks keep running).",
     )
     @line_magic
+    @_refusals_as_usage
     def wait(self, line: str) -> None:
         """Block until tasks end; raise one error listing every task that failed.
 
@@ -427,6 +314,7 @@ class TaskMagics(Magics):
     @magic_arguments.argument("targets", nargs="*", metavar="TARGET", help="Task names or groups.")
     @magic_arguments.argument("--all", action="store_true", help="Cancel every unfinished task.")
     @line_magic
+    @_refusals_as_usage
     def cancel(self, line: str) -> None:
         """Cancel tasks: pending ones never start, running bodies are stopped.
 
@@ -453,6 +341,7 @@ class TaskMagics(Magics):
         "because of one, in the order they were submitted; what succeeded is left alone.",
     )
     @line_magic
+    @_refusals_as_usage
     def retry(self, line: str) -> None:
         """Run a failed, timed-out, cancelled or skipped task's cell again, with its options.
 
@@ -506,6 +395,7 @@ class TaskMagics(Magics):
         "recently used entries go first.",
     )
     @line_magic
+    @_refusals_as_usage
     def tasks_cache(self, line: str) -> None:
         """Show where ``--cache`` outcomes are stored and what is there; clear some or all.
 
@@ -562,6 +452,7 @@ class TaskMagics(Magics):
     @magic_arguments.magic_arguments()
     @magic_arguments.argument("name", metavar="NAME", help="The task's name.")
     @line_magic
+    @_refusals_as_usage
     def result(self, line: str) -> Any:
         """Return a task's result (its last expression's value), or raise its error.
 
@@ -586,6 +477,7 @@ class TaskMagics(Magics):
         "cluster already in use, else a LocalCluster started with the first task.",
     )
     @line_magic
+    @_refusals_as_usage
     def tasks_backend(self, line: str) -> None:
         """Choose where process-mode bodies run: this machine, or a Dask cluster.
 
@@ -648,6 +540,7 @@ class TaskMagics(Magics):
         "--text", action="store_true", help="Print the table as text, even in a notebook."
     )
     @line_magic
+    @_refusals_as_usage
     def tasks(self, line: str) -> Any:
         """Show the live dashboard of every task; in a terminal (or with --text), a table.
 
@@ -758,6 +651,7 @@ def _magics() -> TaskMagics:
     return session.shell.magics_manager.registry["TaskMagics"]
 
 
+@_refusals_as_usage
 async def awaited_wait(line: str) -> None:
     """What a ``%wait`` line runs in a notebook: the magic, awaited on the kernel's loop."""
     __tracebackhide__ = True
@@ -774,6 +668,7 @@ async def awaited_wait(line: str) -> None:
         raise UsageError(WAIT_INTERRUPTED) from None
 
 
+@_refusals_as_usage
 async def awaited_cell(magic: str, line: str, cell: str) -> None:
     """What a ``%%parallel … --wait`` cell runs in a notebook: submit, then await the end."""
     magics = _magics()

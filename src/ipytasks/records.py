@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .options import TaskOptions
+
 if TYPE_CHECKING:
     from .cells import CompiledCell, MapItemCell
     from .output import TaskOutput
@@ -110,42 +112,6 @@ class TaskFailed(TaskError):
         # What IPython shows when a cell raises this: the failed tasks' own tracebacks (in
         # the message), not the frames of the wait that raised it.
         return f"{type(self).__name__}: {self}".splitlines()
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """What the user asked for on the magic line (or as keyword arguments of ``submit``).
-
-    ``chain`` is ``None`` for a ``%%parallel`` task and the chain's name for a
-    ``%%sequential`` one.
-    """
-
-    mode: str = "auto"
-    after: tuple[str, ...] = ()
-    group: str | None = None
-    chain: str | None = None
-    on_error: str = "stop"
-    timeout: float | None = None
-    wait: bool = False
-    quiet: bool = False
-    retries: int = 0
-    retry_delay: float = 1.0
-    #: ``--map VAR in EXPR`` as ``(VAR, EXPR)``.
-    map: tuple[str, str] | None = None
-    limit: int | None = None
-    rate: float | None = None
-    priority: int = 0
-    #: Wait for unfinished tasks whose names this one shares (``--no-infer`` turns it off).
-    infer: bool = True
-    #: A conflict on a shared name is an error, not a warning (``--strict``).
-    strict: bool = False
-    #: Where a process-mode body runs (``--on``): ``"local"``, ``"dask"``, or ``None``
-    #: for the session's default backend (``%tasks_backend``).
-    on: str | None = None
-    #: Reuse the stored outcome when the code, what it reads and its upstream are
-    #: unchanged (``--cache``); ``cache_key`` is an expression whose value joins the key.
-    cache: bool = False
-    cache_key: str | None = None
 
 
 @dataclass(eq=False, slots=True)

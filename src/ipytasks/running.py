@@ -32,10 +32,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from IPython.core.error import UsageError
-
 from . import plots
 from .cells import CompiledCell, MapItemCell, compile_map_function
+from .errors import BadArgument
 from .limits import Limiter, RateLimiter
 from .output import TaskOutput, current_output
 from .records import (
@@ -128,7 +127,7 @@ class TaskRunner:
     def prepare(self, record: TaskRecord) -> None:
         """Get a new task (from :meth:`TaskGraph.new_task`) ready to start: its output.
 
-        :raises UsageError: a ``--map`` task whose upstream has ended: its EXPR is
+        :raises ValueError: a ``--map`` task whose upstream has ended: its EXPR is
             evaluated now, so that a bad one is said in the submitting cell.
         """
         run = _Run()
@@ -140,7 +139,7 @@ class TaskRunner:
                 text = str(exc)
                 if not text.startswith("--map"):
                     text = f"--map: {type(exc).__name__}: {text}"
-                raise UsageError(text) from None
+                raise BadArgument(text) from None
         record.sink = TaskOutput(self.loop, self._echo)
         record.sink.owner = record
         self._runs[record] = run

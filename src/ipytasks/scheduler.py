@@ -22,13 +22,12 @@ import sys
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from IPython.core.error import UsageError
-
 from . import plots
 from .cache.outcome import FLUSH_TIMEOUT, ResultCache
 from .cells import CompiledCell, compile_cell
 from .changes import ChangeFeed, Changes
 from .dependencies import TaskNames, task_names
+from .errors import BadArgument, NotLoaded
 from .loop import LoopHost
 from .modes import Mode, get_mode_class
 from .records import TaskOptions, TaskRecord, TaskRegistry
@@ -112,10 +111,10 @@ class Scheduler:
         start, to give it views.
 
         :raises SyntaxError: the cell does not parse (no task is created).
-        :raises UsageError: a name that is busy, an unknown ``--after`` target, a cycle.
+        :raises ValueError: a name that is busy, an unknown ``--after`` target, a cycle.
         """
         if self._closed:
-            raise UsageError(UNLOADED)
+            raise NotLoaded(UNLOADED)
         cell = compile_cell(self.shell, source, number)
         mode = options.mode
         if options.on == "dask" and mode == "auto":
@@ -123,7 +122,7 @@ class Scheduler:
         if mode == "auto":
             mode = "async" if cell.is_async else "thread"
         elif mode == "thread" and cell.is_async:
-            raise UsageError(ASYNC_IN_THREAD.format(name=name))
+            raise BadArgument(ASYNC_IN_THREAD.format(name=name))
         elif mode == "process" and (options.on or self.backend) == "dask":
             mode = "dask"  # the process-mode payload, on a Dask cluster
         if options.map is not None:
@@ -145,7 +144,7 @@ class Scheduler:
         attach: Callable[[TaskRecord], None] | None,
     ) -> TaskRecord:
         if self._closed:
-            raise UsageError(UNLOADED)
+            raise NotLoaded(UNLOADED)
         record = self.graph.new_task(source, name, options, cell, mode, names)
         runner = self._runner
         runner.prepare(record)
@@ -279,8 +278,8 @@ class Scheduler:
 def _check_map_expression(spec: tuple[str, str]) -> None:
     var, expr = spec
     if not var.isidentifier():
-        raise UsageError(f"--map: {var!r} is not a name to bind each item to (--map VAR in EXPR)")
+        raise BadArgument(f"--map: {var!r} is not a name to bind each item to (--map VAR in EXPR)")
     try:
         compile(expr, "<--map>", "eval")
     except SyntaxError as exc:
-        raise UsageError(f"--map: {expr!r} is not an expression: {exc.msg}") from None
+        raise BadArgument(f"--map: {expr!r} is not an expression: {exc.msg}") from None

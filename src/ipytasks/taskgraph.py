@@ -26,9 +26,8 @@ import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from IPython.core.error import UsageError
-
 from .dependencies import DependencyIndex, TaskNames
+from .errors import BadArgument
 from .records import TaskConflictWarning, TaskOptions, TaskRecord, TaskRegistry
 
 if TYPE_CHECKING:
@@ -81,20 +80,20 @@ class TaskGraph:
         """The record of a new task ``name``: what it waits for, and why. It is not part
         of the graph until :meth:`add`.
 
-        :raises UsageError: the name belongs to an unfinished task, an ``--after``
+        :raises ValueError: the name belongs to an unfinished task, an ``--after``
             target is unknown or the task itself, or (``--strict``) a conflict.
         :warns TaskConflictWarning: ``--no-infer`` and names shared with unfinished tasks.
         """
         existing = self.tasks.get(name)
         if existing is not None and not existing.state.ended:
-            raise UsageError(TASK_BUSY.format(name=name, state=existing.state))
+            raise BadArgument(TASK_BUSY.format(name=name, state=existing.state))
         if options.map is not None and options.group is None:
             # The items form a group under the map's name: --limit, %wait and --after see it.
             options = dataclasses.replace(options, group=name)
         upstream: dict[TaskRecord, str] = {}
         for target in options.after:
             if target == name:
-                raise UsageError(SELF_CYCLE.format(name=name, option="--after"))
+                raise BadArgument(SELF_CYCLE.format(name=name, option="--after"))
             for record in self._resolve(target, "--after"):
                 upstream.setdefault(record, "after")
         if options.chain is not None:
@@ -149,7 +148,7 @@ class TaskGraph:
         """Records for names and groups, each once, in the order named (a group's in
         submission order); every task, in submission order, if ``targets`` is empty.
 
-        :raises UsageError: a target names no task or group (``option`` says where it
+        :raises ValueError: a target names no task or group (``option`` says where it
             was given); the message suggests close names.
         """
         targets = list(targets)
@@ -169,7 +168,7 @@ class TaskGraph:
         members = [r for r in self.tasks.values() if r.options.group == target]
         if members:
             return members
-        raise UsageError(UNKNOWN_TARGET.format(option=option, target=target,
+        raise BadArgument(UNKNOWN_TARGET.format(option=option, target=target,
                                                **self._known_targets(target)))
 
     def _known_targets(self, target: str) -> dict[str, str]:
@@ -218,5 +217,5 @@ def _report_conflicts(
     others = ",".join(other.name for other, _ in named)
     message = "; ".join(lines) + f" (drop --no-infer, or add --after {others})"
     if options.strict:
-        raise UsageError(f"conflict (--strict): {message}")
+        raise BadArgument(f"conflict (--strict): {message}")
     warnings.warn(TaskConflictWarning(message), stacklevel=1)

@@ -34,6 +34,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from ipytasks.namespace.shipping import ShippingError
+from ipytasks.options import checked
 from ipytasks.records import BrokenWorker, TaskFailed, TaskOptions, TaskRecord, TaskRegistry
 from ipytasks.scheduler import Scheduler
 
@@ -513,7 +514,7 @@ async def test_a_dask_worker_that_dies_fails_its_task(
 
 async def test_cells_a_worker_cannot_run_are_refused(sched: Scheduler) -> None:
     """As in process mode, magics and shell commands are refused at submission."""
-    with pytest.raises(UsageError, match="cannot run in a worker process"):
+    with pytest.raises(ValueError, match="cannot run in a worker process"):
         sched.submit("!ls", "shell_cmd", dask())
     assert "shell_cmd" not in sched.tasks
 
@@ -603,7 +604,7 @@ def test_use_a_client_of_ones_own(ip: Any, dask_client: Any) -> None:
     ip.run_line_magic("tasks_backend", "")
     assert api._current().scheduler.installed_mode("dask").given_client is dask_client
     ip.run_line_magic("tasks_backend", "local")
-    with pytest.raises(UsageError, match="takes a distributed.Client"):
+    with pytest.raises(TypeError, match="takes a distributed.Client"):
         ipytasks.use(42)
     ip.run_line_magic("unload_ext", "ipytasks")
     assert dask_client.status == "running"
@@ -632,8 +633,8 @@ def test_without_the_extra_on_dask_is_a_usage_error(ip: Any, no_distributed: Non
     """Without distributed, --on dask, %tasks_backend dask and use() say what to install."""
     from ipytasks import api
 
-    with pytest.raises(UsageError) as raised:
-        api.make_options(on="dask")
+    with pytest.raises(ValueError) as raised:
+        checked({"on": "dask"}, "magic")
     assert str(raised.value) == NEEDS_DASK
     ip.run_line_magic("load_ext", "ipytasks")
     result = ip.run_cell("%%parallel nodask --on dask\n1")
@@ -645,21 +646,19 @@ def test_without_the_extra_on_dask_is_a_usage_error(ip: Any, no_distributed: Non
     assert str(result.error_in_exec) == (
         "%tasks_backend dask needs distributed: pip install 'ipytasks[dask]'"
     )
-    with pytest.raises(UsageError, match=r"pip install 'ipytasks\[dask\]'"):
+    with pytest.raises(ValueError, match=r"pip install 'ipytasks\[dask\]'"):
         api.use("dask")
     # --on local and ordinary process cells are not affected.
-    assert api.make_options(on="local", mode="process").on == "local"
+    assert checked({"on": "local", "mode": "process"}, "api").on == "local"
 
 
 def test_on_dask_with_another_mode_is_a_usage_error() -> None:
     """--on dask runs process-mode bodies: --thread or --mode async with it is refused."""
-    from ipytasks import api
-
     for mode in ("thread", "async"):
-        with pytest.raises(UsageError, match=f"drop --mode {mode}"):
-            api.make_options(on="dask", mode=mode)
-    with pytest.raises(UsageError, match="--on must be one of local|dask"):
-        api.make_options(on="cloud")
+        with pytest.raises(ValueError, match=f"drop --mode {mode}"):
+            checked({"on": "dask", "mode": mode}, "magic")
+    with pytest.raises(ValueError, match="--on must be one of local|dask"):
+        checked({"on": "cloud"}, "magic")
 
 
 # -- a cluster of one's own, by address -----------------------------------------------------

@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio
 import pytest
-from IPython.core.error import UsageError
 
 from ipytasks.modes._process import BrokenWorker, ProcessMode
 from ipytasks.namespace.shipping import RemoteError, ShippingError
@@ -535,7 +534,7 @@ async def test_cells_a_worker_cannot_run_are_refused(
     sched: Scheduler, source: str, message: str
 ) -> None:
     """Magics, shell commands, get_ipython() and unknowable names are refused at submission."""
-    with pytest.raises(UsageError, match=re.escape(message)) as info:
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
         sched.submit(source, "refused", process())
     assert "--thread" in str(info.value)
     assert "refused" not in sched.tasks

@@ -55,7 +55,7 @@ Choices, as a user sees them
   ``%%sequential --process`` cell may read what the task before it binds. An input
   that cannot be pickled therefore fails the task when it starts, naming the
   variable and its type.
-* **Refused at submission** (``UsageError``, no task created), because the
+* **Refused at submission** (``ValueError``, no task created), because the
   answer cannot change: a cell whose names cannot be known statically (``exec``,
   ``eval``, ``globals()``, a star import…), and a cell that uses a magic, a shell
   command (``!cmd``) or ``get_ipython()``: there is no IPython in a worker. Both
@@ -107,10 +107,9 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from IPython.core.error import UsageError
-
 from .. import _worker
 from ..cells import MapItemCell
+from ..errors import BadArgument
 from ..namespace.analysis import CellNames, analyze
 from ..namespace.shipping import Job, Reply, decode_reply, merge
 from ..output import _report_internal_error
@@ -575,7 +574,7 @@ class ProcessMode(Mode):
         assert task.cell is not None and not isinstance(task.cell, MapItemCell)
         names = analyze(task.cell.tree)
         if names.unknown:
-            raise UsageError(UNKNOWN_NAMES.format(name=task.name, reason=names.unknown))
+            raise BadArgument(UNKNOWN_NAMES.format(name=task.name, reason=names.unknown))
         magics = sorted(getattr(names, "magics", ()))
         if magics or "get_ipython" in names.reads:
             parts = [f"%{m}" for m in magics if m != "!"]
@@ -586,7 +585,7 @@ class ProcessMode(Mode):
             what = ", ".join(parts)
             it = "them" if len(parts) > 1 else "it"
             hint = SHELL_HINT if "!" in magics else ""
-            raise UsageError(NEEDS_IPYTHON.format(name=task.name, what=what, it=it, hint=hint))
+            raise BadArgument(NEEDS_IPYTHON.format(name=task.name, what=what, it=it, hint=hint))
 
     def resize(self, max_workers: int | None) -> None:
         """Keep up to ``max_workers`` worker processes (``None``: one per core) from now on."""

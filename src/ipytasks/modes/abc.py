@@ -29,7 +29,7 @@ class Mode(metaclass=ABCMeta):
     def prepare(self, task: TaskRecord) -> None:
         """Check a task at submission, on the submitting thread, before it is registered.
 
-        Raise ``UsageError`` to refuse it (no task is created). The default accepts all.
+        Raise ``errors.BadArgument`` to refuse it (no task is created). The default accepts all.
         """
 
     @abstractmethod

@@ -24,7 +24,7 @@ often rather than slowing the kernel down.
 
 Updates: the scheduler puts every change in the dashboard's
 :class:`~ipytasks.changes.ChangeFeed` and wakes it when the feed was empty; the
-dashboard then only asks its :class:`~ipytasks.overview.throttle.Throttle` for a
+dashboard then only asks its :class:`~ipytasks.throttle.Throttle` for a
 refresh, which takes what the feed holds. A refresh runs at most every
 ``mininterval`` seconds (the first after a quiet spell :data:`SETTLE` seconds after
 the change), re-renders from the records, and assigns only values that differ from
@@ -36,7 +36,6 @@ no timer and no work.
 from __future__ import annotations
 
 import contextvars
-import importlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -96,7 +95,6 @@ FILTERS: dict[str, frozenset[TaskState] | None] = {
 }
 
 NO_SELECTION = "pick a task first: click its row in the table"
-_MISSING: Any = object()
 
 
 def open_dashboard(
@@ -193,8 +191,8 @@ class Dashboard(widgets.VBox):
     :param page_size: rows per page of the table.
     :param mininterval: least seconds between two refreshes.
     :param tick_interval: seconds between refreshes while tasks run and nothing changes.
-    :param retry: ``retry(name)`` for the Retry button; default ``ipytasks.api.retry``
-        when it exists. Without one the button is hidden.
+    :param retry: ``retry(name)`` for the Retry button (the API hands in
+        ``ipytasks.retry``). Without one the button is hidden.
     :param clock: monotonic seconds for throttling (``time.monotonic``); when given, it
         also measures what refreshes cost (else the loop thread's CPU time does).
     :param wall: epoch seconds for durations (``time.time``), the clock task records use.
@@ -213,7 +211,7 @@ class Dashboard(widgets.VBox):
         page_size: int = PAGE_SIZE,
         mininterval: float = MININTERVAL,
         tick_interval: float = TICK_INTERVAL,
-        retry: Callable[[str], Any] | None = _MISSING,
+        retry: Callable[[str], Any] | None = None,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] | None = None,
         call_later: CallLater | None = None,
@@ -251,8 +249,6 @@ class Dashboard(widgets.VBox):
         self._table_rows: dict[TaskRecord, tuple[float, bool, str]] = {}
         self._wall = wall or time.time
         self._loop = scheduler.loop
-        if retry is _MISSING:
-            retry = getattr(importlib.import_module("ipytasks.api"), "retry", None)
         self._retry = retry
         if retry is None:
             self.retry_button.layout.display = "none"
