@@ -27,7 +27,9 @@ Parts (``--only`` takes these names):
 - ``cache``      bench_cache.py: ``--cache``: fingerprinting a 200 MiB array, a hit that
                  binds one, the overhead on a trivial task;
 - ``limits``     bench_limits.py: tasks queued on a group limit, released one by one, against
-                 the same tasks without a limit.
+                 the same tasks without a limit;
+- ``graph``      bench_graph.py: the task graph of 1,000 tasks laid out and drawn, against
+                 rendering the table of the same tasks.
 
 The table goes to stdout and, as Markdown, to ``test-output/bench.md`` (``--output``). A part
 that cannot run (a peer not installed, process mode missing) says so in its rows; a part that
@@ -308,6 +310,22 @@ def part_cache(quick: bool, timeout: float) -> dict[str, list[Row]]:
     return {CACHE: rows}
 
 
+def part_graph(quick: bool, timeout: float) -> dict[str, list[Row]]:
+    """bench_graph.py's own table, read back."""
+    measure = "task graph (bench_graph.py)"
+    try:
+        table = parse_text_table(run_part([sys.executable, "bench_graph.py", *_q(quick)], timeout))
+    except PartFailed as exc:
+        return {GRAPH: [error_row(measure, str(exc))]}
+    if not table:
+        return {GRAPH: [error_row(measure, "its output has no table")]}
+    rows = []
+    for cells in table:
+        name, ours, base, ratio, goal = (cells + [""] * 5)[:5]
+        rows.append((name, ours, base, ratio.replace("x", "×"), goal, judge(goal, ours)))
+    return {GRAPH: rows}
+
+
 def part_dashboard(quick: bool, timeout: float) -> dict[str, list[Row]]:
     args = ["--tasks", "1000", "--json"]
     args += ["--repeat", "1", "--scenarios", "burst"] if quick else ["--repeat", "3"]
@@ -348,14 +366,16 @@ ANALYSIS = "Namespace analysis (bench_analysis.py)"
 OUTPUT = "Task output (bench_output.py, in a kernel)"
 CACHE = "Cached outcomes, --cache (bench_cache.py, an InteractiveShell)"
 LIMITS = "Group limits: releasing queued tasks (bench_limits.py, a scheduler in one process)"
-ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, SCALING, CORE, OUTPUT, ANALYSIS, CACHE,
-         LIMITS)
+GRAPH = "Task graph: layout and picture (bench_graph.py, a scheduler in one process)"
+ORDER = (OVERHEAD, SCENARIOS, ARRAYS, PROCESS, DASHBOARD, GRAPH, SCALING, CORE, OUTPUT, ANALYSIS,
+         CACHE, LIMITS)
 
 # name -> (function, timeout quick, timeout full); run in this order
 PARTS: dict[str, tuple[Callable[[bool, float], dict[str, list[Row]]], float, float]] = {
     "analysis": (part_analysis, 60, 300),
     "cache": (part_cache, 90, 600),
     "limits": (part_limits, 60, 600),
+    "graph": (part_graph, 60, 300),
     "core": (part_core, 90, 900),
     "output": (part_output, 90, 600),
     "scenarios": (part_scenarios, 90, 1200),

@@ -7,8 +7,8 @@ import ipytasks
 #: The public surface: the API and the magics' functions, the task record and its states,
 #: and the errors a user catches. A name added or lost is a decision, made here too.
 PUBLIC = {
-    "cancel", "dashboard", "result", "results", "retry", "submit", "tasks", "timeline", "use",
-    "wait", "load_ipython_extension", "unload_ipython_extension",
+    "cancel", "dashboard", "graph", "result", "results", "retry", "submit", "tasks", "timeline",
+    "use", "wait", "load_ipython_extension", "unload_ipython_extension",
     "TaskRecord", "TaskState",
     "BrokenWorker", "RemoteError", "ShippingError", "TaskCancelled", "TaskConflictWarning",
     "TaskFailed", "TaskSkipped",
@@ -48,10 +48,12 @@ def test_magic_help_names_every_option() -> None:
 
 
 def test_dashboard_stays_a_function_after_the_overview_loads() -> None:
-    """Importing the overview package does not shadow ipytasks.dashboard()."""
+    """Importing the overview package does not shadow ipytasks.dashboard() (nor graph())."""
     import ipytasks.overview  # noqa: F401
+    import ipytasks.overview.graph  # noqa: F401
 
     assert callable(ipytasks.dashboard) and callable(ipytasks.timeline)
+    assert callable(ipytasks.graph)
 
 
 def test_tasks_is_the_registry_and_no_module_shadows_it() -> None:

@@ -275,3 +275,48 @@ async def test_a_change_feed_wakes_once_until_taken_and_when_all_have_ended(
     scheduler.submit("y = 1", "late", opts())
     assert feed.take() == [] and wakes == [False, False, True]
 
+
+async def test_graph_has_every_edge_with_its_kind_and_names(
+    scheduler: Scheduler, gated: GatedMode
+) -> None:
+    """The scheduler's graph: chains, --after (to a group's members) and inferred edges,
+    each inferred one with the names that cause it; a --map task is one node with its
+    item count, known at submission when it waits for nothing; an edge caused both ways
+    keeps both kinds."""
+    sched = scheduler
+    sched.submit("rows = [1, 2]\ndf = 0", "load", opts())
+    sched.submit("n = len(rows)\ndf += n", "count", opts())
+    sched.submit("a = 1", "first", opts(chain="etl"))
+    sched.submit("b = 2", "second", opts(chain="etl"))
+    sched.submit("c = 3", "g1", opts(group="stats"))
+    sched.submit("d = 4", "g2", opts(group="stats"))
+    sched.submit("e = rows", "both", opts(after=("g1", "load")))
+    calls = sched.submit("u", "calls", TaskOptions(mode="async", map=("u", "[1, 2, 3]"),
+                                                   after=("stats",)))
+    now = sched.submit("v", "now", TaskOptions(mode="async", map=("v", "'ab'")))
+    graph = sched.graph()
+    assert [n.name for n in graph.nodes] == [
+        "load", "count", "first", "second", "g1", "g2", "both", "calls", "now"]
+    nodes = {n.name: n for n in graph.nodes}
+    assert nodes["calls"].items is None and nodes["calls"].state == "pending"  # not known yet
+    assert nodes["now"].items == 2 and nodes["now"].state == "pending"  # known at submission
+    edges = {(e.source, e.target): (e.kinds, e.names) for e in graph.edges}
+    assert edges == {
+        ("load", "count"): (("data",), ("df", "rows")),
+        ("first", "second"): (("chain",), ()),
+        ("g1", "both"): (("after",), ()),
+        ("load", "both"): (("after", "data"), ("rows",)),
+        ("g1", "calls"): (("after",), ()),
+        ("g2", "calls"): (("after",), ()),
+    }
+    (why,) = [e.why for e in graph.edges if e.target == "count"]
+    assert why == sched.tasks["count"].reasons["load"]
+    for name in ("load", "count", "first", "second", "g1", "g2", "both"):
+        gated.gate(name).set()
+    with anyio.fail_after(5):
+        await sched.wait([calls, now])
+    after = sched.graph()
+    (node,) = [n for n in after.nodes if n.name == "calls"]
+    assert (node.items, node.items_ended, node.state) == (3, 3, "done")
+    assert "calls[0]" not in {n.name for n in after.nodes}
+    assert after.edges == graph.edges

@@ -14,7 +14,7 @@ import pytest
 from ipytasks.cells import compile_cell
 from ipytasks.dependencies import task_names
 from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRecord, TaskRegistry, TaskState
-from ipytasks.taskgraph import TaskGraph
+from ipytasks.taskgraph import ANY_NAME, TaskGraph, reason_names
 
 
 class Graph:
@@ -172,3 +172,28 @@ def test_default_names_skip_names_in_use(g: Graph) -> None:
     """taskN names count up and never take a name already given."""
     g.add("1", "task2")
     assert [g.graph.next_default_name() for _ in range(3)] == ["task1", "task3", "task4"]
+
+
+def test_reason_names_reads_the_graphs_words() -> None:
+    """The names of inferred reasons as the dependency index words them; a cell whose
+    names cannot be known counts as any name."""
+    assert reason_names("reads rows, changes df, rebinds x_1") == ("rows", "df", "x_1")
+    assert reason_names("its names cannot be known (line 1: exec, eval)") == (ANY_NAME,)
+    assert reason_names("reads rows, this cell's names cannot be known (line 2: exec)") == (
+        "rows", ANY_NAME)
+
+
+def test_the_snapshot_reads_back_what_new_task_wrote(g: Graph) -> None:
+    """Each edge's kinds and names come from the reasons new_task gave: a snapshot made
+    without any loop or runner shows the chain, --after and data edges of the graph."""
+    load = g.add("df = [1]", "load", chain="main")
+    g.add("rows = len(df)", "clean", chain="main")
+    g.add("z = 1", "other", after=("load",))
+    g.end(load)
+    snapshot = g.graph.snapshot()
+    assert [(n.name, n.state) for n in snapshot.nodes] == [
+        ("load", "done"), ("clean", "pending"), ("other", "pending")]
+    assert [(e.source, e.target, e.kinds, e.names) for e in snapshot.edges] == [
+        ("load", "clean", ("chain", "data"), ("df",)),
+        ("load", "other", ("after",), ()),
+    ]

@@ -103,6 +103,21 @@ def test_pipeline_gets_in_order_values_and_says_why(tour: list[dict]) -> None:
     assert "{'north': (6, 3), 'south': (24, 9)}" in text
 
 
+def test_graph_shows_the_pipeline_as_the_text_says(tour: list[dict]) -> None:
+    """The tour's %tasks --graph cell is saved as SVG with the pipeline's edges and labels."""
+    (output,) = find(tour, "%tasks --graph").outputs
+    svg = output.data["text/html"]
+    for source, target, label in [("load", "clean", "raw"), ("clean", "feature_sum", "table"),
+                                  ("clean", "feature_max", "table"), ("clean", "report", "table"),
+                                  ("feature_sum", "report", "sums"),
+                                  ("feature_max", "report", "peaks")]:
+        edge = re.search(rf'<g class="ipytasks-edge" data-source="{source}" '
+                         rf'data-target="{target}" data-kind="data">.*?</g>', svg)
+        assert edge and f">{label}</text>" in edge.group(0), (source, target)
+    assert 'data-source="users" data-target="orders" data-kind="chain"' in svg
+    assert 'data-source="stats_a" data-target="combined" data-kind="after' in svg
+
+
 def test_map_with_limit_and_retries(tour: list[dict]) -> None:
     """20 mapped calls, 5 at a time, take about 4 rounds; the flaky call succeeds on try 3."""
     text = cell_text(find(tour, 'ipytasks.result("calls")'))

@@ -12,6 +12,7 @@ from typing import Any as _Any
 from . import api as _api
 from .api import cancel as cancel
 from .api import dashboard as dashboard
+from .api import graph as graph
 from .api import result as result
 from .api import results as results
 from .api import retry as retry
@@ -38,6 +39,7 @@ except _PackageNotFoundError:  # running from a source tree that was never insta
 __all__ = (
     "cancel",
     "dashboard",
+    "graph",
     "load_ipython_extension",
     "result",
     "results",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .errors import BadArgument, BadArgumentType, NotLoaded
@@ -14,7 +15,7 @@ from .views import CellDisplays, CellView, TextView
 
 __all__ = (
     "submit", "wait", "cancel", "retry", "result", "results", "tasks", "dashboard", "timeline",
-    "use",
+    "graph", "use",
 )
 
 #: Every task of the session, by name, in submission order.
@@ -318,6 +319,46 @@ def timeline(path: str) -> Any:
         return write_timeline(tasks, path)
     except (ImportError, ValueError) as exc:
         raise BadArgument(str(exc)) from None
+
+
+def graph(path: str | os.PathLike[str] | None = None, *, format: str | None = None) -> Any:
+    """The task graph: a box per task in its state's colour (a ``--map`` as one box with its
+    item count), an arrow per edge: chains thick, ``--after`` dashed, and an edge that
+    ipytasks inferred labelled with the names that cause it.
+
+    - ``graph()``: the picture, an ``IPython.display.SVG`` (its ``.data`` is the SVG text);
+    - ``graph(format="mermaid")``: Mermaid text, for a README or a code host that draws it;
+    - ``graph("pipeline.svg")``, ``graph("pipeline.mmd")``: written to the file (the
+      format by its suffix, or by ``format``); returns the path, as a ``pathlib.Path``.
+
+    :raises ValueError: an unknown format or suffix.
+    """
+    from .overview.graph import (
+        graph_format,
+        graph_geometry,
+        graph_mermaid,
+        render_svg,
+        states_of,
+        write_graph,
+    )
+    from .taskgraph import task_graph
+
+    session = _session
+    if session is not None and session._scheduler is not None:
+        snapshot = session._scheduler.graph()
+    else:
+        snapshot = task_graph(list(tasks.values()))  # nothing runs: the records are still
+    try:
+        kind = graph_format(path, format)
+        if path is not None:
+            return write_graph(snapshot, path, kind)
+    except ValueError as exc:
+        raise BadArgument(str(exc)) from None
+    if kind == "mermaid":
+        return graph_mermaid(snapshot)
+    from IPython.display import SVG
+
+    return SVG(data=render_svg(graph_geometry(snapshot), states_of(snapshot)))
 
 
 def _record(name: str) -> TaskRecord:

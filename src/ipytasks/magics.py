@@ -539,6 +539,13 @@ class TaskMagics(Magics):
     @magic_arguments.argument(
         "--text", action="store_true", help="Print the table as text, even in a notebook."
     )
+    @magic_arguments.argument(
+        "--graph", action="store_true",
+        help="Draw the task graph instead: a box per task in its state's colour, an arrow "
+             "per edge (chains thick, --after dashed, inferred edges labelled with the "
+             "names that cause them); kept current, and kept as a picture in the saved "
+             "notebook. With --text (or in a terminal), as text.",
+    )
     @line_magic
     @_refusals_as_usage
     def tasks(self, line: str) -> Any:
@@ -546,9 +553,14 @@ class TaskMagics(Magics):
 
         The dashboard has a row per task (state, chain/group, mode, start, duration,
         attempts, what it waits for and why), a timeline of all tasks on one time
-        axis, a summary with the speedup, and cancel / retry / output actions for
-        the task picked (click its row). It keeps following the tasks until it is
+        axis (or the task graph: the ``graph`` button above it), a summary with the
+        speedup, and cancel / retry / output actions for the task picked (click its
+        row, or its box in the graph). It keeps following the tasks until it is
         closed.
+
+        ``%tasks --graph`` draws the task graph on its own, as a picture that stays
+        current while tasks run and is saved with the notebook
+        (``ipytasks.graph("pipeline.svg")`` writes it to a file).
 
         Examples
         --------
@@ -559,9 +571,27 @@ class TaskMagics(Magics):
             -----  -----------  -----  -----  -------  --------  -----  ---------
             fetch               async  done   +0.00s   1.00s     1
             1 task: 1 done; 1.0 s of work in 1.0 s: 1.0×
+
+            In [8]: %tasks --graph --text
+            task graph: 2 tasks, 1 edge
+            ✔ fetch done
+            ✔ report done ← fetch (rows)
         """
         args = _parse(self.tasks, line)
-        if args.text or getattr(self.shell, "kernel", None) is None:
+        in_kernel = getattr(self.shell, "kernel", None) is not None
+        if args.graph:
+            session = api._current()
+            if args.text or not in_kernel or session.displays is None:
+                from .overview.graph import graph_text
+                from .taskgraph import task_graph
+
+                print(graph_text(task_graph(list(api.tasks.values()))))
+                return None
+            from .overview.saved import show_graph
+
+            show_graph(session.scheduler, api.tasks, session.displays)
+            return None
+        if args.text or not in_kernel:
             from .overview import text_table
 
             print(text_table(api.tasks))

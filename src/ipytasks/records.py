@@ -143,6 +143,9 @@ class TaskRecord:
     #: For a ``--map`` task: its item tasks, and how many of them have ended.
     children: list[TaskRecord] = field(default_factory=list, repr=False)
     parent: TaskRecord | None = field(default=None, repr=False)
+    #: For a ``--map`` task: how many items it has, once its EXPR is evaluated (at
+    #: submission when it waits for nothing unfinished, else when it starts).
+    item_count: int | None = field(default=None, repr=False)
     sink: TaskOutput | None = field(default=None, repr=False)
     upstream: tuple[TaskRecord, ...] = field(default=(), repr=False)
     #: ``--cache``: the key of this run's outcome (``None`` when it cannot be cached),

@@ -135,6 +135,7 @@ class TaskRunner:
         if options.map is not None and all(u.state.ended for u in record.upstream):
             try:
                 run.items = self._map_items(options.map[1])
+                record.item_count = len(run.items)
             except Exception as exc:  # noqa: BLE001 - whatever EXPR raises, said plainly
                 text = str(exc)
                 if not text.startswith("--map"):
@@ -306,6 +307,7 @@ class TaskRunner:
         items = self._runs[record].items
         if items is None:
             items = self._map_items(expr)
+            record.item_count = len(items)
         function = compile_map_function(cell, var, self.shell.user_ns)
         child_options = dataclasses.replace(
             record.options, map=None, chain=None, after=(), quiet=True, wait=False, mode=record.mode

@@ -32,7 +32,7 @@ from .loop import LoopHost
 from .modes import Mode, get_mode_class
 from .records import TaskOptions, TaskRecord, TaskRegistry
 from .running import TaskRunner
-from .taskgraph import TaskGraph
+from .taskgraph import GraphSnapshot, TaskGraph
 
 __all__ = ("Scheduler",)
 
@@ -76,12 +76,12 @@ class Scheduler:
         self._modes: dict[str, Mode] = {}
         #: Where process-mode bodies run unless ``--on`` says: "local" or "dask".
         self.backend = "local"
-        #: The tasks and what each waits for.
-        self.graph = TaskGraph(registry)
+        # The tasks and what each waits for.
+        self._graph = TaskGraph(registry)
         #: Where every change of a task's status is told (its views and followers hear it).
         self.changes = Changes()
         self._result_cache: ResultCache | None = None
-        self._runner = TaskRunner(shell, self._host.loop, self.graph, self.changes,
+        self._runner = TaskRunner(shell, self._host.loop, self._graph, self.changes,
                                   mode=self._mode, result_cache=self.result_cache, echo=echo)
         self._closed = False
         plots.install()  # pyplot's figures per task, from now until close()
@@ -94,7 +94,7 @@ class Scheduler:
 
     def next_default_name(self) -> str:
         """A fresh ``taskN`` name for a submission that gave none."""
-        return self.graph.next_default_name()
+        return self._graph.next_default_name()
 
     def submit(
         self,
@@ -145,10 +145,10 @@ class Scheduler:
     ) -> TaskRecord:
         if self._closed:
             raise NotLoaded(UNLOADED)
-        record = self.graph.new_task(source, name, options, cell, mode, names)
+        record = self._graph.new_task(source, name, options, cell, mode, names)
         runner = self._runner
         runner.prepare(record)
-        self.graph.add(record, names)
+        self._graph.add(record, names)
         if attach is not None:
             attach(record)
         runner.start(record)
@@ -157,7 +157,13 @@ class Scheduler:
 
     def resolve(self, targets: Iterable[str], option: str) -> list[TaskRecord]:
         """Records for names and groups (see :meth:`TaskGraph.resolve`)."""
-        return self.graph.resolve(targets, option)
+        return self._graph.resolve(targets, option)
+
+    def graph(self) -> GraphSnapshot:
+        """The task graph now, read-only: every task (a ``--map`` as one node) and every
+        edge with its kind and the names that cause it (:func:`~ipytasks.taskgraph.task_graph`).
+        Read on the loop thread, so no task changes while it is read."""
+        return self._host.call(self._graph.snapshot)
 
     # -- modes and the cache -------------------------------------------------------------
 

@@ -9,7 +9,9 @@ A new task waits for (its *upstream*, each with a reason):
   ``--no-infer``: then sharing is a conflict, a warning (an error with ``--strict``).
 
 Reasons for one upstream task are joined with ``"; "`` (``"chain main; reads df"``) in
-:attr:`TaskRecord.reasons <ipytasks.records.TaskRecord.reasons>`.
+:attr:`TaskRecord.reasons <ipytasks.records.TaskRecord.reasons>`. :func:`task_graph` reads
+them back from the records, for pictures: every task, and every edge with its kind
+(chain, ``--after``, data) and the names that cause it.
 
 A task can only wait for tasks submitted before it, so the only cycle possible is a
 task waiting for itself, which is refused. Everything here is synchronous and needs
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import re
 import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -32,8 +35,16 @@ from .records import TaskConflictWarning, TaskOptions, TaskRecord, TaskRegistry
 
 if TYPE_CHECKING:
     from .cells import CompiledCell
+    from .records import TaskState
 
-__all__ = ("TaskGraph",)
+__all__ = (
+    "GraphEdge",
+    "GraphNode",
+    "GraphSnapshot",
+    "TaskGraph",
+    "reason_names",
+    "task_graph",
+)
 
 TASK_BUSY = "task {name!r} is {state}: %cancel {name} first, or give this cell another NAME"
 UNKNOWN_TARGET = "{option}: no task or group named {target!r}{hint} (known: {known})"
@@ -42,6 +53,14 @@ SELF_CYCLE = "cycle: task {name!r} cannot wait for itself ({option} {name})"
 KNOWN_NAMED = 8
 #: How many conflicting tasks a conflict warning names (the rest are counted).
 CONFLICTS_NAMED = 3
+
+#: The kinds of edge: a ``%%sequential`` chain, ``--after``, a name both tasks use. The
+#: first two are also the words their reasons start with (``"chain main"``, ``"after"``).
+CHAIN, AFTER, DATA = "chain", "after", "data"
+#: What an edge whose cause is a cell whose names cannot be known is labelled with.
+ANY_NAME = "any name"
+# One inferred reason, as :meth:`DependencyIndex.shared` words it: ``reads df``.
+_NAMED_REASON = re.compile(r"(?:^|, )(?:reads|changes|rebinds) ([^\W\d]\w*)(?=, |$)")
 
 
 class TaskGraph:
@@ -95,11 +114,11 @@ class TaskGraph:
             if target == name:
                 raise BadArgument(SELF_CYCLE.format(name=name, option="--after"))
             for record in self._resolve(target, "--after"):
-                upstream.setdefault(record, "after")
+                upstream.setdefault(record, AFTER)
         if options.chain is not None:
             previous = self._chain_predecessor(options.chain, name)
             if previous is not None:
-                upstream.setdefault(previous, f"chain {options.chain}")
+                upstream.setdefault(previous, f"{CHAIN} {options.chain}")
         shared = self._index.shared(names)
         if options.infer:
             for other, why in shared.items():
@@ -143,6 +162,10 @@ class TaskGraph:
         unfinished = self._unfinished
         unfinished.discard(record)
         return not unfinished
+
+    def snapshot(self) -> GraphSnapshot:
+        """The graph now, read back from the records: see :func:`task_graph`."""
+        return task_graph(self.tasks.values())
 
     def resolve(self, targets: Iterable[str], option: str) -> list[TaskRecord]:
         """Records for names and groups, each once, in the order named (a group's in
@@ -219,3 +242,88 @@ def _report_conflicts(
     if options.strict:
         raise BadArgument(f"conflict (--strict): {message}")
     warnings.warn(TaskConflictWarning(message), stacklevel=1)
+
+
+# -- the graph, read back for pictures ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GraphNode:
+    """A task as the graph shows it: a ``--map`` task (``is_map``) is one node, with its
+    item count (``None`` until its items are known)."""
+
+    name: str
+    state: TaskState
+    mode: str
+    is_map: bool = False
+    items: int | None = None
+    #: How many of a map's items have ended.
+    items_ended: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GraphEdge:
+    """``target`` waits for ``source``: by its chain, by ``--after``, and/or because of
+    ``names`` they share (``kinds`` says which, in that order); ``why`` is the reason as
+    ``task.reasons`` words it."""
+
+    source: str
+    target: str
+    kinds: tuple[str, ...]
+    names: tuple[str, ...]
+    why: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GraphSnapshot:
+    """The task graph at one moment: nodes in submission order, edges by target."""
+
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+
+
+def reason_names(inferred: str) -> tuple[str, ...]:
+    """The names in an inferred reason (``reads rows, changes df`` → ``rows, df``); a cell
+    whose names cannot be known counts as :data:`ANY_NAME`."""
+    names = dict.fromkeys(_NAMED_REASON.findall(inferred))
+    if "names cannot be known" in inferred:
+        names[ANY_NAME] = None
+    return tuple(names)
+
+
+def task_graph(records: Iterable[TaskRecord]) -> GraphSnapshot:
+    """The graph of ``records`` (the latest record of each name, in submission order).
+
+    Edges join names: a task submitted again under its name takes its place, also for
+    the tasks that waited for the one it replaced. A ``--map`` task's items are not
+    nodes of their own. Edges come from each record's ``upstream`` and ``reasons``, as
+    :meth:`TaskGraph.new_task` words them: ``after``, ``chain C``, the inferred reasons
+    (:meth:`DependencyIndex.shared`), joined by ``; ``.
+    """
+    nodes: list[GraphNode] = []
+    edges: list[GraphEdge] = []
+    records = [r for r in records if r.parent is None]
+    known = {r.name for r in records}
+    for record in records:
+        is_map = record.options.map is not None
+        items = (len(record.children) or record.item_count) if is_map else None
+        ended = sum(1 for c in record.children if c.state.ended) if record.children else 0
+        nodes.append(GraphNode(record.name, record.state, record.mode, is_map, items, ended))
+        chain = record.options.chain
+        for upstream in record.upstream:
+            source = upstream.parent.name if upstream.parent is not None else upstream.name
+            if source == record.name or source not in known:
+                continue
+            why = record.reasons.get(upstream.name, "")
+            kinds: list[str] = []
+            inferred = why
+            for kind, head in ((AFTER, AFTER), (CHAIN, f"{CHAIN} {chain}")):
+                if why == head or why.startswith(head + "; "):
+                    kinds.append(kind)
+                    inferred = why[len(head):].removeprefix("; ")
+                    break
+            names = reason_names(inferred) if inferred else ()
+            if names:
+                kinds.append(DATA)
+            edges.append(GraphEdge(source, record.name, tuple(kinds), names, why))
+    return GraphSnapshot(tuple(nodes), tuple(edges))

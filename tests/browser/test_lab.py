@@ -7,6 +7,9 @@ includes the cells' sources, so a check on the whole page would pass by itself):
 - the dashboard (the tour's ``%tasks``) shows the speedup ("… of work in … ×") and its
   timeline, drawn in the browser from the numbers the kernel sends, whose bars name their
   task and times when hovered;
+- the tour's ``%tasks --graph`` cell and the dashboard's graph view (its ``graph`` button) show
+  the edges the tour's text describes, with the names on them; clicking a box in the
+  dashboard picks its task, as a row click does;
 - after the tour, a cell of our own (added to the open notebook, the file is not saved) submits
   a long task; turning the dashboard's table to its last page, clicking the task's row and
   clicking Cancel turns it ``cancelled`` in the dashboard's table and in that cell's status
@@ -462,6 +465,8 @@ def _drive(page, lab: Lab, expect) -> None:
     if os.environ.get(UPDATE_SCREENSHOT) == "1":
         _save_readme_screenshot(png, width=dashboard.evaluate(CONTENT_WIDTH))
 
+    _graph(page, dashboard, expect)
+
     # A long task of our own, cancelled from the dashboard.
     page.evaluate(ADD_AND_RUN, [LONG_CELL, "long"])
     status = page.locator('[data-ipytasks-test="long"] .jp-OutputArea .ipytasks-status').first
@@ -496,6 +501,47 @@ def _drive(page, lab: Lab, expect) -> None:
     expect(snapshot).to_be_hidden()
     _reopen_saved(page, lab, expect)
     print(f"live running→done: {name}; tour ran in {tour_seconds:.1f} s")
+
+
+#: The tour's pipeline (section 7) as its text describes it: each edge and the name on it.
+TOUR_EDGES = [("load", "clean", "raw"), ("clean", "feature_sum", "table"),
+              ("clean", "feature_max", "table"), ("feature_sum", "report", "sums"),
+              ("feature_max", "report", "peaks"), ("clean", "report", "table")]
+
+
+def _expect_tour_edges(graph, expect) -> None:
+    for source, target, label in TOUR_EDGES:
+        edge = graph.locator(
+            f'g.ipytasks-edge[data-source="{source}"][data-target="{target}"]')
+        expect(edge).to_have_count(1)
+        expect(edge.locator("text.ipytasks-edge-label")).to_have_text(label)
+    chain = graph.locator('g.ipytasks-edge[data-source="users"][data-target="orders"]')
+    expect(chain).to_have_attribute("data-kind", "chain")
+
+
+def _graph(page, dashboard, expect) -> None:
+    """The tour's ``%tasks --graph`` cell and the dashboard's graph view show the pipeline's
+    edges with their names; clicking a box in the dashboard picks its task."""
+    assert page.evaluate(MARK_CELL, ["%tasks --graph", "graph"]), "the tour has no graph cell"
+    static = page.locator('[data-ipytasks-test="graph"] .jp-OutputArea svg.ipytasks-graph')
+    expect(static).to_be_visible()
+    _expect_tour_edges(static, expect)
+    expect(static.locator('g.ipytasks-node[data-task="report"]')).to_have_attribute(
+        "data-state", "done")
+
+    dashboard.locator("button.ipytasks-panel", has_text="graph").click()
+    live = dashboard.locator(".ipytasks-graph-live svg.ipytasks-graph")
+    expect(live).to_be_visible()
+    expect(dashboard.locator(".ipytasks-timeline")).to_be_hidden()
+    _expect_tour_edges(live, expect)
+    box = live.locator('g.ipytasks-node[data-task="clean"]')
+    expect(box).to_have_attribute("data-state", "done")
+    box.click()
+    expect(dashboard.locator(".ipytasks-picked")).to_contain_text("picked: clean")
+    expect(box.locator("rect")).to_have_attribute("stroke-width", "3.5")  # outlined
+    dashboard.screenshot(path=OUTPUT_DIR / "graph.png", animations="disabled")
+    dashboard.locator("button.ipytasks-panel", has_text="timeline").click()
+    expect(dashboard.locator(".ipytasks-timeline")).to_be_visible()
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -548,6 +594,11 @@ def _reopen_saved(page, lab: Lab, expect) -> None:
     snapshot = page.locator('[data-ipytasks-test="dashboard"] .ipytasks-snapshot')
     assert page.evaluate(MARK_CELL, ["%tasks", "dashboard"])
     expect(snapshot).to_be_visible()
+    # The graph cell keeps its picture, in the tasks' final states.
+    assert page.evaluate(MARK_CELL, ["%tasks --graph", "graph"])
+    graph = page.locator('[data-ipytasks-test="graph"] .jp-OutputArea svg.ipytasks-graph')
+    expect(graph).to_be_visible()
+    _expect_tour_edges(graph, expect)
     expect(snapshot).to_contain_text(re.compile(r"of work in .+×"))
     if os.environ.get(UPDATE_SCREENSHOT) == "1":
         page.set_viewport_size({"width": 1280, "height": 1600})

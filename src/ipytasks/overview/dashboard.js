@@ -19,6 +19,14 @@
 // index in `states`; the mode's index in `modes`); `t0` and `now` in epoch seconds;
 // `total`, the number of tasks (past `labelled` the timeline is packed: a bar for each task
 // that started, the others counted).
+// Above the table the view shows the timeline or, once the user picks it with the `graph`
+// button (an event `panel`, answered by the kernel's `panel`), the task graph: `graph.svg`,
+// drawn by the kernel (graph.py, the same picture `%tasks --graph` saves), with
+// `graph.names` and `graph.notes` per box; `graph_states` holds each box's state number,
+// sent alone when only states changed. The view recolours the boxes by it, outlines the
+// picked task's box, and a click on a box (or Enter on a focused one) picks its task, as a
+// row does.
+//
 // The layout is that of the SVG files ipytasks writes (timeline.py): up to `labelled`
 // tasks one lane each, labelled, with a dashed line for their wait; beyond, packed first
 // fit by start time into as few lanes as hold them; idle stretches shaded; every bar
@@ -284,6 +292,36 @@ export function svg(model) {
   return out.join("");
 }
 
+// The graph's boxes in their tasks' states, the picked one outlined.
+export function paintGraph(el, model) {
+  const states = model.get("states");
+  const { names = [], notes = [] } = model.get("graph") || {};
+  const codes = model.get("graph_states") || [];
+  const selected = model.get("selected");
+  const boxes = el.querySelectorAll("g.ipytasks-node");
+  boxes.forEach((box, i) => {
+    const entry = states[codes[i]];
+    if (entry && names[i] === box.dataset.task) {
+      const [state, icon, colour] = entry;
+      box.dataset.state = state;
+      const rect = box.querySelector("rect");
+      rect.setAttribute("fill", colour);
+      rect.setAttribute("stroke", colour);
+      const mark = box.querySelector(".ipytasks-icon");
+      if (mark) {
+        mark.textContent = icon;
+        mark.setAttribute("fill", colour);
+      }
+      const items = notes[i] ? ` (${notes[i].slice(1)} items)` : "";
+      const title = box.querySelector("title");
+      if (title) title.textContent = `${names[i]}: ${state.replaceAll("_", " ")}${items}`;
+    }
+    const picked = box.dataset.task === selected;
+    box.querySelector("rect").setAttribute("stroke-width", picked ? "3.5" : "1.5");
+    box.classList.toggle("ipytasks-picked-node", picked);
+  });
+}
+
 function button(text, title) {
   const b = document.createElement("button");
   b.className = "jupyter-button ipytasks-page";
@@ -323,7 +361,29 @@ function render({ model, el }) {
   const table = document.createElement("div");
   table.className = "ipytasks-table";
   table.style.overflow = "auto";
-  el.append(summary, timeline, bar, table);
+  // The timeline or the task graph: two buttons, the one shown pressed.
+  const panels = document.createElement("div");
+  panels.className = "ipytasks-panels";
+  panels.style.cssText = "display:flex;gap:4px;margin:2px 0;font-family:sans-serif;font-size:12px";
+  const panelButtons = ["timeline", "graph"].map((name) => {
+    const b = document.createElement("button");
+    b.className = "jupyter-button ipytasks-panel";
+    b.textContent = name;
+    b.dataset.panel = name;
+    b.title = name === "graph" ? "show the task graph: what waits for what, and why"
+                               : "show the timeline of the tasks";
+    b.addEventListener("click", () => {
+      if (model.get("panel") !== name) model.send({ event: "panel", value: name });
+    });
+    return b;
+  });
+  panels.append(...panelButtons);
+  const graph = document.createElement("div");
+  let drawnGraph = null;
+  graph.className = "ipytasks-graph-live";
+  graph.style.overflow = "auto";
+  graph.style.maxHeight = "400px";
+  el.append(summary, panels, timeline, graph, bar, table);
 
   // What the user does is sent to the kernel, which answers with what to show.
   const send = (event, value) => model.send({ event, value });
@@ -338,6 +398,13 @@ function render({ model, el }) {
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
       pick(event.target.closest("tr[data-task]"));
+    }
+  });
+  graph.addEventListener("click", (event) => pick(event.target.closest("g.ipytasks-node")));
+  graph.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      pick(event.target.closest("g.ipytasks-node"));
     }
   });
 
@@ -363,23 +430,48 @@ function render({ model, el }) {
         row.style.cursor = "pointer";
       }
     },
+    panel: () => {
+      const shown = model.get("panel") || "timeline";
+      timeline.style.display = shown === "timeline" ? "" : "none";
+      graph.style.display = shown === "graph" ? "" : "none";
+      for (const b of panelButtons) {
+        const on = b.dataset.panel === shown;
+        b.classList.toggle("mod-active", on);
+        b.setAttribute("aria-pressed", String(on));
+        b.style.fontWeight = on ? "bold" : "";
+      }
+    },
+    graph: () => {
+      const svg = (model.get("graph") || {}).svg || "";
+      if (drawnGraph !== svg) {  // a task or an edge was added: the kernel drew it anew
+        graph.innerHTML = svg;
+        drawnGraph = svg;
+        for (const box of graph.querySelectorAll("g.ipytasks-node")) {
+          box.setAttribute("tabindex", "0");
+          box.style.cursor = "pointer";
+        }
+      }
+      paintGraph(graph, model);
+    },
   };
   // Which part each trait belongs to; a message changes several traits at once, so each
   // part is redrawn once, at the next frame.
   const owner = {
-    summary: "summary",
-    timeline: "timeline", now: "timeline",
-    table: "table", page: "table", selected: "table", show: "table", filters: "table",
+    summary: ["summary"],
+    timeline: ["timeline"], now: ["timeline"],
+    table: ["table"], page: ["table"], selected: ["table", "graph"], show: ["table"],
+    filters: ["table"],
+    panel: ["panel"], graph: ["graph"], graph_states: ["graph"], states: ["graph"],
   };
   const due = new Set();
   const drawDue = () => {
     for (const part of due) parts[part]();
     due.clear();
   };
-  const handlers = Object.entries(owner).map(([trait, part]) => {
+  const handlers = Object.entries(owner).map(([trait, owners]) => {
     const handler = () => {
       if (!due.size) requestAnimationFrame(drawDue);
-      due.add(part);
+      for (const part of owners) due.add(part);
     };
     model.on(`change:${trait}`, handler);
     return [trait, handler];

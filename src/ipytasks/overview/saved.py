@@ -16,6 +16,9 @@ reopened without its kernel, a saved widget output reads "model not found". So
   headless run, which ends with ``%wait``), is retired all the same, so the saved
   file holds no reference to a widget. Retiring a host that was drawn changes
   nothing: the live view already lives beside it.
+
+``%tasks --graph`` shows the task graph the same way as the snapshot: one display of
+static SVG, kept current (:func:`show_graph`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import traitlets
 
 from ..bundle import WIDGET_MIME
 from ..output import _report_internal_error
+from ..taskgraph import task_graph
 from ..throttle import Throttle
+from .graph import graph_geometry, graph_html, graph_text, states_of
 from .render import snapshot_html, summarize, text_table
 
 if TYPE_CHECKING:
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
     from ..views import CellDisplays
     from .widgets import Dashboard
 
-__all__ = ("DashboardHost", "SNAPSHOT_INTERVAL", "show_dashboard")
+__all__ = ("DashboardHost", "SNAPSHOT_INTERVAL", "show_dashboard", "show_graph")
 
 #: Least seconds between two updates of a dashboard's snapshot while tasks change.
 SNAPSHOT_INTERVAL = 2.0
@@ -67,10 +72,13 @@ class DashboardHost(anywidget.AnyWidget):
 class _Snapshot:
     """A dashboard's snapshot display, kept current from the scheduler's changes."""
 
+    #: The display id's prefix.
+    kind = "dashboard"
+
     def __init__(self, scheduler: Any, registry: Mapping[str, TaskRecord],
                  displays: CellDisplays) -> None:
         self.key = uuid.uuid4().hex
-        self.display_id = f"ipytasks-dashboard-{self.key}"
+        self.display_id = f"ipytasks-{self.kind}-{self.key}"
         self._registry = registry
         self._displays = displays
         self._sent: dict[str, Any] | None = None
@@ -120,6 +128,18 @@ class _Snapshot:
             self._displays.publish(self._sent, self.display_id, update=True)
 
 
+class _GraphSnapshot(_Snapshot):
+    """``%tasks --graph``: the task graph as SVG, kept current like a dashboard's snapshot
+    (its layout is computed again only when a task or an edge is added)."""
+
+    kind = "graph"
+
+    def bundle(self) -> dict[str, Any]:
+        graph = task_graph(list(self._registry.values()))
+        return {"text/plain": graph_text(graph),
+                "text/html": graph_html(graph_geometry(graph), states_of(graph))}
+
+
 class _Host:
     """A host's display: retired once drawn, or after :data:`PLACE_GRACE` seconds undrawn."""
 
@@ -150,6 +170,12 @@ class _Host:
 
     def resend(self) -> None:
         self._displays.publish(RETIRED, self.display_id, update=True)
+
+
+def show_graph(scheduler: Any, registry: Mapping[str, TaskRecord],
+               displays: CellDisplays) -> None:
+    """Show the task graph in the running cell, kept current until the kernel stops."""
+    _GraphSnapshot(scheduler, registry, displays).show()
 
 
 def show_dashboard(dashboard: Dashboard, displays: CellDisplays) -> None:

@@ -3,7 +3,10 @@
 Layout, top to bottom::
 
     view         12 tasks ▶ 3 running · ✔ 8 done · ✖ 1 failed — 6.0 s of work in 2.0 s: 3×
-                 a bar per task on one time axis, idle stretches shaded
+                 [timeline] [graph]
+                 a bar per task on one time axis, idle stretches shaded; or the task
+                 graph (drawn by the kernel once per added task or edge, recoloured by
+                 the browser as states change; a click on a box picks its task)
                  show [all ▾] ◀ 1–20 of 1000 ▶ · picked: fit
                  one HTML table: the tasks of the current page; a click on a row picks it
                  (TasksView: one model, drawn by the browser; the timeline from numbers)
@@ -48,12 +51,17 @@ import traitlets
 
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
+from ..taskgraph import task_graph
 from ..throttle import CallLater, Throttle
 from ..views import STATE_STYLE
 from .columns import TaskColumns
+from .graph import graph_geometry, render_svg
 from .render import summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
 from .timeline import LABELLED_LANES
+
+#: A state's number, as the view's ``states`` lists them.
+_STATE_NUMBER = {state: i for i, state in enumerate(TaskState)}
 
 if TYPE_CHECKING:
     from ..output import TaskOutput
@@ -65,6 +73,7 @@ __all__ = (
     "MAX_SHARE",
     "MININTERVAL",
     "PAGE_SIZE",
+    "PANELS",
     "SETTLE",
     "TICK_INTERVAL",
     "Dashboard",
@@ -94,7 +103,10 @@ FILTERS: dict[str, frozenset[TaskState] | None] = {
     **{str(state): frozenset({state}) for state in TaskState},
 }
 
-NO_SELECTION = "pick a task first: click its row in the table"
+#: What the dashboard can show above its table.
+PANELS = ("timeline", "graph")
+
+NO_SELECTION = "pick a task first: click its row in the table (or its box in the graph)"
 
 
 def open_dashboard(
@@ -170,6 +182,16 @@ class TasksView(anywidget.AnyWidget):
     filters = traitlets.List(traitlets.Unicode(), list(FILTERS)).tag(sync=True)
     #: The picked task's name: the one Cancel, Retry and Output apply to.
     selected = traitlets.Unicode(None, allow_none=True).tag(sync=True)
+
+    #: What shows above the table: ``"timeline"`` or ``"graph"`` (one of :data:`PANELS`).
+    panel = traitlets.Unicode("timeline").tag(sync=True)
+    #: The task graph, while it is the panel shown, drawn by the kernel
+    #: (:func:`~ipytasks.overview.graph.render_svg`): ``svg``; ``names`` and
+    #: ``notes`` (a map's item count), per box in the order of the SVG's boxes. Sent
+    #: again only when a task or an edge was added: state changes go in ``graph_states``.
+    graph = traitlets.Dict().tag(sync=True)
+    #: Per box of ``graph``: its task's state number (an index into ``states``).
+    graph_states = traitlets.List(traitlets.Int()).tag(sync=True)
 
 
 class _OutputView:
@@ -271,6 +293,8 @@ class Dashboard(widgets.VBox):
         )
         self._page = 0
         self._show = "all"
+        self._panel = "timeline"
+        self._graph_geometry: Any = None
         self._selected: str | None = None
         self._output_view = _OutputView(self)
         self._watched: TaskOutput | None = None
@@ -339,7 +363,7 @@ class Dashboard(widgets.VBox):
         records = list(self._registry.values())
         now = self._wall()
         watched = self._watched
-        seen = (self._page, self._show, self._selected, self._output_shown,
+        seen = (self._page, self._show, self._panel, self._selected, self._output_shown,
                 watched.version if watched is not None else None, len(records))
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
@@ -358,13 +382,15 @@ class Dashboard(widgets.VBox):
             label = "no tasks" if keep is None else f"no {self._show.replace('_', ' ')} tasks"
         selected = self._selected
         summary = columns.summary(now)
-        self._send(
-            {"summary": summary_html(summary),
-             "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
-                                          selected=selected, cache=self._table_rows),
-                       "label": label, "pages": pages},
-             "page": page, "show": self._show, "selected": selected},
-            summary.counts, now, changed=bool(changed))
+        values = {
+            "summary": summary_html(summary),
+            "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
+                                         selected=selected, cache=self._table_rows),
+                      "label": label, "pages": pages},
+            "page": page, "show": self._show, "selected": selected, "panel": self._panel}
+        if self._panel == "graph":
+            self._graph_values(records, values)
+        self._send(values, summary.counts, now, changed=bool(changed))
 
         record = self._registry.get(selected) if selected is not None else None
         _assign(self.cancel_button, disabled=record is None or record.state.ended)
@@ -405,6 +431,19 @@ class Dashboard(widgets.VBox):
         if redraw:
             # What the redraw cost, with the message it went in.
             self._timeline_cost_gap = (self._cost_clock() - cost) / MAX_SHARE
+
+    def _graph_values(self, records: list[TaskRecord], values: dict[str, Any]) -> None:
+        """The graph's states, and the graph itself when a task or an edge was added (its
+        layout is kept until then)."""
+        graph = task_graph(records)
+        geometry = graph_geometry(graph)
+        if geometry is not self._graph_geometry:
+            self._graph_geometry = geometry
+            states = {n.name: n.state for n in graph.nodes}
+            values["graph"] = {"svg": render_svg(geometry, states),
+                               "names": [box.name for box in geometry.nodes],
+                               "notes": [box.note for box in geometry.nodes]}
+        values["graph_states"] = [_STATE_NUMBER[n.state] for n in graph.nodes]
 
     def _render_output(self, record: TaskRecord | None) -> None:
         sink = record.sink if record is not None and self._output_shown else None
@@ -458,7 +497,8 @@ class Dashboard(widgets.VBox):
         if not isinstance(content, dict):
             return
         actions: dict[Any, Callable[[Any], None]] = {
-            "show": self._set_filter, "page": self._goto, "selected": self._select
+            "show": self._set_filter, "page": self._goto, "selected": self._select,
+            "panel": self._set_panel,
         }
         action = actions.get(content.get("event"))
         if action is not None:
@@ -477,6 +517,13 @@ class Dashboard(widgets.VBox):
             return  # not one the front end offers: the filter in use stays
         self._show = value
         self._page = 0
+        self._throttle.flush_now()
+
+    def _set_panel(self, value: Any) -> None:
+        """Show the timeline or the task graph above the table."""
+        if not isinstance(value, str) or value not in PANELS:
+            return
+        self._panel = value
         self._throttle.flush_now()
 
     def _goto(self, page: Any) -> None:
