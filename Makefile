@@ -18,8 +18,8 @@ STAMP := $(VENV)/.installed
 STAMP_IK6 := $(VENV_IK6)/.installed
 
 IK6_PINS := "ipykernel==6.29.*" "ipython>=8.12,<9"
-# What the kernel tests run in that environment too (plots from tasks).
-IK6_TEST_DEPS := "matplotlib>=3.8" "pandas>=2.1"
+# What the kernel tests run in that environment too (plots and progress bars from tasks).
+IK6_TEST_DEPS := "matplotlib>=3.8" "pandas>=2.1" "tqdm>=4.66"
 
 # JupyterLab refuses to run as root without being told
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)

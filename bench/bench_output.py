@@ -8,6 +8,9 @@
   refreshing it never re-sends the whole output.
 - print cost: 100,000 ``print`` calls (``--quick``: 20,000) in a thread task against the same
   loop in a plain cell, in the same kernel, interleaved, five times each (median, spread).
+- progress cost: a ``tqdm.auto`` loop of 100,000 iterations (``--quick``: 20,000) in a thread
+  task, whose bar is told to the task's status line, against the same loop in a plain cell,
+  whose bar is tqdm's own widget; interleaved, five times each (median, spread).
 
 Prints one JSON object.
 """
@@ -48,6 +51,26 @@ for _round in range(5):
     t0 = time.perf_counter()
     ipytasks.submit("for i in range(N):\\n    print(i)", f"cost{{_round}}", mode="thread")
     await ipytasks.wait(f"cost{{_round}}")
+    _task_s.append(time.perf_counter() - t0)
+print("RESULT", statistics.median(_plain_s), min(_plain_s), max(_plain_s),
+      statistics.median(_task_s), min(_task_s), max(_task_s))
+"""
+
+TQDM_COST = """\
+import statistics, time, ipytasks
+from tqdm.auto import tqdm
+N = {n}
+def _plain():
+    t0 = time.perf_counter()
+    for i in tqdm(range(N)):
+        pass
+    return time.perf_counter() - t0
+_plain_s, _task_s = [], []
+for _round in range(5):
+    _plain_s.append(_plain())
+    t0 = time.perf_counter()
+    ipytasks.submit("for i in tqdm(range(N)):\\n    pass", f"bar{{_round}}", mode="thread")
+    await ipytasks.wait(f"bar{{_round}}")
     _task_s.append(time.perf_counter() - t0)
 print("RESULT", statistics.median(_plain_s), min(_plain_s), max(_plain_s),
       statistics.median(_task_s), min(_task_s), max(_task_s))
@@ -116,6 +139,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         task_bytes = iopub.bytes - before
         result = iopub.run(PRINT_COST.format(n=20_000 if quick else 100_000))
         numbers = [float(x) for x in result.split("RESULT", 1)[1].split()]
+        result = iopub.run(TQDM_COST.format(n=20_000 if quick else 100_000))
+        bars = [float(x) for x in result.split("RESULT", 1)[1].split()]
     finally:
         iopub.close()
         kc.stop_channels()
@@ -129,6 +154,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "task_print_s": numbers[3:6],
         "print_calls": 20_000 if quick else 100_000,
         "repeats": 5,
+        "plain_tqdm_s": bars[0:3],
+        "task_tqdm_s": bars[3:6],
     }
 
 

@@ -207,7 +207,20 @@ def output_rows(r: dict[str, Any]) -> list[Row]:
         (f"{r['print_calls']:,} print() calls in a thread task (median of {r['repeats']}, "
          "interleaved)" + spread, fmt_time(task[0]), f"plain cell {fmt_time(plain[0])}",
          fmt_ratio(ratio), "≤ 1.5× a plain cell", verdict(ratio <= 1.5)),
+        _tqdm_row(r),
     ]
+
+
+def _tqdm_row(r: dict[str, Any]) -> Row:
+    """A tqdm loop in a thread task (the bar told to its status line) vs a plain cell's."""
+    plain, task = r["plain_tqdm_s"], r["task_tqdm_s"]
+    spread = (f" (spread {fmt_time(task[1])}–{fmt_time(task[2])} vs "
+              f"{fmt_time(plain[1])}–{fmt_time(plain[2])})")
+    ratio = task[0] / plain[0]
+    return (f"tqdm loop of {r['print_calls']:,} iterations in a thread task, its bar in the "
+            f"status line (median of {r['repeats']}, interleaved)" + spread,
+            fmt_time(task[0]), f"plain cell {fmt_time(plain[0])}", fmt_ratio(ratio),
+            "≤ 1.5× a plain cell", verdict(ratio <= 1.5))
 
 
 def part_analysis(quick: bool, timeout: float) -> dict[str, list[Row]]:

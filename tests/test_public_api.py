@@ -7,8 +7,8 @@ import ipytasks
 #: The public surface: the API and the magics' functions, the task record and its states,
 #: and the errors a user catches. A name added or lost is a decision, made here too.
 PUBLIC = {
-    "cancel", "dashboard", "graph", "result", "results", "retry", "submit", "tasks", "timeline",
-    "use", "wait", "load_ipython_extension", "unload_ipython_extension",
+    "cancel", "dashboard", "graph", "progress", "result", "results", "retry", "submit",
+    "tasks", "timeline", "use", "wait", "load_ipython_extension", "unload_ipython_extension",
     "TaskRecord", "TaskState",
     "BrokenWorker", "RemoteError", "ShippingError", "TaskCancelled", "TaskConflictWarning",
     "TaskFailed", "TaskSkipped",

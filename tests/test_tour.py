@@ -174,6 +174,17 @@ def test_cache_section_reuses_then_reruns_with_its_reason(tour: list[dict]) -> N
     assert "done | input prices changed" in cell_text(find(tour, 'ipytasks.tasks["worth"].cache_note'))
 
 
+def test_progress_and_costs_section(tour: list[dict]) -> None:
+    """The tqdm loop's cell ends at 6/6 with no bar in it; the costs cell prints CPU time for
+    thread and process tasks and a worker's peak memory."""
+    steps = cell_text(find(tour, "%%parallel crunch_steps"))
+    assert re.search(r"crunch_steps done in [\d.]+s · 6/6", steps), steps
+    assert "\r" not in steps and "it/s]" not in steps
+    costs = cell_text(find(tour, "%wait crunch_steps"))
+    assert re.search(r"slow_report +thread +CPU +\d+\.\d\d s +peak \(the kernel's\)", costs), costs
+    assert re.search(r"crunch_steps +process +CPU +\d+\.\d\d s +peak +\d+ MB +6/6", costs), costs
+
+
 def test_make_tour_runs_its_kernel_over_ipc_quietly(tmp_path: Path) -> None:
     """run_tour.py (``make tour``) talks to its kernel over IPC: no TCP-encryption warning."""
     import json

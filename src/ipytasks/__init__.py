@@ -30,6 +30,7 @@ from .records import TaskFailed as TaskFailed
 from .records import TaskRecord as TaskRecord
 from .records import TaskSkipped as TaskSkipped
 from .records import TaskState as TaskState
+from .reports import progress as progress
 
 try:
     __version__ = _version("ipytasks")
@@ -41,6 +42,7 @@ __all__ = (
     "dashboard",
     "graph",
     "load_ipython_extension",
+    "progress",
     "result",
     "results",
     "retry",

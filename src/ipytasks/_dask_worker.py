@@ -279,11 +279,23 @@ class _Child:
             )
             poller = select.poll()
             poller.register(self._rep, select.POLLIN)
-            while not poller.poll(CHECK_INTERVAL * 1000):
-                if not wanted():
-                    self.kill()
-                    return None
-            reply = _worker.read_message(self._rep)
+            check = time.monotonic() + CHECK_INTERVAL
+            while True:
+                # The job's notes (progress, where it is) come ahead of its reply; the
+                # task is checked as often while they come as while nothing does.
+                ready = poller.poll(CHECK_INTERVAL * 1000)
+                if not ready or time.monotonic() >= check:
+                    check = time.monotonic() + CHECK_INTERVAL
+                    if not wanted():
+                        self.kill()
+                        return None
+                if not ready:
+                    continue
+                reply = _worker.read_message(self._rep)
+                note = _worker.note_of(reply[0])
+                if note is None:
+                    break
+                emit("note", note)
         except (OSError, EOFError):
             if self.killed:
                 return None
@@ -429,8 +441,9 @@ def run_job(
     reply, ``{"died": message, "chunks": n}`` when the child died, and ``{"stopped":
     True, "chunks": n}`` when the task was cancelled meanwhile (the child is killed
     and reaped by then). Events on ``topic``: ``[tag, "start", address, pid]``, then
-    the output as ``[tag, "stdout"|"stderr", text]`` (``n`` of them), then ``[tag,
-    "end", stopped]`` once the child is done with (or gone).
+    the output as ``[tag, "stdout"|"stderr", text]`` and the job's notes as ``[tag,
+    "note", note]`` (``n`` of them in all), then ``[tag, "end", stopped]`` once the
+    child is done with (or gone).
     """
     from distributed import get_worker
 

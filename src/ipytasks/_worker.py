@@ -717,6 +717,370 @@ def run_job(
         namespace.clear()
 
 
+# -- what a task says while it runs: tqdm bars, where it is, what it cost -------------------
+#
+# Shared by the kernel (thread and async tasks) and the worker process (process and dask
+# tasks), so it needs nothing but the standard library; tqdm is patched only once it is
+# imported, by whoever imports it.
+
+
+class _Discard:
+    """The stream a task's tqdm bar writes to: nothing is shown, it is told instead.
+
+    It says it is a terminal, so that ``disable=None`` (off when not a terminal) counts.
+    """
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+class _NoWidget:
+    """Stands in for ``tqdm.notebook``'s widgets in a task: takes every change, shows none."""
+
+    children = property(lambda self: (self, self, self))
+
+    def __getattr__(self, name: str) -> Any:
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+
+_DISCARD = _Discard()
+_NO_WIDGET = _NoWidget()
+
+
+def bar_state(bar: Any) -> dict[str, Any]:
+    """A tqdm bar as plain data: ``n``, ``total``, ``rate`` (per second or ``None``),
+    ``elapsed``, ``note`` (its description and postfix), ``unit``."""
+    d = bar.format_dict
+    n, total, rate = d.get("n") or 0, d.get("total"), d.get("rate")
+    scale = d.get("unit_scale")
+    if scale and scale is not True:  # a factor: the bar shows n * scale
+        n, total = n * scale, total * scale if total is not None else None
+        rate = rate * scale if rate is not None else None
+    elapsed = d.get("elapsed") or 0.0
+    if rate is None and elapsed > 0:
+        rate = (n - (d.get("initial") or 0)) / elapsed
+    note = " ".join(str(x) for x in (d.get("prefix"), d.get("postfix")) if x)
+    return {"n": n, "total": total, "rate": rate, "elapsed": elapsed, "note": note,
+            "unit": str(d.get("unit") or "it")}
+
+
+class TqdmWatch:
+    """Every tqdm bar made where ``owner()`` returns something is told, not drawn.
+
+    ``report(owner, key, state, closed)`` receives the bar's :func:`bar_state` each time
+    the bar would redraw (tqdm spaces those out by ``mininterval``) and when it closes;
+    ``key`` tells the bars of one owner apart. A bar made elsewhere is left alone.
+
+    How: ``tqdm.std.tqdm.__new__`` (every bar class passes there) makes such a bar an
+    instance of a subclass of its own class whose ``display`` reports; a
+    ``tqdm.notebook`` bar gets no widgets (``status_printer``) and is not displayed.
+    Every ``__init__`` of the bar's classes runs as usual (``tqdm.auto``'s asyncio part
+    included). tqdm is patched when it is imported, or at once if it is already.
+    """
+
+    _HOOKED = "tqdm.std"
+
+    def __init__(self, owner: Any, report: Any) -> None:
+        self.owner = owner
+        self.report = report
+        self._classes: dict[type, type] = {}
+        self._original: Any = None
+        self._base: Any = None
+        self._hooked = False
+
+    # -- installing ---------------------------------------------------------------------
+
+    def install(self) -> None:
+        std = sys.modules.get(self._HOOKED)
+        if std is not None:
+            self._patch(std)
+        elif not self._hooked:
+            self._hooked = True
+            sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        self._hooked = False
+        base = self._base
+        if base is not None and base.__dict__.get("__new__") is not self._original:
+            base.__new__ = self._original
+        self._base = self._original = None
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self._HOOKED:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader, self._patch)
+                return spec
+        return None
+
+    def _patch(self, std: Any) -> None:
+        base = std.tqdm
+        if self._base is base:
+            return
+        self._base = base
+        self._original = original = base.__dict__["__new__"]
+        new = original.__func__ if isinstance(original, staticmethod) else original
+        owner_of, class_for = self.owner, self._class_for
+
+        def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+            owner = owner_of()
+            if owner is None or "_ipytasks_told" in cls.__dict__:
+                return new(cls, *args, **kwargs)
+            bar = new(class_for(cls), *args, **kwargs)
+            bar._ipytasks_owner = owner
+            return bar
+
+        base.__new__ = staticmethod(__new__)
+
+    # -- a bar that tells ---------------------------------------------------------------
+
+    def _class_for(self, cls: type) -> type:
+        made = self._classes.get(cls)
+        if made is not None:
+            return made
+        notebook = any(k.__name__ == "tqdm_notebook" for k in cls.__mro__)
+        tell = self._tell
+
+        def __init__(bar: Any, *args: Any, **kwargs: Any) -> None:
+            if notebook:
+                kwargs["display"] = False
+            else:
+                kwargs["file"] = _DISCARD
+            cls.__init__(bar, *args, **kwargs)  # type: ignore[misc]
+
+        def display(bar: Any, *args: Any, close: bool = False, **kwargs: Any) -> bool:
+            tell(bar, close)
+            return True
+
+        def close(bar: Any) -> None:
+            was_on = not getattr(bar, "disable", True)
+            try:
+                cls.close(bar)  # type: ignore[attr-defined]
+            finally:
+                if was_on:
+                    tell(bar, True)
+
+        def status_printer(*args: Any, **kwargs: Any) -> Any:
+            return _NO_WIDGET if notebook else _DISCARD.write
+
+        made = type(cls.__name__, (cls,), {
+            "__init__": __init__, "display": display, "close": close,
+            "status_printer": staticmethod(status_printer),
+            "clear": lambda bar, *a, **k: None, "moveto": lambda bar, *a, **k: None,
+            "_ipytasks_told": True, "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        })
+        self._classes[cls] = made
+        return made
+
+    def _tell(self, bar: Any, closed: bool) -> None:
+        owner = getattr(bar, "_ipytasks_owner", None)
+        if owner is None:
+            return
+        try:
+            self.report(owner, id(bar), bar_state(bar), closed)
+        except Exception:  # noqa: BLE001 - a progress report must never break the loop it counts
+            pass
+
+
+class _PatchingLoader:
+    """Loads a module as usual, then hands it to ``patch``."""
+
+    def __init__(self, loader: Any, patch: Any) -> None:
+        self.loader = loader
+        self.patch = patch
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        self.patch(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+def where_text(frame: Any, cell_filename: str) -> str | None:
+    """Where a body is: ``line 3 of the cell``, and the innermost frame below the cell's
+    when the body is in a function it called (``line 3 of the cell › linalg.py:120 in solve``)."""
+    innermost = frame
+    while frame is not None and frame.f_code.co_filename != cell_filename:
+        frame = frame.f_back
+    return where_words(frame.f_lineno if frame is not None else None,
+                       innermost if innermost is not frame else None)
+
+
+def where_words(cell_line: int | None, inner: Any) -> str | None:
+    """``line 3 of the cell › linalg.py:120 in solve`` (either part may be missing)."""
+    parts = []
+    if cell_line is not None:
+        parts.append(f"line {cell_line} of the cell")
+    if inner is not None:
+        code = inner.f_code
+        path = code.co_filename.replace("\\", "/").rsplit("/", 2)
+        parts.append(f"{'/'.join(path[-2:])}:{inner.f_lineno} in {code.co_name}")
+    return " › ".join(parts) or None
+
+
+#: The first byte of a note's meta (a reply's meta is a pickle, which starts with 0x80).
+NOTE = b"N"
+
+
+def note_of(meta: bytes | bytearray) -> Any:
+    """The note a message carries, or ``None`` when it is a job's reply."""
+    if meta[:1] != NOTE:
+        return None
+    return pickle.loads(meta[1:])
+
+
+def read_reply(fd: int, on_note: Any) -> tuple[bytes | bytearray, bytes | bytearray, list[Any]]:
+    """The reply to a job, handing each note sent before it to ``on_note(note)``."""
+    while True:
+        message = read_message(fd)
+        note = note_of(message[0])
+        if note is None:
+            return message
+        on_note(note)
+
+
+#: The name the worker process's own module has in ``sys.modules`` (see :func:`main`).
+WORKER_MODULE = "_ipytasks_worker"
+#: The running worker process's notes (``None`` in the kernel).
+_talk: JobTalk | None = None
+#: Least seconds between two progress notes of one bar (its end is always sent).
+NOTE_INTERVAL = 0.2
+#: Seconds between two looks at where a job's body is (when the kernel asked for them).
+SAMPLE_INTERVAL = 1.0
+
+
+class JobTalk:
+    """The worker process's side of a job's notes: its bars' progress, where its body is,
+    and what it cost. Notes go on the reply pipe ahead of the reply, one whole message
+    each, under one lock with the reply; a note from a thread the job left behind is
+    dropped once the job has replied."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.job = 0
+        self._count = 0
+        self._last: dict[Any, float] = {}
+        self._cost: tuple[float, float] = (0.0, 0.0)
+        self.watch = TqdmWatch(self.owner, self.bar)
+
+    def owner(self) -> int | None:
+        return self.job or None
+
+    def begin(self, job: dict[str, Any]) -> None:
+        import time
+
+        self._count += 1
+        self._last.clear()
+        _reset_peak()
+        usage = _usage()
+        self._cost = (usage, time.monotonic())
+        with self.lock:
+            self.job = self._count
+        if job.get("sample"):
+            threading.Thread(target=self._sample, args=(self.job, threading.get_ident(),
+                                                       job["filename"]),
+                             name="ipytasks-sample", daemon=True).start()
+
+    def end(self) -> dict[str, Any]:
+        """Stop the notes; what the job cost: ``{"cpu": seconds, "rss": peak bytes}``."""
+        with self.lock:
+            self.job = 0
+        return {"cpu": _usage() - self._cost[0], "rss": _peak_rss()}
+
+    def send(self, job: int, note: dict[str, Any]) -> None:
+        data = NOTE + pickle.dumps(note, protocol=5)
+        with self.lock:
+            if job != self.job:
+                return
+            try:
+                write_message(self.fd, data, b"", [])
+            except OSError:
+                pass
+
+    def bar(self, job: int, key: Any, state: dict[str, Any], closed: bool) -> None:
+        import time
+
+        now = time.monotonic()
+        if not closed and now - self._last.get(key, -NOTE_INTERVAL) < NOTE_INTERVAL:
+            return
+        self._last[key] = now
+        self.send(job, {"progress": state, "key": key, "closed": closed})
+
+    def progress(self, done: float, total: float | None, note: str) -> None:
+        """``ipytasks.progress`` in a worker process."""
+        import time
+
+        job = self.job
+        if job:
+            elapsed = time.monotonic() - self._cost[1]
+            self.bar(job, "api", {"n": done, "total": total, "rate": None,
+                                  "elapsed": elapsed, "note": note, "unit": "it"},
+                     total is not None and done >= total)
+
+    def _sample(self, job: int, ident: int, filename: str) -> None:
+        import time
+
+        said = None
+        while self.job == job:
+            frame = sys._current_frames().get(ident)
+            where = where_text(frame, filename) if frame is not None else None
+            del frame
+            if where != said:
+                said = where
+                self.send(job, {"where": where})
+            time.sleep(SAMPLE_INTERVAL)
+
+
+def _usage() -> float:
+    """CPU seconds (user and system) this process has used."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _reset_peak() -> None:
+    """Start the peak of resident memory again from now (Linux ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+    except OSError:
+        pass  # not Linux: the peak counts from the process's start
+
+
+def _peak_rss() -> int:
+    """The most resident memory this process held since the last reset, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 # -- the process --------------------------------------------------------------------
 
 
@@ -934,6 +1298,11 @@ def main(argv: list[str]) -> None:
 
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
+    global _talk
+    _talk = talk = JobTalk(reply_fd)
+    talk.watch.install()
+    # ``ipytasks.progress`` looks for this module by this name (a cell imports ipytasks).
+    sys.modules[WORKER_MODULE] = sys.modules[__name__]
     warming = False
     while True:
         if not warming and not poller.poll(0):
@@ -946,6 +1315,7 @@ def main(argv: list[str]) -> None:
         except EOFError:
             break
         job = pickle.loads(meta)
+        talk.begin(job)
         try:
             reply = run_job(job, values, buffers)
         except BaseException as exc:  # noqa: BLE001 - a bug here, not in the cell
@@ -961,11 +1331,13 @@ def main(argv: list[str]) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the cell changed it
         reply_meta, reply_values, reply_buffers = reply
         del reply
+        reply_meta["cost"] = talk.end()
         reply_meta["marked"] = _end_of_output(stdout, stderr, marker, pipes)
         try:
-            write_message(
-                reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
-            )
+            with talk.lock:  # after a note being written, never inside it
+                write_message(
+                    reply_fd, pickle.dumps(reply_meta, protocol=5), reply_values, reply_buffers
+                )
         except OSError:
             break
         del reply_meta, reply_values, reply_buffers

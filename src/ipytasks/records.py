@@ -19,6 +19,7 @@ from .options import TaskOptions
 if TYPE_CHECKING:
     from .cells import CompiledCell, MapItemCell
     from .output import TaskOutput
+    from .reports import Progress
 
 __all__ = (
     "TaskState",
@@ -153,8 +154,24 @@ class TaskRecord:
     #: it was not stored.
     cache_key: str | None = field(default=None, repr=False)
     cache_note: str | None = field(default=None, repr=False)
+    #: How far the running body says it is (a tqdm bar, ``ipytasks.progress``), or
+    #: ``None``: a :class:`~ipytasks.reports.Progress`, kept after the end.
+    progress: Progress | None = field(default=None, repr=False)
+    #: CPU seconds the body used: its thread's (thread mode), its worker process's
+    #: (process, dask); ``None`` where it is not measured (async mode).
+    cpu_time: float | None = None
+    #: The most resident memory, in bytes, its worker process held while it ran
+    #: (process, dask); ``None`` in the kernel's own threads.
+    peak_rss: int | None = None
+    #: Where the running body is (``line 3 of the cell › linalg.py:120 in solve``), as
+    #: last looked at while a dashboard showed it.
+    where: str | None = field(default=None, repr=False)
     # A worker process's rendering of a Figure result: (data, metadata) to show for it.
     _result_display: Any = field(default=None, repr=False)
+    # The bars a running body told of (reports._Bars), and how to look where it is now.
+    _bars: Any = field(default=None, repr=False)
+    _sampler: Any = field(default=None, repr=False)
+    _looked: float = field(default=-1e9, repr=False)
 
     @property
     def group(self) -> str | None:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import plots
+from . import plots, reports
 from .cells import CompiledCell, MapItemCell, compile_map_function
 from .errors import BadArgument
 from .limits import Limiter, RateLimiter
@@ -400,6 +400,7 @@ class TaskRunner:
         if record.started is None:
             record.started = time.time()
         record.attempts += 1
+        reports.reset(record)
         self._changes.changed(record)
         mode = self._mode(record.mode)
         timeout = record.options.timeout

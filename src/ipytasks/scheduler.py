@@ -18,11 +18,12 @@ its views are attached and the runner starts it. The scheduler also owns the run
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from . import plots
+from . import plots, reports
 from .cache.outcome import FLUSH_TIMEOUT, ResultCache
 from .cells import CompiledCell, compile_cell
 from .changes import ChangeFeed, Changes
@@ -85,6 +86,9 @@ class Scheduler:
                                   mode=self._mode, result_cache=self.result_cache, echo=echo)
         self._closed = False
         plots.install()  # pyplot's figures per task, from now until close()
+        # Tasks whose progress changed, told at the loop's next turn.
+        self._progressing: set[TaskRecord] = set()
+        reports.install(self._progressed)  # tasks' tqdm bars are told, not drawn
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -223,6 +227,22 @@ class Scheduler:
     def unsubscribe(self, feed: ChangeFeed) -> None:
         self.changes.unfollow(feed)
 
+    def _progressed(self, record: TaskRecord) -> None:
+        """A task's progress changed (any thread): it is told on the loop, once for the
+        changes made until then; each view then throttles its refresh as for any change."""
+        if record in self._progressing:
+            return
+        self._progressing.add(record)
+        try:
+            self.loop.call_soon_threadsafe(
+                self._show_progress, record, context=contextvars.Context())
+        except RuntimeError:  # the loop is closed: ipytasks was unloaded
+            pass
+
+    def _show_progress(self, record: TaskRecord) -> None:
+        self._progressing.discard(record)
+        self.changes.changed(record)
+
     async def wait(self, records: list[TaskRecord], timeout: float | None = None) -> None:
         """Wait until every record has ended; raise :class:`TaskFailed` for the failures.
 
@@ -267,6 +287,7 @@ class Scheduler:
             self._modes.clear()
             self._host.close()
             plots.uninstall()
+            reports.uninstall()
         return unfinished
 
     def _at_exit(self) -> None:

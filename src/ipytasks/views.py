@@ -15,11 +15,12 @@ import html
 import time
 import uuid
 import weakref
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .bundle import WIDGET_MIME, is_widget, merge
 from .output import FLUSH_INTERVAL, _left_out_note, _report_internal_error
-from .records import TaskState
+from .records import SUCCESSFUL, TaskState
 from .throttle import Throttle
 
 if TYPE_CHECKING:
@@ -54,12 +55,13 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
         return f"{name} pending"
     # --cache: why it runs, where its outcome came from, or why it was not stored.
     note = f" ({record.cache_note})" if record.cache_note else ""
+    progress = record.progress
     if state is TaskState.RUNNING:
         elapsed = (now or time.time()) - (record.started or time.time())
         if record.options.map is not None:
-            ended = sum(1 for c in record.children if c.state.ended)
-            return f"{name} running {elapsed:.1f}s: {ended} of {len(record.children)} done"
-        return f"{name} running {elapsed:.1f}s ({record.mode}){note}"
+            return f"{name} running {elapsed:.1f}s: {map_items(record)}"
+        told = f": {progress.text()}" if progress is not None else ""
+        return f"{name} running {elapsed:.1f}s ({record.mode}){note}{told}"
     if state is TaskState.CACHED:
         return f"{name} cached{note}"
     took = record.duration
@@ -67,7 +69,8 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
     if state is TaskState.DONE:
         if record.options.map is not None:
             return f"{name} done in {took_text}: {len(record.children)} items"
-        return f"{name} done in {took_text}{note}"
+        told = f" · {progress.count()}" if progress is not None else ""
+        return f"{name} done in {took_text}{note}{told}"
     if state is TaskState.SKIPPED:
         return f"{name} skipped: {record.error}"
     if state is TaskState.CANCELLED:
@@ -79,7 +82,21 @@ def describe(record: TaskRecord, now: float | None = None) -> str:
         return f"{name} timed out after {took_text}"
     error = record.error
     detail = f"{type(error).__name__}: {error}" if error is not None else ""
-    return f"{name} failed in {took_text}: {detail}".rstrip(": ")
+    at = f" at {progress.count()}" if progress is not None else ""
+    return f"{name} failed in {took_text}{at}: {detail}".rstrip(": ")
+
+
+def map_items(record: TaskRecord) -> str:
+    """A ``--map`` task's items: ``37/100 done, 2 failed`` (and how many were cancelled)."""
+    counts = Counter(child.state for child in record.children)
+    done = sum(counts[s] for s in SUCCESSFUL)
+    failed = counts[TaskState.FAILED] + counts[TaskState.TIMED_OUT] + counts[TaskState.SKIPPED]
+    text = f"{done}/{len(record.children)} done"
+    if failed:
+        text += f", {failed} failed"
+    if counts[TaskState.CANCELLED]:
+        text += f", {counts[TaskState.CANCELLED]} cancelled"
+    return text
 
 
 def status_text(record: TaskRecord, state: TaskState | None = None, text: str = "") -> str:
@@ -385,7 +402,8 @@ def table(records: Any) -> str:
     records = list(records)
     if not records:
         return "no tasks yet"
-    header = ("task", "chain/group", "mode", "state", "started", "duration", "tries", "waits for")
+    header = ("task", "chain/group", "mode", "state", "started", "duration", "progress", "cpu",
+              "memory", "tries", "waits for")
     rows = [header]
     first = min((r.submitted for r in records), default=0.0)
     for r in records:
@@ -394,9 +412,15 @@ def table(records: Any) -> str:
             lane = f"{r.options.chain}/{r.options.group}"
         started = f"+{r.started - first:.2f}s" if r.started is not None else ""
         duration = f"{r.duration:.2f}s" if r.duration is not None else ""
+        if r.options.map is not None and r.children:
+            told = map_items(r)
+        else:
+            told = r.progress.count() if r.progress is not None else ""
+        cpu = f"{r.cpu_time:.2f}s" if r.cpu_time is not None else ""
+        memory = f"{r.peak_rss / 1e6:,.0f} MB" if r.peak_rss else ""
         rows.append(
-            (r.name, lane, r.mode, str(r.state), started, duration, str(r.attempts),
-             ", ".join(r.waits_for))
+            (r.name, lane, r.mode, str(r.state), started, duration, told, cpu, memory,
+             str(r.attempts), ", ".join(r.waits_for))
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -431,6 +431,35 @@ async def test_all_output_is_in_when_the_task_ends(sched: Scheduler) -> None:
     assert second.output == "second\n"
 
 
+async def test_tqdm_progress_and_costs_come_from_the_dask_worker(sched: Scheduler) -> None:
+    """A tqdm loop over 50 items on a Dask worker: the task's progress moves (two values at
+    least between 0 and 50, then 50/50) as the scheduler tells its followers, the bar writes
+    nothing into the output, and the worker process's CPU time and peak memory come back."""
+    pytest.importorskip("tqdm")
+    seen: list[float] = []
+    record: TaskRecord | None = None
+
+    def wake(_idle: bool) -> None:
+        for changed in feed.take():
+            if changed is record and changed.progress is not None:
+                seen.append(changed.progress.done)
+
+    feed = sched.subscribe(wake)
+    try:
+        record = sched.submit(
+            "import time\nfrom tqdm.auto import tqdm\nfor i in tqdm(range(50)):\n"
+            "    time.sleep(0.04)\nprint('loop over')", "dask_bar", dask())
+        await end_of(sched, record)
+    finally:
+        sched.unsubscribe(feed)
+    assert record.state == "done", record.error_text()
+    assert len({n for n in seen if 0 < n < 50}) >= 2 and seen[-1] == 50, seen
+    assert record.progress is not None and record.progress.count() == "50/50"
+    assert record.output == "loop over\n"
+    assert record.cpu_time is not None and record.cpu_time > 0
+    assert record.peak_rss is not None and record.peak_rss > 10 * 2**20
+
+
 # -- stopping and dying ----------------------------------------------------------------------
 
 

@@ -23,9 +23,11 @@ from IPython.core.interactiveshell import InteractiveShell
 from ipytasks.changes import Changes
 from ipytasks.output import TaskOutput
 from ipytasks.overview import open_dashboard, summarize, text_table
+from ipytasks.overview.render import time_left
 from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tasks
 from ipytasks.overview.widgets import Dashboard
 from ipytasks.records import TaskFailed, TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.reports import Progress
 from ipytasks.scheduler import Scheduler
 
 T0 = 1_700_000_000.0
@@ -205,6 +207,74 @@ async def test_rows_show_every_column(board: Board) -> None:
     assert dash.view.timeline["modes"] == ["thread"]
     assert dash.view.table["label"] == "1–3 of 3"
     assert 'data-task="load"' in shown  # a click on the row picks the task
+
+
+async def test_rows_show_progress_costs_and_where(board: Board) -> None:
+    """Progress (bar and words), CPU time, peak memory, where a running body is; a --map task's
+    items; the header says what each means."""
+    sched = board.sched
+    fit = record("fit", TaskState.RUNNING, 0, 0)
+    fit.progress = Progress(done=37, total=100, rate=12.3, elapsed=3, note="epochs")
+    fit.cpu_time, fit.where = 2.5, "line 3 of the cell › linalg.py:120 in solve"
+    sched.add(fit)
+    big = record("big", TaskState.DONE, 0, 0, 1)
+    big.cpu_time, big.peak_rss = 0.75, 512_300_000
+    big.progress = Progress(done=50, total=50)
+    sched.add(big)
+    items = record("items", TaskState.RUNNING, 0, 0, map=("x", "range(4)"))
+    items.children = [record(f"items[{i}]", s) for i, s in enumerate(
+        (TaskState.DONE, TaskState.FAILED, TaskState.RUNNING, TaskState.PENDING))]
+    sched.add(items)
+    board.at(3.0)
+    dash = board.open()
+    shown = table(dash)
+    assert "37/100 (37%) · 12.3 it/s · 6 s left · epochs" in shown and "width:37%" in shown
+    assert "2.5 s" in shown and "line 3 of the cell › linalg.py:120 in solve" in shown
+    assert "512 MB" in shown and "0.75 s" in shown and ">50/50<" in shown.replace("</span>", "")
+    assert "1/4 done, 1 failed" in shown
+    assert 'data-sort="cpu"' in shown and "the most memory" in shown
+
+
+async def test_sort_by_a_column_and_back(board: Board) -> None:
+    """A click on a header sorts by it (costs: most first), again turns the order round;
+    tasks without a value stay last."""
+    sched = board.sched
+    for name, cpu in (("a", 1.0), ("b", None), ("c", 3.0), ("d", 2.0)):
+        r = record(name, TaskState.DONE, 0, 0, 1)
+        r.cpu_time = cpu
+        sched.add(r)
+    dash = board.open()
+    assert rows(dash) == ["a", "b", "c", "d"]
+    from_front_end(dash.view, sort="cpu")
+    await settle()
+    assert rows(dash) == ["c", "d", "a", "b"] and "CPU ▼" in table(dash)
+    from_front_end(dash.view, sort="cpu")
+    await settle()
+    assert rows(dash) == ["a", "d", "c", "b"] and "CPU ▲" in table(dash)
+    from_front_end(dash.view, sort="task")
+    await settle()
+    assert rows(dash) == ["a", "b", "c", "d"]
+    from_front_end(dash.view, sort="nonsense")  # not a column: the order stays
+    await settle()
+    assert rows(dash) == ["a", "b", "c", "d"]
+
+
+def test_time_left_from_progress_and_durations() -> None:
+    """Running tasks end when their progress says, or like the tasks that ended; pending ones
+    take as long as those; the work is shared by the tasks running now."""
+    now = T0 + 10
+    told = record("told", TaskState.RUNNING, 0, 8)
+    told.progress = Progress(done=20, total=100, rate=10)  # 8 s left
+    quiet = record("quiet", TaskState.RUNNING, 0, 9)  # like the ended ones (4 s): 3 s left
+    assert time_left([told, quiet], pending=0, typical=4.0, now=now) == 8.0
+    # 8 + 3 + 4 pending * 4 s = 27 s of work for 2 running at once: 13.5 s.
+    assert time_left([told, quiet], pending=4, typical=4.0, now=now) == 13.5
+    assert time_left([quiet], pending=0, typical=None, now=now) is None  # nothing to go by
+    late = record("late", TaskState.RUNNING, 0, 0)  # ran 10 s, longer than the typical 4 s
+    assert time_left([late], pending=0, typical=4.0, now=now) is None
+    ended = [record(f"e{i}", TaskState.DONE, 0, 0, 4) for i in range(3)]
+    summary = summarize([*ended, told, quiet], now=now)
+    assert summary.left == 8.0 and "about 8.0 s left" in summary.line()
 
 
 async def test_duration_ticks_while_running_and_stops_after(board: Board) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import TYPE_CHECKING, Any
 
+from .. import costs
 from .abc import Mode
 
 if TYPE_CHECKING:
@@ -20,7 +23,13 @@ class AsyncMode(Mode):
 
     async def run(self, task: TaskRecord) -> Any:
         assert task.cell is not None
-        return await task.cell.run_async(self.shell.user_ns)
+        running = asyncio.current_task()
+        if running is not None:
+            task._sampler = functools.partial(costs.coroutine_where, running, task.cell.filename)
+        try:
+            return await task.cell.run_async(self.shell.user_ns)
+        finally:
+            task._sampler = None
 
 
 mode_class = AsyncMode

@@ -92,7 +92,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import _dask_worker, _worker
+from .. import _dask_worker, _worker, costs, reports
 from ..namespace.shipping import decode_reply, merge
 from ..output import _report_internal_error
 from ..records import BrokenWorker, TaskError
@@ -281,6 +281,13 @@ class _Route:
             self.chunks += 1
             self.cond.notify_all()
 
+    def note(self, note: dict[str, Any]) -> None:
+        """A note of the job (its progress, where it is), counted as output is."""
+        reports.worker_note(self.sink.owner if self.sink is not None else None, note)
+        with self.cond:
+            self.chunks += 1
+            self.cond.notify_all()
+
     def wait_chunks(self, count: int, timeout: float) -> bool:
         with self.cond:
             return self.cond.wait_for(lambda: self.chunks >= count, timeout)
@@ -317,6 +324,8 @@ class _Link:
                 return
             if kind in ("stdout", "stderr"):
                 route.write(kind, message[2])
+            elif kind == "note":
+                route.note(message[2])
             elif kind == "start":
                 route.worker, route.pid = message[2], message[3]
             elif kind == "end":
@@ -613,6 +622,7 @@ class DaskMode(Mode):
         if "stopped" in outcome:
             raise BrokenWorker(NOT_THERE)
         info = outcome["meta"]
+        costs.from_worker(route.sink.owner if route.sink is not None else None, info.get("cost"))
         left = info.get("left")
         if left and route.sink is not None:
             route.sink.write("stderr", CLOSED_FILES.format(names=", ".join(repr(n) for n in left)))

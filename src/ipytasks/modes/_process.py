@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import os
 import queue
 import secrets
@@ -107,7 +108,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker
+from .. import _worker, costs, reports
 from ..cells import MapItemCell
 from ..errors import BadArgument
 from ..namespace.analysis import CellNames, analyze
@@ -354,7 +355,9 @@ class _Worker:
             del meta, values, buffers
             if ship_environ:
                 self._environ = job.environ
-            reply_meta, reply_values, reply_buffers = _worker.read_message(self._rep)
+            owner = sink.owner if sink is not None else None
+            reply_meta, reply_values, reply_buffers = _worker.read_reply(
+                self._rep, functools.partial(reports.worker_note, owner))
         except (OSError, EOFError):
             return _Outcome(died=self._death())
         except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError: the pipe is out of step
@@ -365,6 +368,7 @@ class _Worker:
             import pickle
 
             info = pickle.loads(reply_meta)
+            costs.from_worker(owner, info.get("cost"))
             for i, pump in enumerate((self._stdout, self._stderr)):
                 if info.get("marked", (True, True))[i]:
                     self._marks[i] += 1
@@ -610,13 +614,16 @@ class ProcessMode(Mode):
             var = cell.function.__code__.co_varnames[0]
             names = analyze(cell.cell.tree)
             job = Job.take(self.shell, cell.cell, names)
+            job.sample = costs.watching()
             job.inputs.pop(var, None)
             job.inputs[var] = cell.item
             job.binds = job.deletes = frozenset()
             job.placeholders = []
             return job, names
         names = analyze(cell.tree)
-        return Job.take(self.shell, cell, names), names
+        job = Job.take(self.shell, cell, names)
+        job.sample = costs.watching()
+        return job, names
 
     def _job_told(self, task: TaskRecord) -> Job:
         """The task's job; its output says which in-place changes stay in the worker."""

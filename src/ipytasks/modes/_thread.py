@@ -15,8 +15,10 @@ import ctypes
 import functools
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
+from .. import costs
 from .abc import Mode
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ class _Job:
         self._lock = threading.Lock()
         self._ident: int | None = None
         self._stop_requested = False
+        #: CPU seconds the body's thread used while it ran (set when it ends).
+        self.cpu_time: float | None = None
 
     def __call__(self) -> Any:
         try:
@@ -92,9 +96,11 @@ class _Job:
                 if self._stop_requested:
                     raise BodyStopped
                 self._ident = threading.get_ident()
+            cpu = time.thread_time()
             try:
                 return self.context.run(self.cell.run_sync, self.namespace)
             finally:
+                self.cpu_time = time.thread_time() - cpu
                 # After this block no stop can be injected, and one injected but not
                 # yet delivered is taken back, so it cannot hit the pool's own code.
                 with self._lock:
@@ -105,6 +111,11 @@ class _Job:
                         self._ident = None
         finally:
             self.finished = True
+
+    def where(self) -> str | None:
+        """Where the body is now (``None`` before it starts and after it ends)."""
+        ident = self._ident
+        return costs.thread_where(ident, self.cell.filename) if ident is not None else None
 
     def stop(self) -> None:
         """Ask the body to stop at its next Python instruction."""
@@ -263,12 +274,16 @@ class ThreadMode(Mode):
         job = _Job(task.cell, self.shell.user_ns)
         future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
         self._pool.submit(job, functools.partial(handback.put, future))
+        task._sampler = job.where
         try:
             ok, value = await future
         except asyncio.CancelledError:
             job.stop()
             loop.call_later(STUCK_NOTICE_DELAY, self._notice_if_stuck, job, task)
             raise
+        finally:
+            task._sampler = None
+            task.cpu_time = job.cpu_time
         if ok:
             return value
         try:

@@ -121,6 +121,8 @@ class Job:
     environ: dict[bytes, bytes] = field(default_factory=dict)
     #: How the worker renders the figures the cell leaves open (the inline backend's settings).
     figures: dict[str, Any] = field(default_factory=dict)
+    #: Whether the worker says where the body is, once a second (a dashboard is open).
+    sample: bool = False
 
     @classmethod
     def take(cls, shell: Any, cell: CompiledCell, names: CellNames) -> Job:
@@ -184,6 +186,7 @@ class Job:
             "environ": self.environ if environ else None,
             "figures": self.figures,
             "quiet": bool(getattr(self.cell, "quiet_result", False)),
+            "sample": self.sample,
         }
         return pickle.dumps(meta, protocol=5), packer.getvalue(), packer.buffers
 

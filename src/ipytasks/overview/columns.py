@@ -25,7 +25,7 @@ from operator import attrgetter, sub
 from typing import TYPE_CHECKING, Any, cast
 
 from ..records import ACTIVE, TaskState
-from .render import Summary
+from .render import Summary, time_left
 
 if TYPE_CHECKING:
     from ..records import TaskRecord
@@ -122,7 +122,13 @@ class TaskColumns:
         self._first_submit: float | None = None
         self._first_start: float | None = None
         self._last_end: float | None = None
-        self._append(list(self._registry.values()))
+        #: How long each task that ended took (--map tasks count through their items):
+        #: their mean is what a task with nothing to say of itself is expected to take.
+        self._took: dict[TaskRecord, float] = {}
+        self._took_sum = 0.0
+        records = list(self._registry.values())
+        self._append(records)
+        self._track(records)
 
     # -- following changes -------------------------------------------------------------
 
@@ -142,7 +148,18 @@ class TaskColumns:
                 if known:
                     self._modify(*zip(*known))
                 self._append([r for r, i in zip(records, rows) if i is None])
+        self._track(records)
         self._check()
+
+    def _track(self, records: list[TaskRecord]) -> None:
+        """Durations of the tasks among ``records`` that have ended (one step per record)."""
+        took = self._took
+        for r in records:
+            start, end = r.started, r.ended
+            if start is not None and end is not None and r.options.map is None:
+                span = end - start
+                self._took_sum += span - took.get(r, 0.0)
+                took[r] = span
 
     def _are_new(self, records: list[TaskRecord]) -> bool:
         """Whether ``records`` are the registry's newest ones, in its order and none
@@ -293,11 +310,16 @@ class TaskColumns:
         first = self._first_start
         wall = None if first is None or last is None else max(last - first, 0.0)
         counts = self._counts
+        took = self._took
+        records = self._records
         return Summary(
             counts={s: n for s, code in STATE_CODES.items() if (n := counts[code])},
             total=len(self._names),
             wall=wall,
             work=work,
+            left=time_left([records[i] for i in self._running if records[i].ended is None],
+                           int(counts[STATE_CODES[TaskState.PENDING]]),
+                           self._took_sum / len(took) if took else None, now),
         )
 
     def run_start(self) -> float | None:

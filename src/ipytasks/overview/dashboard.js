@@ -8,8 +8,9 @@
 // `filters`: which tasks the table lists, and the choices; `selected`: the picked task.
 // Only the kernel sets them. What the user does goes to the kernel as an event, a custom
 // message `{event, value}`: `show` (the filter), `page` (the pager's buttons), `selected`
-// (a click on a row, or Enter on a focused one, picks its task for the actions); the
-// kernel answers with the new state. Not `model.set`: the widget manager sends a model's
+// (a click on a row, or Enter on a focused one, picks its task for the actions), `sort`
+// (a click on a header that has a `data-sort`: the column to sort by, again to turn the
+// order round); the kernel answers with the new state. Not `model.set`: the widget manager sends a model's
 // next state update only once the kernel said idle for the previous one, which
 // ipykernel 7 never says for a message handled while an `await` cell runs.
 //
@@ -393,7 +394,11 @@ function render({ model, el }) {
   const pick = (row) => {
     if (row && row.dataset.task !== model.get("selected")) send("selected", row.dataset.task);
   };
-  table.addEventListener("click", (event) => pick(event.target.closest("tr[data-task]")));
+  table.addEventListener("click", (event) => {
+    const head = event.target.closest("th[data-sort]");
+    if (head) send("sort", head.dataset.sort);
+    else pick(event.target.closest("tr[data-task]"));
+  });
   table.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..records import TaskState
-from ..views import STATE_STYLE, describe, table
+from ..views import STATE_STYLE, describe, map_items, table
 from ._common import lane_of, offset, records_of, run_start, seconds
 from .timeline import render_svg, timeline_geometry
 
@@ -24,15 +24,31 @@ if TYPE_CHECKING:
 
 __all__ = (
     "COLUMNS",
+    "SORTS",
     "Summary",
+    "size",
     "snapshot_html",
     "summarize",
     "summary_html",
     "table_html",
     "text_table",
+    "time_left",
 )
 
-COLUMNS = ("state", "task", "chain/group", "mode", "started", "duration", "tries", "waits for")
+COLUMNS = ("state", "task", "chain/group", "mode", "started", "duration", "progress", "CPU",
+           "memory", "tries", "waits for", "now at")
+#: The columns the live table sorts by, by what its header sends (``data-sort``).
+SORTS = {"state": "state", "task": "task", "started": "started", "duration": "duration",
+         "progress": "progress", "CPU": "cpu", "memory": "memory", "tries": "tries"}
+#: What each column says when hovered.
+_TITLES = {
+    "progress": "how far the task says it is (a tqdm bar, ipytasks.progress): done/total, "
+                "rate, time left; a --map task: its items",
+    "CPU": "CPU time: of its thread (thread mode), of its worker process (process, dask)",
+    "memory": "the most memory (resident) its worker process held while it ran",
+    "now at": "where a running body is: the cell's line, and the function it is in "
+              "(looked at once a second while this table shows it)",
+}
 
 # The table sets what cells inherit (no wrapping, left); each cell only its padding. Inline
 # styles rather than a <style> block: a saved snapshot keeps them where sanitizers strip those.
@@ -40,8 +56,27 @@ _TABLE = ('<table style="border-collapse:collapse;font-family:sans-serif;font-si
           'white-space:nowrap;text-align:left">')
 _CELL = "padding:1px 8px"
 _SELECTED_BG = "#ddf4ff"
-_HEAD = "".join(f'<th style="{_CELL};text-align:left;border-bottom:1px solid #d0d7de">{c}</th>'
-                for c in COLUMNS)
+_TH = f"{_CELL};text-align:left;border-bottom:1px solid #d0d7de"
+
+
+def _head(sort: tuple[str, bool] | None) -> str:
+    """The header row; with ``sort`` (the live table's), sortable columns say so."""
+    cells = []
+    for c in COLUMNS:
+        title = _TITLES.get(c, "")
+        key = SORTS.get(c)
+        if sort is None or key is None:
+            cells.append(f'<th style="{_TH}"' + (f' title="{title}"' if title else "")
+                         + f">{c}</th>")
+            continue
+        arrow = (" ▼" if sort[1] else " ▲") if sort[0] == key else ""
+        hint = f"{title}; " if title else ""
+        cells.append(f'<th data-sort="{key}" style="{_TH};cursor:pointer" '
+                     f'title="{hint}click to sort">{c}{arrow}</th>')
+    return "".join(cells)
+
+
+_HEAD = _head(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +92,8 @@ class Summary:
     total: int
     wall: float | None
     work: float
+    #: Seconds until the run is estimated to end (:func:`time_left`), or ``None``.
+    left: float | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -70,7 +107,8 @@ class Summary:
             return "nothing has run yet"
         speedup = self.speedup
         ratio = f": {speedup:.1f}×" if speedup is not None else ""
-        return f"{seconds(self.work)} of work in {seconds(self.wall)}{ratio}"
+        left = f"; about {seconds(self.left)} left" if self.left is not None else ""
+        return f"{seconds(self.work)} of work in {seconds(self.wall)}{ratio}{left}"
 
     def line(self) -> str:
         """``4 tasks: 1 running, 3 done; 6.0 s of work in 2.0 s: 3.0×``."""
@@ -88,6 +126,9 @@ def summarize(records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
     first: float | None = None
     last: float | None = None
     work = 0.0
+    took = 0.0
+    ran = 0
+    running = []
     # Plain comparisons rather than min()/max() calls: this runs on every refresh, over
     # every task of the session.
     for r in records:
@@ -98,6 +139,10 @@ def summarize(records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
         end = r.ended
         if end is None:
             end = now
+            running.append(r)
+        elif r.options.map is None:
+            took += end - start
+            ran += 1
         if end > start:
             work += end - start
         if first is None or start < first:
@@ -110,7 +155,43 @@ def summarize(records: Iterable[TaskRecord] | Mapping[str, TaskRecord],
         total=len(records),
         wall=wall,
         work=work,
+        left=time_left(running, counts[TaskState.PENDING], took / ran if ran else None, now),
     )
+
+
+def time_left(running: list[TaskRecord], pending: int, typical: float | None,
+              now: float) -> float | None:
+    """When the run will end, in seconds from ``now``: a guess, or ``None`` without a basis.
+
+    A running task ends when its progress says (what is left at its current rate), or,
+    without progress, after ``typical`` seconds (the mean duration of the tasks that
+    ended; ``--map`` tasks count through their items). A pending task takes ``typical``
+    too. The work left is shared by as many tasks as run now, and the run lasts at least
+    as long as its longest running task: ``max(longest, work left / running)``. When some
+    unfinished task has no basis (no progress, and no ended task to go by or it already
+    ran longer than they took), ``None``.
+    """
+    longest = work = 0.0
+    width = 0
+    for r in running:
+        if r.options.map is not None:
+            continue
+        progress = r.progress
+        left = progress.left if progress is not None else None
+        if left is None:
+            if typical is None or r.started is None or now - r.started >= typical:
+                return None  # nothing to go by, or it already took longer than most
+            left = typical - (now - r.started)
+        longest = max(longest, left)
+        work += left
+        width += 1
+    if pending:
+        if typical is None:
+            return None
+        work += pending * typical
+    if not width and not pending:
+        return None
+    return max(longest, work / max(width, 1))
 
 
 def summary_html(summary: Summary) -> str:
@@ -161,6 +242,37 @@ _TD_RIGHT = f'<td style="{_CELL};text-align:right">'
 _TD_DIM = f'<td style="{_CELL};color:#6e7781">'
 
 
+def size(value: float) -> str:
+    """Bytes for people: ``812 KB``, ``1.5 GB``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit in ("B", "KB") or value >= 100 else (
+                f"{value:.3g} {unit}")
+        value /= 1000
+    return f"{value:.3g} TB"
+
+
+def _progress_cell(record: TaskRecord) -> str:
+    """A small bar and ``37/100 · 12 it/s · 5 s left`` (a --map task: its items)."""
+    if record.options.map is not None and record.children:
+        children = record.children
+        fraction: float | None = sum(1 for c in children if c.state.ended) / len(children)
+        text = map_items(record)
+    else:
+        progress = record.progress
+        if progress is None:
+            return f"{_TD}</td>"
+        fraction = progress.fraction
+        text = progress.text() if record.ended is None else progress.count()
+    bar = ""
+    if fraction is not None:
+        bar = ('<span style="display:inline-block;width:48px;height:7px;background:#eaeef2;'
+               f'margin-right:4px"><span style="display:block;height:7px;width:{fraction:.0%};'
+               'background:#1f6feb"></span></span>')
+    text = _esc(text)
+    return f'<td style="{_CELL}" class="ipytasks-progress" title="{text}">{bar}{text}</td>'
+
+
 def _row(record: TaskRecord, t0: float, now: float, selected: bool) -> str:
     state = record.state
     opening, closing = _STATE_CELL[state]
@@ -182,8 +294,12 @@ def _row(record: TaskRecord, t0: float, now: float, selected: bool) -> str:
         f"{_TD}{_esc(lane) if lane else ''}</td>"
         f"{_TD}{_esc(record.mode)}</td>"
         f"{started}"
+        f"{_progress_cell(record)}"
+        f"{_TD_RIGHT}{seconds(cpu) if (cpu := record.cpu_time) is not None else ''}</td>"
+        f"{_TD_RIGHT}{size(rss) if (rss := record.peak_rss) else ''}</td>"
         f"{_TD_RIGHT}{record.attempts}</td>"
         f"{_TD if state is TaskState.PENDING else _TD_DIM}{waits}</td>"
+        f"{_TD_DIM}{_esc(record.where) if record.where and record.ended is None else ''}</td>"
         "</tr>"
     )
 
@@ -195,6 +311,7 @@ def table_html(
     t0: float | None = None,
     selected: str | None = None,
     cache: dict[TaskRecord, tuple[float, bool, str]] | None = None,
+    sort: tuple[str, bool] | None = None,
 ) -> str:
     """An HTML table with one row per record (all of them: page before calling); each
     row's ``data-task`` is its task's name (the live table picks a task by its row).
@@ -203,6 +320,8 @@ def table_html(
     :param selected: the name of a task to highlight.
     :param cache: the rows of ended tasks from the last call (a live dashboard's), which
         do not change any more; it is left holding this call's.
+    :param sort: the live table's order, ``(key, descending)`` (the rows come sorted):
+        its header then offers to sort by a click.
     """
     records = records_of(records)
     now = time.time() if now is None else now
@@ -226,7 +345,8 @@ def table_html(
         cache.clear()
         cache.update(kept)
         rows = "".join(parts)
-    return f"{_TABLE}<thead><tr>{_HEAD}</tr></thead><tbody>{rows}</tbody></table>"
+    head = _HEAD if sort is None else _head(sort)
+    return f"{_TABLE}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def _errors_html(records: list[TaskRecord]) -> str:

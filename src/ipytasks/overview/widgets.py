@@ -49,6 +49,7 @@ import anywidget
 import ipywidgets as widgets
 import traitlets
 
+from .. import costs
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
 from ..taskgraph import task_graph
@@ -56,7 +57,7 @@ from ..throttle import CallLater, Throttle
 from ..views import STATE_STYLE
 from .columns import TaskColumns
 from .graph import graph_geometry, render_svg
-from .render import summarize, summary_html, table_html, text_table
+from .render import SORTS, summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
 from .timeline import LABELLED_LANES
 
@@ -295,6 +296,9 @@ class Dashboard(widgets.VBox):
         self._show = "all"
         self._panel = "timeline"
         self._graph_geometry: Any = None
+        #: The table's order: ``(key, descending)`` (a key of :data:`SORTS`), or ``None``:
+        #: submission order.
+        self._sort: tuple[str, bool] | None = None
         self._selected: str | None = None
         self._output_view = _OutputView(self)
         self._watched: TaskOutput | None = None
@@ -309,6 +313,7 @@ class Dashboard(widgets.VBox):
 
         self._columns = TaskColumns(self._registry)
         self._feed = scheduler.subscribe(self._wake)
+        costs.watch(+1)  # worker processes say where their bodies are while it is open
         # What the last render showed, to tell when a refresh has nothing new to show.
         self._seen: tuple[Any, ...] = ()
         self._shown_counts: Mapping[TaskState, int] = {}
@@ -364,7 +369,7 @@ class Dashboard(widgets.VBox):
         now = self._wall()
         watched = self._watched
         seen = (self._page, self._show, self._panel, self._selected, self._output_shown,
-                watched.version if watched is not None else None, len(records))
+                watched.version if watched is not None else None, len(records), self._sort)
         if not changed and not self._shown_running and seen == self._seen:
             # Nothing moved since the last render (a refresh for a due timeline redraw).
             self._send({}, self._shown_counts, now, changed=False)
@@ -372,9 +377,16 @@ class Dashboard(widgets.VBox):
         self._seen = seen
         keep = FILTERS[self._show]
         shown = records if keep is None else [r for r in records if r.state in keep]
+        if self._sort is not None:
+            key, descending = self._sort
+            shown = sort_records(shown, key, descending, now)
         pages = max(1, math.ceil(len(shown) / self.page_size))
         self._page = page = min(self._page, pages - 1)
         visible = shown[page * self.page_size:(page + 1) * self.page_size]
+        mono = self._clock()
+        for r in visible:
+            if r.state is TaskState.RUNNING:
+                costs.look(r, mono)  # at most once a second each, for the rows shown only
         if shown:
             first = page * self.page_size + 1
             label = f"{first}–{first + len(visible) - 1} of {len(shown)}"
@@ -385,7 +397,8 @@ class Dashboard(widgets.VBox):
         values = {
             "summary": summary_html(summary),
             "table": {"html": table_html(visible, now=now, t0=columns.run_start(),
-                                         selected=selected, cache=self._table_rows),
+                                         selected=selected, cache=self._table_rows,
+                                         sort=self._sort or ("", False)),
                       "label": label, "pages": pages},
             "page": page, "show": self._show, "selected": selected, "panel": self._panel}
         if self._panel == "graph":
@@ -498,6 +511,7 @@ class Dashboard(widgets.VBox):
             return
         actions: dict[Any, Callable[[Any], None]] = {
             "show": self._set_filter, "page": self._goto, "selected": self._select,
+            "sort": self._set_sort,
             "panel": self._set_panel,
         }
         action = actions.get(content.get("event"))
@@ -516,6 +530,18 @@ class Dashboard(widgets.VBox):
         if not isinstance(value, str) or value not in FILTERS:
             return  # not one the front end offers: the filter in use stays
         self._show = value
+        self._page = 0
+        self._throttle.flush_now()
+
+    def _set_sort(self, key: Any) -> None:
+        """Sort the table by ``key`` (a header's ``data-sort``); the same key again turns
+        the order round. Costs and progress start with the most, the rest with the least."""
+        if not isinstance(key, str) or key not in SORTS.values():
+            return
+        if self._sort is not None and self._sort[0] == key:
+            self._sort = (key, not self._sort[1])
+        else:
+            self._sort = (key, key in ("duration", "progress", "cpu", "memory"))
         self._page = 0
         self._throttle.flush_now()
 
@@ -592,6 +618,7 @@ class Dashboard(widgets.VBox):
         if not getattr(self, "_closed", True):
             self._closed = True
             self._scheduler.unsubscribe(self._feed)
+            costs.watch(-1)
             on_loop = getattr(self._scheduler, "on_loop_thread", None)
             if on_loop is not None and on_loop():
                 self._throttle.close()
@@ -625,6 +652,37 @@ class Dashboard(widgets.VBox):
         if len(registry) <= REPR_ROWS:
             return text_table(registry)
         return summarize(registry).line()
+
+
+_STATE_ORDER = {state: i for i, state in enumerate(TaskState)}
+
+
+def sort_records(records: list[TaskRecord], key: str, descending: bool,
+                 now: float) -> list[TaskRecord]:
+    """``records`` in the order of column ``key`` (:data:`SORTS`); those without a value
+    (not started, not measured) last either way, in submission order."""
+    def value(r: TaskRecord) -> Any:
+        if key == "task":
+            return r.name
+        if key == "state":
+            return _STATE_ORDER[r.state]
+        if key == "started":
+            return r.started
+        if key == "duration":
+            return None if r.started is None else (r.ended or now) - r.started
+        if key == "progress":
+            if r.options.map is not None and r.children:
+                return sum(1 for c in r.children if c.state.ended) / len(r.children)
+            return r.progress.fraction if r.progress is not None else None
+        if key == "cpu":
+            return r.cpu_time
+        if key == "memory":
+            return r.peak_rss
+        return r.attempts
+
+    valued = [(v, r) for r in records if (v := value(r)) is not None]
+    valued.sort(key=lambda pair: pair[0], reverse=descending)
+    return [r for _, r in valued] + [r for r in records if value(r) is None]
 
 
 def _assign(widget: widgets.Widget, **values: Any) -> None:
