@@ -44,9 +44,9 @@ from typing import Any
 import cloudpickle
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipytasks.modes._process import PIPE_SIZE
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry
 from ipytasks.scheduler import Scheduler
+from ipytasks.workers.local import PIPE_SIZE
 
 PROCESS = TaskOptions(mode="process", quiet=True)
 

@@ -11,6 +11,9 @@
 - ``shell``, ``scheduler``, ``gated``: a fresh-namespace shell, a ``Scheduler`` on the test's
   own event loop, and a :class:`GatedMode` installed in it, whose bodies start only when the
   test opens their gate (``gated.gate(name).set()``), recording the order they started in.
+- ``dask_client``: a ``LocalCluster`` on loopback (two worker processes of one thread) and its
+  client, one per test module. Without ``distributed`` its tests are skipped — except under
+  ``CI=true``, where ``make test`` installs the ``[dask]`` extra and they fail.
 
 Tests using ``kernel`` or ``fresh_kernel`` get the ``kernel`` marker automatically
 (``pytest -m "not kernel"`` runs the fast unit tests only). ``kernel_driver`` is importable
@@ -171,3 +174,41 @@ def gated(scheduler: object) -> GatedMode:
     mode = GatedMode(scheduler.shell)
     scheduler.install_mode(mode)
     return mode
+
+
+# -- a Dask cluster ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[object]:
+    """A LocalCluster on loopback (processes, two workers of one thread) and its client; no
+    process of it is left after the module."""
+    import logging
+
+    from helpers import cmdline, descendants, needs_distributed, wait_gone
+
+    needs_distributed()
+    from distributed import Client, LocalCluster
+
+    from ipytasks.modes._dask import IGNORE_SIGINT, give_main_a_spec
+
+    give_main_a_spec()  # an earlier module's ip fixture may have reset the namespace
+    before = descendants(os.getpid())
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.ERROR,
+        scheduler_kwargs={"allowed_failures": 0},
+        preload=[IGNORE_SIGINT],
+    )
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+        left = wait_gone(descendants(os.getpid()) - before, timeout=10)
+        assert not {p for p in left if b"resource_tracker" not in cmdline(p)}, left

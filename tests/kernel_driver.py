@@ -28,7 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ipytasks.workers.local import TAG
+
 ENVS = ("ik7", "ik6")
+#: A worker process's first argument (see ``_workers_of``).
+WORKER_TAG = TAG.encode()
 IK6_VARIABLE = "IPYTASKS_IK6_PYTHON"
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
@@ -130,7 +134,8 @@ def _set_buffers(state: dict[str, Any], paths: list[list[Any]], buffers: list[An
 def _workers_of(kernel_pid: int) -> list[int]:
     """Live ipytasks worker processes started by the kernel ``kernel_pid``.
 
-    A worker's command line is ``python -P -u -c BOOT …/_worker.py CMD_FD REPLY_FD KERNEL_PID …``.
+    A worker's command line is ``python -P -u -c BOOT ipytasks-worker CMD_FD REPLY_FD
+    KERNEL_PID …`` (``ipytasks.workers.local.TAG``).
     """
     found = []
     for entry in os.listdir("/proc"):
@@ -145,7 +150,7 @@ def _workers_of(kernel_pid: int) -> list[int]:
             continue
         for i, arg in enumerate(args):
             if (
-                arg.endswith(b"_worker.py")
+                arg == WORKER_TAG
                 and len(args) > i + 3
                 and args[i + 3] == str(kernel_pid).encode()
             ):

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ipytasks import _worker
 from ipytasks.cache.fingerprint import Unfingerprintable, fingerprint
 from ipytasks.cache.store import SECRET_FILE, CacheCorrupt, Store, load_secret
+from ipytasks.workers import wire
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
@@ -35,7 +35,7 @@ def secret_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def pack(*values: object) -> tuple[bytes, list]:
-    packer = _worker.ValuePacker(cloud=True)
+    packer = wire.ValuePacker(cloud=True)
     for v in values:
         packer.add(v)
     return packer.getvalue(), packer.buffers
@@ -51,7 +51,7 @@ def take(store: Store, key: str, count: int = 1) -> list:
     file = store.open(key)
     assert file is not None, "no entry"
     entry = store.load(key, file)
-    return list(_worker.load_values(entry.values, entry.buffers, count))
+    return list(wire.load_values(entry.values, entry.buffers, count))
 
 
 def test_secret_is_made_once_private_and_in_the_jupyter_data_folder(secret_dir: Path) -> None:
@@ -130,11 +130,11 @@ WRITER = """
 import sys
 sys.path.insert(0, {src!r})
 from pathlib import Path
-from ipytasks import _worker
+from ipytasks.workers import wire
 from ipytasks.cache.store import Store
 store = Store(Path({root!r}), bytes.fromhex({secret!r}))
 for i in range(60):
-    packer = _worker.ValuePacker()
+    packer = wire.ValuePacker()
     packer.add(bytes([{tag}]) * (200_000 + i))
     store.write("same", {{"task": "t", "names": ["v"]}}, packer.getvalue(), packer.buffers)
 """

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import GatedMode
-from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRegistry
+from ipytasks.errors import TaskConflictWarning
+from ipytasks.records import TaskOptions, TaskRegistry
 from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio

@@ -101,3 +101,52 @@ def test_no_two_modules_import_each_other() -> None:
 
 def test_the_cycle_check_sees_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: What the worker runtime may import, and only inside a function (where it is there).
+WORKER_RUNTIME_EXTRAS = {"cloudpickle", "distributed", "matplotlib"}
+
+
+def test_the_worker_runtime_imports_only_itself_and_the_standard_library() -> None:
+    """``workers/`` runs where ipytasks is not installed (a worker process, a Dask worker):
+    its modules import each other (relatively) and the standard library; cloudpickle,
+    distributed and matplotlib only inside functions; nothing else of ipytasks."""
+    import sys
+
+    folder = PACKAGE / "workers"
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in _runtime_imports(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1, (path.name, ast.unparse(node))
+                assert node.module is None or (folder / f"{node.module}.py").exists()
+                continue
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
+                a.name for a in node.names]
+            for name in names:
+                top = name.partition(".")[0]
+                where = f"{path.name}: {ast.unparse(node)}"
+                if top in WORKER_RUNTIME_EXTRAS:
+                    assert id(node) not in top_level, where
+                else:
+                    assert top in sys.stdlib_module_names or top == "__future__", where
+
+
+def test_a_cell_is_analysed_once_where_it_is_compiled() -> None:
+    """Only cells.py analyses a cell's tree (its CompiledCell keeps the answer); the other
+    callers of the analysis read ``cell.names`` (dependencies.py analyses a --map EXPR,
+    which is no cell)."""
+    callers = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "namespace" and path.name == "analysis.py":
+            continue
+        tree = ast.parse(path.read_text())
+        calls = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and ast.unparse(node.func) in ("analyze", "analysis.analyze")]
+        if calls:
+            callers[_module_name(path)[0]] = calls
+    assert callers == {
+        "ipytasks.cells": ["analyze(tree)"],
+        "ipytasks.dependencies": ["analyze(_expression_module(expr))"],
+    }

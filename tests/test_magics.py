@@ -523,3 +523,41 @@ def test_a_failed_wait_shows_the_tasks_tracebacks_not_its_own(kernel: Kernel) ->
     assert shown.startswith("TaskFailed: 1 task did not succeed: broken36 (failed)"), shown
     assert "int('broken36')" in shown and "ValueError: invalid literal" in shown
     assert "ipytasks" not in shown and ".py" not in shown, shown
+
+
+def test_a_failed_wait_names_every_failure_whatever_its_mode(kernel: Kernel) -> None:
+    """%wait names every awaited task that did not succeed, in one error: a thread task's
+    error, a process task's (raised in its worker), a worker's exception that cannot be
+    re-created (RemoteError), a worker that died, a timeout. Each comes with its own
+    traceback through its cell's lines and none of ipytasks' frames; a failed process
+    task's own cell shows its traceback too."""
+    kernel.execute("%%parallel f37a --thread\nint('f37a')")
+    process = kernel.execute("%%parallel f37b --process\nx37 = 1\ny37 = 0\nz37 = x37 / y37")
+    kernel.execute(
+        "%%parallel f37c --process\nclass Odd37(Exception):\n    def __init__(self, a, b):\n"
+        "        super().__init__(f'{a}-{b}')\nraise Odd37(1, 2)"
+    )
+    kernel.execute("%%parallel f37d --process\nimport os\nos._exit(3)")
+    kernel.execute("%%parallel f37e --timeout 0.2\nawait asyncio.sleep(30)")
+    waited = kernel.execute("%wait f37a f37b f37c f37d f37e", allow_errors=True)
+    (error,) = waited.errors
+    assert error["ename"] == "TaskFailed"
+    shown = "\n".join(strip_ansi(line) for line in error["traceback"])
+    assert shown.splitlines()[0] == (
+        "TaskFailed: 5 tasks did not succeed: f37a (failed), f37b (failed), f37c (failed), "
+        "f37d (failed), f37e (timed_out)"
+    ), shown
+    for expected in (
+        "--- f37a: failed ---", "int('f37a')", "ValueError: invalid literal",
+        "--- f37b: failed ---", "z37 = x37 / y37", "ZeroDivisionError: division by zero",
+        "--- f37c: failed ---", "raise Odd37(1, 2)", "RemoteError: Odd37: 1-2",
+        "--- f37d: failed ---", "BrokenWorker: worker process died (exit code 3)",
+        "--- f37e: timed_out ---", "TimeoutError: task 'f37e' timed out after 0.2 s",
+    ):
+        assert expected in shown, f"{expected!r} not in:\n{shown}"
+    assert re.search(r"Cell In\[\d+\], line 3, in <module>\n +z37 = x37 / y37", shown), shown
+    assert "/ipytasks/" not in shown, shown  # no frame of ipytasks' own files
+    kernel.wait_until(lambda: "ZeroDivisionError" in area_text(kernel, process),
+                      what="the process task's traceback in its cell")
+    area = area_text(kernel, process)
+    assert "z37 = x37 / y37" in area and "/ipytasks/" not in area, area

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from ipytasks import _worker
 from ipytasks.reports import Progress
+from ipytasks.workers.watch import TqdmWatch
 
 tqdm = pytest.importorskip("tqdm")
 
@@ -30,7 +30,7 @@ def told() -> Iterator[tuple[list[tuple[Any, Any, dict[str, Any], bool]], list[A
     """A watch whose owner is ``owner[0]``; what it was told, in order."""
     said: list[tuple[Any, Any, dict[str, Any], bool]] = []
     owner: list[Any] = [None]
-    watch = _worker.TqdmWatch(lambda: owner[0], lambda *args: said.append(args))
+    watch = TqdmWatch(lambda: owner[0], lambda *args: said.append(args))
     watch.install()
     try:
         yield said, owner

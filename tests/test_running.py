@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from conftest import GatedMode
-from ipytasks.records import TaskFailed, TaskOptions
+from ipytasks.errors import TaskFailed
+from ipytasks.records import TaskOptions
 from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio

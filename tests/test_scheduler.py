@@ -16,8 +16,9 @@ import anyio
 import pytest
 
 from conftest import GatedMode
+from ipytasks.errors import TaskFailed
 from ipytasks.output import OutputCapture
-from ipytasks.records import TaskFailed, TaskOptions, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRegistry, TaskState
 from ipytasks.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio

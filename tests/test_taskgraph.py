@@ -13,7 +13,8 @@ import pytest
 
 from ipytasks.cells import compile_cell
 from ipytasks.dependencies import task_names
-from ipytasks.records import TaskConflictWarning, TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.errors import TaskConflictWarning
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 from ipytasks.taskgraph import ANY_NAME, TaskGraph, reason_names
 
 

@@ -21,14 +21,14 @@ from .api import tasks as tasks
 from .api import timeline as timeline
 from .api import use as use
 from .api import wait as wait
-from .namespace.shipping import RemoteError as RemoteError
-from .namespace.shipping import ShippingError as ShippingError
-from .records import BrokenWorker as BrokenWorker
-from .records import TaskCancelled as TaskCancelled
-from .records import TaskConflictWarning as TaskConflictWarning
-from .records import TaskFailed as TaskFailed
+from .errors import BrokenWorker as BrokenWorker
+from .errors import RemoteError as RemoteError
+from .errors import ShippingError as ShippingError
+from .errors import TaskCancelled as TaskCancelled
+from .errors import TaskConflictWarning as TaskConflictWarning
+from .errors import TaskFailed as TaskFailed
+from .errors import TaskSkipped as TaskSkipped
 from .records import TaskRecord as TaskRecord
-from .records import TaskSkipped as TaskSkipped
 from .records import TaskState as TaskState
 from .reports import progress as progress
 

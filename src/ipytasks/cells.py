@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from types import CodeType, FunctionType
 from typing import Any
 
-from ._worker import split_compile
 from .namespace.analysis import CellNames, analyze
+from .workers.child import split_compile
 
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
@@ -43,6 +43,9 @@ class CompiledCell:
     filename: str
     number: int
     tree: ast.Module
+    #: The names the cell uses (:func:`~ipytasks.namespace.analysis.analyze` of ``tree``,
+    #: run once, here: everything that asks about the cell's names reads this).
+    names: CellNames
     body: CodeType | None
     last: CodeType | None
     is_async: bool
@@ -52,8 +55,6 @@ class CompiledCell:
     #: With ``private``: the cell as ``def f(out): global …; try: …; return last;
     #: finally: out.update(locals())``.
     function: CodeType | None = None
-    #: The names the cell uses (:func:`~ipytasks.namespace.analysis.analyze` of ``tree``).
-    names: CellNames | None = None
 
     async def run_async(self, namespace: dict[str, Any]) -> Any:
         """Run the cell in ``namespace`` on the current event loop; return its last value."""

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _worker
+from .workers.watch import where_text, where_words
 
 if TYPE_CHECKING:
     import asyncio
@@ -77,7 +77,7 @@ def thread_where(ident: int, filename: str) -> str | None:
     """Where the body running in thread ``ident`` is."""
     frame = sys._current_frames().get(ident)
     try:
-        return _worker.where_text(frame, filename) if frame is not None else None
+        return where_text(frame, filename) if frame is not None else None
     finally:
         del frame
 
@@ -95,7 +95,7 @@ def coroutine_where(task: asyncio.Task[Any], filename: str) -> str | None:
                 cell = frame
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     try:
-        return _worker.where_words(cell.f_lineno if cell is not None else None,
+        return where_words(cell.f_lineno if cell is not None else None,
                                    inner if inner is not cell else None)
     finally:
         del cell, inner

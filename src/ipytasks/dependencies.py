@@ -70,7 +70,7 @@ _ANALYSED_MAX = 256
 
 
 def _task_names(cell: CompiledCell, options: TaskOptions) -> TaskNames:
-    names: CellNames = cell.names if cell.names is not None else analyze(cell.tree)
+    names: CellNames = cell.names
     if options.map is None:
         return TaskNames(names.reads, names.binds, names.mutates, names.imports, names.unknown,
                          loose=cell.private)

@@ -28,11 +28,10 @@ from traitlets import Int, TraitError, observe, validate
 
 from . import api
 from .cache.outcome import FLUSH_TIMEOUT
-from .errors import REFUSALS
+from .errors import REFUSALS, TaskFailed
 from .modes import BACKENDS, NEEDS_DASK, dask_available
 from .options import magic_arguments as task_arguments
 from .options import magic_values
-from .records import TaskFailed
 
 if TYPE_CHECKING:
     from .modes._dask import DaskMode

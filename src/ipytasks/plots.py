@@ -18,7 +18,7 @@ open in the task's output, rendered by IPython's display formatter (so
 Nothing here imports matplotlib: the registry is replaced when ``matplotlib.pyplot``
 is already imported, or by an import hook at the moment it is (by a cell or a task).
 Worker processes (process and dask modes) render their figures themselves: see
-``_worker.py``; :func:`inline_settings` is what they are told.
+:mod:`ipytasks.workers.child`; :func:`inline_settings` is what they are told.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import RemoteError, TaskError
 from .options import TaskOptions
 
 if TYPE_CHECKING:
@@ -21,18 +22,7 @@ if TYPE_CHECKING:
     from .output import TaskOutput
     from .reports import Progress
 
-__all__ = (
-    "TaskState",
-    "TaskOptions",
-    "TaskRecord",
-    "TaskRegistry",
-    "TaskError",
-    "TaskFailed",
-    "TaskCancelled",
-    "TaskSkipped",
-    "TaskConflictWarning",
-    "BrokenWorker",
-)
+__all__ = ("TaskOptions", "TaskRecord", "TaskRegistry", "TaskState")
 
 
 class TaskState(enum.StrEnum):
@@ -72,47 +62,6 @@ SUCCESSFUL = frozenset({TaskState.DONE, TaskState.CACHED})
 UNSUCCESSFUL = frozenset(
     {TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMED_OUT, TaskState.SKIPPED}
 )
-
-
-class TaskError(Exception):
-    """Base class of the errors ipytasks raises about tasks."""
-
-
-class TaskCancelled(TaskError):
-    """The task was cancelled before it could finish (``%cancel``, unload, shutdown)."""
-
-
-class TaskSkipped(TaskError):
-    """The task never ran: a task it waits for did not succeed (``--on-error stop``)."""
-
-
-class BrokenWorker(TaskError):
-    """The worker process running the task died: a crash, ``os._exit``, a kill, no memory."""
-
-
-class TaskConflictWarning(UserWarning):
-    """Two tasks that may run at the same time share a name, so their order decides its value."""
-
-
-class TaskFailed(TaskError):
-    """One or more awaited tasks failed, timed out or were skipped.
-
-    ``failures`` holds their records; the message lists each with its traceback.
-    """
-
-    def __init__(self, failures: list[TaskRecord]) -> None:
-        self.failures = list(failures)
-        names = ", ".join(f"{r.name} ({r.state})" for r in self.failures)
-        n = len(self.failures)
-        parts = [f"{n} task{'s' if n != 1 else ''} did not succeed: {names}"]
-        for record in self.failures:
-            parts.append(f"\n--- {record.name}: {record.state} ---\n{record.error_text()}")
-        super().__init__("".join(parts).rstrip())
-
-    def _render_traceback_(self) -> list[str]:
-        # What IPython shows when a cell raises this: the failed tasks' own tracebacks (in
-        # the message), not the frames of the wait that raised it.
-        return f"{type(self).__name__}: {self}".splitlines()
 
 
 @dataclass(eq=False, slots=True)
@@ -197,9 +146,14 @@ class TaskRecord:
         """The error with its traceback, as plain text (empty when there is none)."""
         if self.error is None:
             return ""
-        if isinstance(self.error, TaskError | TimeoutError) and self.error.__traceback__ is None:
-            return f"{type(self.error).__name__}: {self.error}"
-        text = "".join(traceback.format_exception(self.error)).rstrip()
+        error = self.error
+        if (
+            isinstance(error, TaskError | TimeoutError)
+            and not isinstance(error, RemoteError)  # a worker's exception: shown in full
+            and error.__traceback__ is None
+        ):
+            return f"{type(error).__name__}: {error}"
+        text = "".join(traceback.format_exception(error)).rstrip()
         if self.cell is not None and self.cell.number:
             # Name the cell as IPython does, rather than by its cache file.
             text = text.replace(f'File "{self.cell.filename}"', f"Cell In[{self.cell.number}]")

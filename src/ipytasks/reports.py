@@ -8,7 +8,7 @@ a :class:`Progress`; its status line and its dashboard row show it. It comes fro
   its state each time it would redraw, which tqdm already spaces out;
 - :func:`progress`, for code without tqdm;
 - a worker process (process and dask modes), where the same happens and the state
-  travels to the kernel as a small note (:class:`ipytasks._worker.JobTalk`).
+  travels to the kernel as a small note (:class:`ipytasks.workers.child.JobTalk`).
 
 A task with several bars (nested loops) shows the first one still open, so the outer
 loop; once all are closed, the last one that closed.
@@ -29,8 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _worker
 from .output import current_output
+from .workers.child import WORKER_MODULE
+from .workers.watch import TqdmWatch
 
 if TYPE_CHECKING:
     from .records import TaskRecord
@@ -123,7 +124,7 @@ class _Bars:
 #: Called with a record whose progress changed (on any thread); set by :func:`install`.
 _announce: Callable[[TaskRecord], None] | None = None
 _bars_lock = threading.Lock()
-_watch: _worker.TqdmWatch | None = None
+_watch: TqdmWatch | None = None
 
 
 def _owner() -> TaskRecord | None:
@@ -164,7 +165,7 @@ def progress(done: float, total: float | None = None, note: str = "") -> None:
     :param total: how much there is in all; ``None`` when that is not known.
     :param note: a few words on what it is doing.
     """
-    worker = sys.modules.get(_worker.WORKER_MODULE)
+    worker = sys.modules.get(WORKER_MODULE)
     talk = getattr(worker, "_talk", None) if worker is not None else None
     if talk is not None:  # in a worker process: a note to the kernel
         talk.progress(done, total, note)
@@ -201,7 +202,7 @@ def install(announce: Callable[[TaskRecord], None]) -> None:
     global _announce, _watch
     _announce = announce
     if _watch is None:
-        _watch = _worker.TqdmWatch(_owner, _set)
+        _watch = TqdmWatch(_owner, _set)
     _watch.install()
 
 

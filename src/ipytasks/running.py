@@ -34,19 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import plots, reports
 from .cells import CompiledCell, MapItemCell, compile_map_function
-from .errors import BadArgument
+from .errors import BadArgument, RemoteError, TaskCancelled, TaskError, TaskFailed, TaskSkipped
 from .limits import Limiter, RateLimiter
 from .output import TaskOutput, current_output
-from .records import (
-    SUCCESSFUL,
-    TaskCancelled,
-    TaskError,
-    TaskFailed,
-    TaskOptions,
-    TaskRecord,
-    TaskSkipped,
-    TaskState,
-)
+from .records import SUCCESSFUL, TaskOptions, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from .cache.outcome import Plan, ResultCache
@@ -543,5 +534,5 @@ def _trim_traceback(error: BaseException, cell: CompiledCell | MapItemCell | Non
         tb = tb.tb_next
     if tb is not None:
         error.__traceback__ = tb
-    elif isinstance(error, TaskError):
+    elif isinstance(error, TaskError) and not isinstance(error, RemoteError):
         error.__traceback__ = None  # ipytasks' own error: its frames say nothing to the user

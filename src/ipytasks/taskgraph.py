@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .dependencies import DependencyIndex, TaskNames
-from .errors import BadArgument
-from .records import TaskConflictWarning, TaskOptions, TaskRecord, TaskRegistry
+from .errors import BadArgument, TaskConflictWarning
+from .records import TaskOptions, TaskRecord, TaskRegistry
 
 if TYPE_CHECKING:
     from .cells import CompiledCell

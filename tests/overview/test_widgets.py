@@ -21,12 +21,13 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from ipytasks.changes import Changes
+from ipytasks.errors import TaskFailed
 from ipytasks.output import TaskOutput
 from ipytasks.overview import open_dashboard, summarize, text_table
 from ipytasks.overview.render import time_left
 from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tasks
 from ipytasks.overview.widgets import Dashboard
-from ipytasks.records import TaskFailed, TaskOptions, TaskRecord, TaskRegistry, TaskState
+from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 from ipytasks.reports import Progress
 from ipytasks.scheduler import Scheduler
 

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker
 from ..cells import CompiledCell
 from ..dependencies import task_names
 from ..namespace.shipping import Reply, _is_ipython_entry, inputs_of, merge
+from ..workers import wire
 from .fingerprint import Unfingerprintable, digest_text, fingerprint
 from .store import DEFAULT_MAX_SIZE, CacheCorrupt, Entry, Store, load_secret, parse_size
 
@@ -147,7 +147,7 @@ class ResultCache:
         names = task_names(cell, record.options)
         if names.unknown:
             return Plan(refused=f"its names cannot be known ({names.unknown})")
-        inputs, _ = inputs_of(self.shell, _analysis(cell))
+        inputs, _ = inputs_of(self.shell, cell.names)
         fingerprints: dict[str, bytes] = {}
         for name, value in inputs.items():
             try:
@@ -280,7 +280,8 @@ class ResultCache:
         """
         assert plan.key is not None
         cell = record.cell
-        names = _analysis(cell)
+        assert isinstance(cell, CompiledCell)  # a cached task is never a --map item
+        names = cell.names
         user_ns = self.shell.user_ns
         hidden = getattr(self.shell, "user_ns_hidden", {})
         values = {
@@ -340,19 +341,19 @@ class ResultCache:
     def _pack(manifest: dict[str, Any], values: dict[str, Any],
               result: Any) -> tuple[bytes, list[Any]]:
         """Pickle the values and the result (large buffers stay out of band, uncopied)."""
-        packer = _worker.ValuePacker(cloud=True)
+        packer = wire.ValuePacker(cloud=True)
         for name, value in values.items():
             try:
                 packer.add(value)
             except Exception as exc:  # noqa: BLE001 - whatever pickling refused
-                raise _NotStorable(f"binds {name} ({_worker.type_name(value)})") from exc
+                raise _NotStorable(f"binds {name} ({wire.type_name(value)})") from exc
         manifest["names"] = list(values)
         manifest["result"] = result is not None
         if result is not None:
             try:
                 packer.add(result)
             except Exception as exc:  # noqa: BLE001
-                raise _NotStorable(f"its result is a {_worker.type_name(result)}") from exc
+                raise _NotStorable(f"its result is a {wire.type_name(result)}") from exc
         return packer.getvalue(), packer.buffers
 
     def _write(self, store: Store, record: TaskRecord, plan: Plan,
@@ -425,12 +426,6 @@ class _NotStorable(Exception):
     pass
 
 
-def _analysis(cell: Any) -> Any:
-    from ..namespace.analysis import analyze
-
-    return analyze(cell.tree)
-
-
 def _file_size(file: Any) -> int:
     try:
         return os.fstat(file.fileno()).st_size
@@ -442,7 +437,7 @@ def _unpack(entry: Entry) -> tuple[dict[str, Any], Any]:
     manifest = entry.manifest
     names = manifest["names"]
     count = len(names) + (1 if manifest["result"] else 0)
-    loader = _worker.load_values(entry.values, entry.buffers, count)
+    loader = wire.load_values(entry.values, entry.buffers, count)
     values = {name: next(loader) for name in names}
     result = next(loader) if manifest["result"] else None
     return values, result

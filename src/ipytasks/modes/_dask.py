@@ -22,13 +22,14 @@ What runs on the workers
 Nothing of ipytasks has to be installed on the workers: Python with ``distributed``
 (so cloudpickle) and the libraries the cells import are enough. On first use ipytasks
 registers a worker plugin for this kernel (name ``ipytasks-<session>``, sent by value
-with cloudpickle) that carries the source of :mod:`ipytasks._dask_worker` and of
-:mod:`ipytasks._worker`; each Dask worker, including one that joins or restarts later,
-runs them as two private modules named after a hash of both sources. Each task's
-function is a five-line trampoline into that module, cloudpickled once per session
-(:class:`_PickledOnce`), so a task costs Dask no pickling of code. The runtime hands
-the job to a warm ``_worker.py`` process it keeps next to the Dask worker — the very
-worker process mode uses, started the same way — so:
+with cloudpickle) that carries the source of the worker runtime
+(:data:`ipytasks.workers.dask_worker.MODULES`: the wire format, the worker process's
+code, the local child, and :mod:`ipytasks.workers.dask_worker`); each Dask worker,
+including one that joins or restarts later, runs them as a private package named after
+a hash of the sources. Each task's function is a five-line trampoline into that
+package, cloudpickled once per session (:class:`_PickledOnce`), so a task costs Dask
+no pickling of code. The runtime hands the job to a warm worker process it keeps next
+to the Dask worker — the very worker process mode uses, started the same way — so:
 
 * **Output** the worker prints reaches the task's own output area while it runs:
   the runtime reads the process's stdout and stderr (file descriptors, so C
@@ -43,7 +44,7 @@ worker process mode uses, started the same way — so:
   task ends as ``cancelled``/``timed_out``. The next job gets a fresh process. A
   task cancelled before it started never starts.
 * **A body that kills its process** (``os._exit``, a segfault, out of memory)
-  fails its task with :class:`~ipytasks.records.BrokenWorker` ("worker process died
+  fails its task with :class:`~ipytasks.errors.BrokenWorker` ("worker process died
   (exit code 3) on Dask worker tcp://…"); the Dask worker, and any other task on it,
   carry on. A **Dask worker that dies** (killed from outside, or by its nanny's
   memory limit) fails the task it ran with ``BrokenWorker`` too, from Dask's
@@ -92,12 +93,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import _dask_worker, _worker, costs, reports
-from ..namespace.shipping import decode_reply, merge
+from .. import reports, workers
+from ..errors import BrokenWorker
+from ..namespace.shipping import decode_reply
 from ..output import _report_internal_error
-from ..records import BrokenWorker, TaskError
-from ._process import CLOSED_FILES, ProcessMode, _cpu_count, show_displays
-from .abc import Mode
+from ..workers.dask_worker import MODULES
+from .worker import WorkerMode, cpu_count
 
 if TYPE_CHECKING:
     from ..namespace.shipping import Job
@@ -154,12 +155,13 @@ def give_main_a_spec() -> None:
 
 
 @functools.cache
-def _sources() -> tuple[str, bytes, bytes]:
-    """The runtime sent to the workers: ``(key, _dask_worker source, _worker source)``."""
-    runtime = Path(_dask_worker.__file__).read_bytes()
-    worker = Path(_worker.__file__).read_bytes()
-    digest = hashlib.sha256(runtime + b"\0" + worker).hexdigest()[:16]
-    return f"_ipytasks_dask_{digest}", runtime, worker
+def _sources() -> tuple[str, tuple[tuple[str, bytes], ...]]:
+    """The runtime sent to the workers: ``(key, ((module name, its source), ...))``, in
+    import order; ``key`` names the package it becomes there (a hash of the sources)."""
+    folder = Path(workers.__file__).parent
+    sources = tuple((name, (folder / f"{name}.py").read_bytes()) for name in MODULES)
+    digest = hashlib.sha256(b"\0".join(source for _, source in sources)).hexdigest()[:16]
+    return f"_ipytasks_dask_{digest}", sources
 
 
 class _PickledOnce:
@@ -191,7 +193,7 @@ def _task_function() -> _PickledOnce:
     def run_on_worker(key: str, session: str, tag: str, topic: str, payload: Any) -> Any:
         import sys
 
-        module = sys.modules.get(key)
+        module = sys.modules.get(key + ".dask_worker")
         if module is None:
             raise RuntimeError(
                 "ipytasks' runtime is not set up on this Dask worker (its worker plugin "
@@ -214,31 +216,42 @@ def _plugin_class() -> type:
     class IpytasksRuntime(WorkerPlugin):
         """Installs ipytasks' Dask runtime on a worker; its teardown ends a kernel's processes."""
 
-        def __init__(self, key: str, session: str, runtime: bytes, worker: bytes) -> None:
+        def __init__(self, key: str, session: str, sources: Any) -> None:
             self.key = key
             self.session = session
-            self.runtime = runtime
-            self.worker = worker
+            self.sources = sources  # ((module name, source), ...) in import order
 
         def setup(self, worker: Any) -> None:
             import sys
             import types
 
-            module = sys.modules.get(self.key)
-            if module is None:
-                helper = types.ModuleType(self.key + "_worker")
-                sys.modules[helper.__name__] = helper
-                exec(compile(self.worker, "ipytasks/_worker.py", "exec"), helper.__dict__)  # noqa: S102
-                module = types.ModuleType(self.key)
-                sys.modules[self.key] = module
-                exec(compile(self.runtime, "ipytasks/_dask_worker.py", "exec"), module.__dict__)  # noqa: S102
-                module.install(helper, self.worker)
-            module.open_session(self.session)
+            package = sys.modules.get(self.key)
+            if package is None:
+                # The modules become the package `key`, so their relative imports work.
+                package = types.ModuleType(self.key)
+                package.__path__ = []
+                sys.modules[self.key] = package
+                try:
+                    for name, source in self.sources:
+                        module = types.ModuleType(f"{self.key}.{name}")
+                        module.__package__ = self.key
+                        sys.modules[module.__name__] = module
+                        setattr(package, name, module)
+                        filename = f"ipytasks/workers/{name}.py"
+                        code = compile(source, filename, "exec", dont_inherit=True)
+                        exec(code, module.__dict__)  # noqa: S102
+                except BaseException:
+                    for name in [self.key, *(f"{self.key}.{n}" for n, _ in self.sources)]:
+                        sys.modules.pop(name, None)
+                    raise
+                # The worker processes it starts run these sources too (no files here).
+                package.local.use_sources(dict(self.sources))
+            package.dask_worker.open_session(self.session)
 
         def teardown(self, worker: Any) -> None:
             import sys
 
-            module = sys.modules.get(self.key)
+            module = sys.modules.get(self.key + ".dask_worker")
             if module is not None:
                 module.close_session(self.session)
 
@@ -302,16 +315,15 @@ class _Link:
         self.session = secrets.token_hex(8)
         self.topic = f"ipytasks-{self.session}"
         self.plugin = f"ipytasks-{self.session}"
-        self.key, runtime, worker = _sources()
+        self.key, self._sources = _sources()
         self.plugin_class = _plugin_class()
         self.run_on_worker = _task_function()
-        self._runtime_source = (runtime, worker)
         self.routes: dict[str, _Route] = {}
 
     def start(self) -> None:
         """Subscribe to this kernel's topic and install the runtime on every worker (blocks)."""
         self.client.subscribe_topic(self.topic, self.on_event)
-        plugin = self.plugin_class(self.key, self.session, *self._runtime_source)
+        plugin = self.plugin_class(self.key, self.session, self._sources)
         self.client.register_plugin(plugin, name=self.plugin)
 
     def on_event(self, event: Any) -> None:
@@ -369,7 +381,7 @@ class _Attempt:
             return self.future
 
 
-class DaskMode(Mode):
+class DaskMode(WorkerMode):
     """Run a cell as process mode does, in a worker process on a Dask cluster.
 
     :param client: a ``distributed.Client`` to use; ``None``: a ``LocalCluster``
@@ -382,11 +394,6 @@ class DaskMode(Mode):
     """
 
     name = "dask"
-
-    #: The same refusals as process mode: the body runs in a worker process.
-    prepare = ProcessMode.prepare
-    _job = ProcessMode._job
-    _job_told = ProcessMode._job_told
 
     def __init__(
         self,
@@ -402,7 +409,7 @@ class DaskMode(Mode):
             raise ValueError(ASYNC_CLIENT)
         self._client = client
         self._own_client = own_client
-        self.n_workers = n_workers or _cpu_count()
+        self.n_workers = n_workers or cpu_count()
         self.threads_per_worker = threads_per_worker
         self.cluster: Any = None  # the LocalCluster ipytasks started, if any
         self._link: _Link | None = None
@@ -519,8 +526,7 @@ class DaskMode(Mode):
     # -- running ----------------------------------------------------------------------
 
     async def run(self, task: TaskRecord) -> Any:
-        # borrowed from ProcessMode (see above): it uses only what both modes have
-        job = self._job_told(task)  # type: ignore[misc]
+        job = self.job(task)
         link = await self._connect(task)
         if not link.local:
             job.sys_path = None  # the workers keep their own
@@ -584,14 +590,7 @@ class DaskMode(Mode):
             raise
         finally:
             link.routes.pop(tag, None)
-        show_displays(task, reply)
-        if reply.error is not None:
-            error = reply.error
-            del reply
-            if isinstance(error, TaskError):
-                error = error.with_traceback(None)
-            raise error
-        return merge(self.shell.user_ns, reply)
+        return self.finish(task, reply)
 
     def _collect(self, attempt: _Attempt, route: _Route) -> Any:
         """The reply of a finished Dask task (on an executor thread); errors as the task's."""
@@ -621,12 +620,7 @@ class DaskMode(Mode):
             raise BrokenWorker(DIED_ON.format(died=outcome["died"], worker=worker))
         if "stopped" in outcome:
             raise BrokenWorker(NOT_THERE)
-        info = outcome["meta"]
-        costs.from_worker(route.sink.owner if route.sink is not None else None, info.get("cost"))
-        left = info.get("left")
-        if left and route.sink is not None:
-            route.sink.write("stderr", CLOSED_FILES.format(names=", ".join(repr(n) for n in left)))
-        return decode_reply(info, outcome["values"], outcome["buffers"])
+        return decode_reply(outcome["meta"], outcome["values"], outcome["buffers"])
 
     # -- closing ----------------------------------------------------------------------
 

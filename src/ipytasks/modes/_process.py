@@ -2,11 +2,11 @@
 
 The machinery, and why
 ----------------------
-Each worker is a fresh interpreter that ipytasks starts itself with
-``subprocess.Popen`` (``python -P -u -c <run this file> .../ipytasks/_worker.py``) and
-talks to over pipes: one pipe for jobs, one for replies, and the worker's own
-fd 1 and fd 2 as two more pipes, read by two threads of the kernel as the bytes
-arrive. The alternatives each miss something this mode must do:
+Each worker is a :class:`ipytasks.workers.local.Child`: a fresh interpreter that
+ipytasks starts itself with ``subprocess.Popen`` and talks to over pipes (one for
+jobs, one for replies, and the worker's own fd 1 and fd 2, read by two threads of
+the kernel as the bytes arrive); :mod:`ipytasks.workers` describes the runtime,
+which dask mode runs too. The alternatives each miss something this mode must do:
 
 * ``fork`` (a raw fork pool, or multiprocessing's default on Linux) copies the
   kernel: its zmq sockets, its I/O threads' locks in whatever state they were.
@@ -24,30 +24,23 @@ arrive. The alternatives each miss something this mode must do:
 Owning the subprocess gives all of it. Cancel and ``--timeout`` send SIGKILL to
 the worker of that task only (to its process group: what the cell started dies
 with it), and the pool starts a replacement; every other worker keeps running.
-A worker that dies on its own is seen as end-of-file on the reply pipe, and
-``Popen.returncode`` names the exit code or the signal. Output is read at the
-file-descriptor level, so C extensions' writes, ``warnings`` and the
-faulthandler's dump on a segfault reach the task's output area while the task
-runs; each job ends with a random marker on both streams, so output is never
-given to the wrong task and all of it is in before the task ends. The worker is
-started by path and imports nothing from the kernel side (not even the
-``ipytasks`` package, which would load IPython), so it starts in about 0.1 s —
-the cold start of the first task. Its startup flags: ``-P`` (no current
-directory in ``sys.path``; each job brings the kernel's ``sys.path``, current
-directory and environment), ``-u`` (unbuffered, so prints arrive as made).
+A worker that dies on its own fails its task with :class:`~ipytasks.errors.BrokenWorker`
+naming the exit code or the signal. Output reaches the task's output area while the
+task runs, C extensions' writes and a segfault's faulthandler dump included, and all
+of it is in before the task ends. The worker imports nothing from the kernel side,
+so it starts in well under 0.1 s — the cold start of the first task.
 
-Workers never see the kernel's interrupt: they run in a process group of their
-own and ignore SIGINT. They die with the kernel: they watch the job pipe for
-hang-up, and on Linux ask for ``PR_SET_PDEATHSIG``. (That signal is tied to the
-thread that started the worker, so workers are only ever started on the event
-loop's thread, which lives as long as the scheduler.) :meth:`ProcessMode.close`
-kills every worker and reaps it.
-
+This module holds what is process mode's own: the pool, on the kernel's event loop.
+Workers are started on the event loop's thread, which lives as long as the
+scheduler (``PR_SET_PDEATHSIG`` is tied to the thread that started a worker), and
+die with the kernel. :meth:`ProcessMode.close` kills every worker and reaps it.
 Per worker, the kernel runs three daemon threads: the job thread, which pickles
 the inputs, writes the job, blocks reading the reply and unpickles it, and one
 reader per output stream. The event loop only takes the inputs (by reference),
 waits on a future and merges the outputs: nothing blocks it, and ``run()`` can be
-cancelled at every ``await``.
+cancelled at every ``await``. What a task is to a worker (the refusals at
+submission, the job, the end) is :class:`~ipytasks.modes.worker.WorkerMode`'s,
+shared with dask mode.
 
 Choices, as a user sees them
 ----------------------------
@@ -99,23 +92,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import os
 import queue
-import secrets
-import signal
-import subprocess
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker, costs, reports
-from ..cells import MapItemCell
-from ..errors import BadArgument
-from ..namespace.analysis import CellNames, analyze
-from ..namespace.shipping import Job, Reply, decode_reply, merge
+from .. import reports
+from ..errors import BrokenWorker
+from ..namespace.shipping import Job, Reply, decode_reply
 from ..output import _report_internal_error
-from ..records import BrokenWorker, TaskError
-from .abc import Mode
+from ..workers import local
+from .worker import WorkerMode, cpu_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -123,89 +109,10 @@ if TYPE_CHECKING:
     from ..output import TaskOutput
     from ..records import TaskRecord
 
-__all__ = ("BrokenWorker", "ProcessMode")
+__all__ = ("ProcessMode",)
 
-UNKNOWN_NAMES = (
-    "task {name!r}: cannot run in a worker process: {reason}, so the names it reads "
-    "and binds cannot be known. Use --thread, or make that part of the cell explicit"
-)
-NEEDS_IPYTHON = (
-    "task {name!r}: {what} cannot run in a worker process: magics, shell commands and "
-    "get_ipython() need IPython, which exists only in the kernel. Use --thread, or move "
-    "{it} to a cell of its own{hint}"
-)
-SHELL_HINT = " (subprocess.run works in a worker)"
-CHANGED_IN_PLACE = (
-    "ipytasks: {names} {verb} changed in place in the worker process; that change stays "
-    "there (process mode brings back only the names the cell assigns).\n"
-)
-CLOSED_FILES = "ipytasks: {names} (a closed file) stays in the worker process.\n"
-DIED = "worker process died ({how})"
-LOST = "lost track of the worker process ({error}); it was stopped"
-SIGKILL_HINT = "; the system may have run out of memory, or it was killed from outside"
 CLOSED = "process mode was closed (ipytasks unloaded)"
-
-#: How long a finished job's output may lag behind its reply.
-OUTPUT_GRACE = 5.0
-#: How long a dead worker may take to be reaped, and its last words to arrive.
-DEATH_GRACE = 5.0
-#: Pipe capacity asked for the job and reply pipes (Linux; 1 MiB is the default limit).
-PIPE_SIZE = 1 << 20
-
-#: Runs _worker.py as __main__ without runpy (which imports typing: 15 ms more per start).
-_BOOTSTRAP = (
-    "import sys\n"
-    "path = sys.argv.pop(1)\n"
-    "with open(path, 'rb') as file:\n"
-    "    source = file.read()\n"
-    "exec(compile(source, path, 'exec'))\n"
-)
-
-
-def _cpu_count() -> int:
-    counter = getattr(os, "process_cpu_count", None)
-    if counter is not None:
-        return counter() or 1
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _how_it_died(returncode: int) -> str:
-    if returncode >= 0:
-        return f"exit code {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = str(-returncode)
-    how = f"killed by signal {name}"
-    return how + SIGKILL_HINT if -returncode == signal.SIGKILL else how
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):
-        pass
-
-
-def _worker_environ() -> dict[str, str]:
-    env = dict(os.environ)
-    if env.get("MPLBACKEND", "").startswith("module://"):  # inline backends need a kernel
-        del env["MPLBACKEND"]  # the worker puts its own (Agg, showing into the task's output)
-    return env
-
-
-def show_displays(task: TaskRecord, reply: Reply) -> None:
-    """Show in the task's output what its worker displayed (figures, rendered there);
-    a rendered Figure result is shown as the result."""
-    if task.sink is not None:
-        for data, metadata in reply.displays:
-            task.sink.display(data, metadata)
-    task._result_display = reply.result_display
+STOPPED = "its worker process was stopped (process mode closed)"
 
 
 def _forwarding_failed(exc: BaseException) -> None:
@@ -213,6 +120,8 @@ def _forwarding_failed(exc: BaseException) -> None:
 
 
 class _Outcome:
+    """What a job thread hands the loop: a reply, a death, or nothing (the worker was killed)."""
+
     __slots__ = ("died", "reply")
 
     def __init__(self, reply: Reply | None = None, died: BrokenWorker | None = None) -> None:
@@ -221,58 +130,13 @@ class _Outcome:
 
 
 class _Worker:
-    """One worker process, its job thread and its two output readers."""
+    """One worker process of the pool, and the job thread that talks to it."""
 
     def __init__(self) -> None:
-        marker = b"\0ipytasks-end-" + secrets.token_hex(8).encode() + b"\0"
-        cmd_r, cmd_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        child_ends = (cmd_r, rep_w, out_w, err_w)
-        try:
-            _grow_pipe(cmd_w)
-            _grow_pipe(rep_r)
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-P",
-                    "-u",
-                    "-c",
-                    _BOOTSTRAP,
-                    _worker.__file__,
-                    str(cmd_r),
-                    str(rep_w),
-                    str(os.getpid()),
-                    marker.hex(),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(cmd_r, rep_w),
-                env=_worker_environ(),
-                process_group=0,
-            )
-        except BaseException:
-            for fd in (cmd_w, rep_r, out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in child_ends:
-                os.close(fd)
-        self.pid = self.proc.pid
-        self._cmd = cmd_w
-        self._rep = rep_r
-        self._marks = [0, 0]
+        self.child = local.Child(on_error=_forwarding_failed)
+        self.pid = self.child.pid
         self._environ: dict[bytes, bytes] | None = None  # as last sent to the worker
-        self.killed = False
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._stdout = _worker.StreamPump(
-            out_r, "stdout", marker, f"ipytasks-{self.pid}-stdout", on_error=_forwarding_failed
-        )
-        self._stderr = _worker.StreamPump(
-            err_r, "stderr", marker, f"ipytasks-{self.pid}-stderr", on_error=_forwarding_failed
-        )
         self._thread = threading.Thread(
             target=self._serve, name=f"ipytasks-worker-{self.pid}", daemon=True
         )
@@ -282,7 +146,10 @@ class _Worker:
         return f"<worker {self.pid}>"
 
     def alive(self) -> bool:
-        return not self.killed and self.proc.poll() is None
+        return self.child.alive()
+
+    def reaped(self) -> bool:
+        return self.child.proc.poll() is not None
 
     def submit(
         self, job: Job, sink: TaskOutput | None, deliver: Callable[[_Outcome], None]
@@ -291,26 +158,18 @@ class _Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker and its process group (what the cell started), now."""
-        self.killed = True
-        if self.proc.returncode is not None:  # reaped: its pid may belong to another now
-            return
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
+        self.child.kill()
+
+    def stop(self) -> None:
+        """Kill the worker and end its job thread (without waiting)."""
+        self.child.kill()
+        self._jobs.put(None)
 
     def close(self, timeout: float) -> None:
         """Kill the worker, reap it, and end its threads (waits at most ``timeout`` each)."""
-        self.kill()
-        self._jobs.put(None)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        for thread in (self._thread, self._stdout.thread, self._stderr.thread):
+        self.stop()
+        self.child.close(timeout)
+        for thread in (self._thread, *self.child.threads):
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
@@ -329,69 +188,36 @@ class _Worker:
                 except BaseException as exc:  # noqa: BLE001 - a bug here must not hang the task
                     outcome = _Outcome(Reply(error=exc))
                 del job
-                died = outcome.died is not None
+                over = outcome.reply is None
                 deliver(outcome)
                 del outcome  # the values it carries belong to the notebook now
-                if died:
+                if over:  # the worker died or was killed
                     return
         finally:
-            for fd in (self._cmd, self._rep):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self.child.close()  # reaped, its pipes closed
 
     def _run(self, job: Job, sink: TaskOutput | None) -> _Outcome:
-        emit = sink.write if sink is not None else None
-        self._stdout.begin(emit)
-        self._stderr.begin(emit)
+        # The environment goes only when it changed since the last job (it is large).
         ship_environ = job.environ != self._environ
+        owner = sink.owner if sink is not None else None
         try:
-            meta, values, buffers = job.encode(environ=ship_environ)
+            reply = self.child.run(
+                lambda: job.encode(environ=ship_environ),
+                sink.write if sink is not None else None,
+                on_note=functools.partial(reports.worker_note, owner),
+            )
+        except local.Died as died:
+            return _Outcome(died=BrokenWorker(str(died)))
         except Exception as exc:  # noqa: BLE001 - ShippingError, or a bug: the task's error
             return _Outcome(Reply(error=exc))
+        if reply is None:  # killed: nobody waits for it any more
+            return _Outcome()
+        if ship_environ:
+            self._environ = job.environ
         try:
-            _worker.write_message(self._cmd, meta, values, buffers)
-            del meta, values, buffers
-            if ship_environ:
-                self._environ = job.environ
-            owner = sink.owner if sink is not None else None
-            reply_meta, reply_values, reply_buffers = _worker.read_reply(
-                self._rep, functools.partial(reports.worker_note, owner))
-        except (OSError, EOFError):
-            return _Outcome(died=self._death())
-        except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError: the pipe is out of step
-            self.kill()
-            self._death()
-            return _Outcome(died=BrokenWorker(LOST.format(error=f"{type(exc).__name__}: {exc}")))
-        try:
-            import pickle
-
-            info = pickle.loads(reply_meta)
-            costs.from_worker(owner, info.get("cost"))
-            for i, pump in enumerate((self._stdout, self._stderr)):
-                if info.get("marked", (True, True))[i]:
-                    self._marks[i] += 1
-                pump.wait_marks(self._marks[i], OUTPUT_GRACE)
-            left = info.get("left")
-            if left and sink is not None:
-                names = ", ".join(repr(n) for n in left)
-                sink.write("stderr", CLOSED_FILES.format(names=names))
-            reply = decode_reply(info, reply_values, reply_buffers)
+            return _Outcome(decode_reply(*reply))
         except Exception as exc:  # noqa: BLE001 - a reply that cannot be read is the task's error
-            reply = Reply(error=exc)
-        return _Outcome(reply)
-
-    def _death(self) -> BrokenWorker:
-        try:
-            returncode = self.proc.wait(DEATH_GRACE)
-        except subprocess.TimeoutExpired:  # it closed the pipe but lives on
-            self.kill()
-            returncode = self.proc.wait()
-        # Its last words (a faulthandler dump, a C library's message) come first.
-        self._stdout.wait_eof(1.0)
-        self._stderr.wait_eof(1.0)
-        return BrokenWorker(DIED.format(how=_how_it_died(returncode)))
+            return _Outcome(Reply(error=exc))
 
 
 class _Pool:
@@ -428,7 +254,7 @@ class _Pool:
             if not self.closed:
                 self._started.add(worker)
                 return worker
-        worker.close(DEATH_GRACE)
+        worker.close(local.DEATH_GRACE)
         raise RuntimeError(CLOSED)
 
     def _fill(self) -> None:
@@ -515,13 +341,12 @@ class _Pool:
         self._wake()  # a waiter may start one itself now
 
     def _forget(self, worker: _Worker) -> None:
-        worker.kill()
-        worker._jobs.put(None)  # ends its job thread
+        worker.stop()
         with self._lock:
-            # Keep it until reaped (by its job thread, or close() at the latest).
-            self._started = {w for w in self._started if w.proc.poll() is None}
+            # Keep it until reaped (a later _forget, or close() at the latest).
+            self._started = {w for w in self._started if not w.reaped()}
 
-    def close(self, timeout: float = DEATH_GRACE) -> None:
+    def close(self, timeout: float = local.DEATH_GRACE) -> None:
         """Kill every worker and reap it. Any thread."""
         with self._lock:
             self.closed = True
@@ -548,7 +373,7 @@ class _Pool:
                 pass
 
 
-class ProcessMode(Mode):
+class ProcessMode(WorkerMode):
     """Run a cell in a worker process: inputs shipped in, bound names merged back.
 
     :param max_workers: how many worker processes to keep; ``None``: one per core
@@ -561,7 +386,7 @@ class ProcessMode(Mode):
         super().__init__(shell)
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers!r}")
-        self.max_workers = max_workers or _cpu_count()
+        self.max_workers = max_workers or cpu_count()
         self._pool: _Pool | None = None
         self._closed = False
 
@@ -572,28 +397,9 @@ class ProcessMode(Mode):
             return []
         return [w.pid for w in self._pool.workers if w.alive()]
 
-    def prepare(self, task: TaskRecord) -> None:
-        """Refuse, at submission, a cell that cannot run in a worker whatever happens."""
-        # prepared at submission: the task's own cell, never a --map item's
-        assert task.cell is not None and not isinstance(task.cell, MapItemCell)
-        names = analyze(task.cell.tree)
-        if names.unknown:
-            raise BadArgument(UNKNOWN_NAMES.format(name=task.name, reason=names.unknown))
-        magics = sorted(getattr(names, "magics", ()))
-        if magics or "get_ipython" in names.reads:
-            parts = [f"%{m}" for m in magics if m != "!"]
-            if "!" in magics:
-                parts.append("shell commands (!cmd)")
-            if not parts:
-                parts.append("get_ipython()")
-            what = ", ".join(parts)
-            it = "them" if len(parts) > 1 else "it"
-            hint = SHELL_HINT if "!" in magics else ""
-            raise BadArgument(NEEDS_IPYTHON.format(name=task.name, what=what, it=it, hint=hint))
-
     def resize(self, max_workers: int | None) -> None:
         """Keep up to ``max_workers`` worker processes (``None``: one per core) from now on."""
-        self.max_workers = max_workers or _cpu_count()
+        self.max_workers = max_workers or cpu_count()
         if self._pool is not None:
             self._pool.resize(self.max_workers)
 
@@ -604,39 +410,8 @@ class ProcessMode(Mode):
             self._pool = _Pool(asyncio.get_running_loop(), self.max_workers)
         return self._pool
 
-    def _job(self, task: TaskRecord) -> tuple[Job, CellNames]:
-        """The job for a task, with its inputs taken from the namespace now."""
-        cell = task.cell
-        assert cell is not None
-        if isinstance(cell, MapItemCell):
-            # One item of --map: the cell with VAR bound to the item. What an item
-            # binds stays in its own scope, so only its result comes back.
-            var = cell.function.__code__.co_varnames[0]
-            names = analyze(cell.cell.tree)
-            job = Job.take(self.shell, cell.cell, names)
-            job.sample = costs.watching()
-            job.inputs.pop(var, None)
-            job.inputs[var] = cell.item
-            job.binds = job.deletes = frozenset()
-            job.placeholders = []
-            return job, names
-        names = analyze(cell.tree)
-        job = Job.take(self.shell, cell, names)
-        job.sample = costs.watching()
-        return job, names
-
-    def _job_told(self, task: TaskRecord) -> Job:
-        """The task's job; its output says which in-place changes stay in the worker."""
-        job, names = self._job(task)
-        changed = sorted(set(job.inputs) & (names.mutates - names.binds))
-        if changed and task.sink is not None:
-            listed = ", ".join(repr(n) for n in changed)
-            verb = "is" if len(changed) == 1 else "are"
-            task.sink.write("stderr", CHANGED_IN_PLACE.format(names=listed, verb=verb))
-        return job
-
     async def run(self, task: TaskRecord) -> Any:
-        job = self._job_told(task)
+        job = self.job(task)
         pool = self._get_pool()
         worker = await pool.acquire()
         loop = pool.loop
@@ -659,20 +434,14 @@ class ProcessMode(Mode):
         except BaseException:
             pool.kill(worker)
             raise
-        if outcome.died is not None:
-            pool.discard(worker)
-            raise outcome.died.with_traceback(None)
-        pool.release(worker)
         reply = outcome.reply
-        assert reply is not None
-        show_displays(task, reply)
-        if reply.error is not None:
-            error = reply.error
-            del reply, outcome
-            if isinstance(error, TaskError):
-                error = error.with_traceback(None)
-            raise error
-        return merge(self.shell.user_ns, reply)
+        if reply is None:
+            pool.discard(worker)
+            died = outcome.died or BrokenWorker(STOPPED)
+            raise died.with_traceback(None)
+        pool.release(worker)
+        del outcome
+        return self.finish(task, reply)
 
     def close(self) -> None:
         """Kill and reap every worker; the mode cannot be used again."""

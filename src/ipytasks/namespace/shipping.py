@@ -1,8 +1,8 @@
 """Moving a cell's inputs to a worker process and its outputs back.
 
-The kernel side of process mode's payload; the worker side is
-:mod:`ipytasks._worker`, which also defines the wire format, so both ends pickle
-alike. Dask mode can reuse :class:`Job`, :func:`decode_reply` and :func:`merge`.
+The kernel's side of the payload of process and dask mode; the worker's side is
+:mod:`ipytasks.workers.child`, and both pickle with :mod:`ipytasks.workers.wire`, so
+both ends encode values alike.
 
 * **Inputs** are the names the cell reads (or changes in place) that exist in
   the user namespace when the task *starts* — a ``%%sequential`` cell may read
@@ -33,8 +33,9 @@ import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker, plots
-from ..records import TaskError
+from .. import plots
+from ..errors import RemoteError, ShippingError
+from ..workers import wire
 
 if TYPE_CHECKING:
     from ..cells import CompiledCell
@@ -42,9 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "Job",
-    "RemoteError",
     "Reply",
-    "ShippingError",
     "decode_reply",
     "inputs_of",
     "merge",
@@ -56,24 +55,6 @@ CANNOT_RECEIVE_BACK = "cannot receive {what} ({type}) from the worker process: {
 
 #: IPython's history entries: _, __, ___, _i, _ii, _iii, _7, _i7.
 _HISTORY_NAME = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
-
-
-class ShippingError(TaskError):
-    """A value could not be sent to a worker process or back; the message names it."""
-
-
-class RemoteError(Exception):
-    """An exception of a worker that could not be re-created in the kernel.
-
-    Its message is the original exception's last line (``MyError: ...``); its
-    traceback shows the cell's lines. ``remote_traceback`` is the text the worker
-    printed; ``type_name`` the original type.
-    """
-
-    def __init__(self, message: str, remote_traceback: str = "", type_name: str = "") -> None:
-        super().__init__(message)
-        self.remote_traceback = remote_traceback
-        self.type_name = type_name
 
 
 def _is_ipython_entry(name: str, hidden: Any) -> bool:
@@ -147,13 +128,13 @@ class Job:
         )
 
     def encode(self, environ: bool = True) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
-        """Pickle the job: ``(meta, values, buffers)`` for :func:`_worker.write_message`.
+        """Pickle the job: ``(meta, values, buffers)`` for :func:`.wire.write_message`.
 
         :param environ: include the environment (leave it out when the worker
             already has this one).
         :raises ShippingError: an input cannot be pickled (named, with its type).
         """
-        packer = _worker.ValuePacker(cloud=True)
+        packer = wire.ValuePacker(cloud=True)
         names = list(self.inputs)
         for name in names:
             value = self.inputs[name]
@@ -161,12 +142,14 @@ class Job:
                 packer.add(value)
             except Exception as exc:  # noqa: BLE001 - whatever pickling raised
                 raise ShippingError(
-                    CANNOT_SEND.format(name=name, type=_worker.type_name(value), error=_reason(exc))
+                    CANNOT_SEND.format(
+                        name=name, type=wire.type_name(value), error=wire.error_text(exc)
+                    )
                 ) from None
         meta = {
             "kind": "run",
             "names": names,
-            "types": {n: _worker.type_name(v) for n, v in self.inputs.items()},
+            "types": {n: wire.type_name(v) for n, v in self.inputs.items()},
             "placeholders": list(self.placeholders),
             # The kernel's code objects (same interpreter), and the source to compile
             # if the worker's Python differs.
@@ -199,11 +182,6 @@ def _environ_snapshot() -> dict[bytes, bytes]:
     return {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 @dataclass(slots=True)
 class Reply:
     """What came back: the values to merge, the names to delete, the result, or an error."""
@@ -216,6 +194,10 @@ class Reply:
     displays: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     #: The result's display when the worker rendered it (a Figure), else ``None``.
     result_display: tuple[dict[str, Any], dict[str, Any]] | None = None
+    #: Names the cell bound that stayed in the worker (closed files).
+    left: list[str] = field(default_factory=list)
+    #: What the job cost, as the worker measured it: ``{"cpu": seconds, "rss": bytes}``.
+    cost: dict[str, Any] | None = None
 
 
 def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Reply:
@@ -224,6 +206,13 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
     ``meta`` is the reply's meta, pickled or already loaded.
     """
     info = meta if isinstance(meta, dict) else pickle.loads(meta)
+    reply = _decode(info, values, buffers)
+    reply.left = list(info.get("left") or ())
+    reply.cost = info.get("cost")
+    return reply
+
+
+def _decode(info: dict[str, Any], values: bytes | bytearray, buffers: list[Any]) -> Reply:
     displays = [tuple(d) for d in info.get("displays", ())]
     if not info.get("ok"):
         if "shipping" in info:
@@ -231,33 +220,23 @@ def decode_reply(meta: Any, values: bytes | bytearray, buffers: list[Any]) -> Re
         return Reply(error=rebuild_error(info["error"]), displays=displays)
     names = info["names"]
     count = len(names) + (1 if info["result"] else 0)
-    loader = _worker.load_values(values, buffers, count)
+    loader = wire.load_values(values, buffers, count)
     out: dict[str, Any] = {}
     for name in names:
         try:
             out[name] = next(loader)
         except Exception as exc:  # noqa: BLE001
-            return Reply(
-                error=ShippingError(
-                    CANNOT_RECEIVE_BACK.format(
-                        what=repr(name),
-                        type=info.get("types", {}).get(name, "?"),
-                        error=_reason(exc),
-                    )
-                )
-            )
+            what, type_ = repr(name), info.get("types", {}).get(name, "?")
+            return Reply(error=ShippingError(CANNOT_RECEIVE_BACK.format(
+                what=what, type=type_, error=wire.error_text(exc))))
     result = None
     if info["result"]:
         try:
             result = next(loader)
         except Exception as exc:  # noqa: BLE001
-            return Reply(
-                error=ShippingError(
-                    CANNOT_RECEIVE_BACK.format(
-                        what=_worker.RESULT, type=info.get("result_type", "?"), error=_reason(exc)
-                    )
-                )
-            )
+            type_ = info.get("result_type", "?")
+            return Reply(error=ShippingError(CANNOT_RECEIVE_BACK.format(
+                what=wire.RESULT, type=type_, error=wire.error_text(exc))))
     rendered = info.get("result_display")
     return Reply(
         values=out,
@@ -317,6 +296,12 @@ def rebuild_error(described: dict[str, Any], _depth: int = 0) -> BaseException:
     stand-in frames at the worker's file names and line numbers, so IPython shows
     the cell's own lines (the kernel's linecache has the cell); if that fails, the
     worker's traceback text is added as a note. Causes and contexts are rebuilt too.
+
+    Not ``tblib`` (which Dask uses): its stand-in frames keep the stub's ``co_qualname``
+    and column positions, so IPython's traceback drops the function's name (``in
+    check()``) and the standard one puts carets under the wrong columns. Not
+    ``traceback.TracebackException``: it formats text, while IPython's traceback (and
+    ``except ValueError``) needs a real exception with a real traceback.
     """
     exc: BaseException | None = None
     if described.get("pickled") is not None:
