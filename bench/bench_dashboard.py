@@ -33,16 +33,16 @@ import json
 import math
 import sys
 import time
-from types import SimpleNamespace
 from typing import Any
 
 from IPython.core.interactiveshell import InteractiveShell
 
+from ipytasks.changes import ChangeFeed, Changes
 from ipytasks.overview import open_dashboard
 from ipytasks.overview import widgets as dashboard_widgets
 from ipytasks.overview.testing import WidgetMessages
 from ipytasks.records import TaskOptions, TaskRegistry
-from ipytasks.scheduler import ChangeFeed, Scheduler
+from ipytasks.scheduler import Scheduler
 
 SCENARIOS = {
     "burst": ("await asyncio.sleep(0)", {}),
@@ -98,39 +98,38 @@ def meter_overhead(calls: int = 20000) -> float:
 
 
 class _Record:
-    """What ``Scheduler._changed`` reads of a task: a record without output views."""
+    """What ``Changes.changed`` reads of a task: a record without output views."""
 
     sink = None
 
 
 def feed_cost(calls: int = 50000, turns: int = 5) -> float:
     """Seconds of CPU the scheduler spends per change for an open dashboard: what
-    ``Scheduler._changed`` costs with the dashboard's :class:`ChangeFeed` subscribed
-    more than with none (putting the task in the feed; the dashboard's ``take`` is
-    counted here too).
+    ``Changes.changed`` costs with the dashboard's :class:`ChangeFeed` following more
+    than with none (putting the task in the feed; the dashboard's ``take`` is counted
+    here too).
 
     Too short a call to time one by one with the thread's CPU clock, so it is timed
     here in bulk, both ways in turns (best of each), and charged per change counted
     in the run.
     """
-    changed = Scheduler._changed
     batch = [_Record() for _ in range(1000)]
-    feed = ChangeFeed(lambda idle: None)
 
-    def timed(feeds: list[ChangeFeed]) -> float:
-        scheduler = SimpleNamespace(_feeds=feeds)
-        scheduler._tell_feeds = lambda record: Scheduler._tell_feeds(scheduler, record)
+    def timed(followed: bool) -> float:
+        changes = Changes()
+        feed = changes.follow(lambda idle: None) if followed else ChangeFeed(lambda idle: None)
+        changed = changes.changed
         start = time.thread_time()
         for _ in range(calls // len(batch)):
             for record in batch:
-                changed(scheduler, record)
+                changed(record)
             feed.take()
         return time.thread_time() - start
 
     best = {"with": math.inf, "without": math.inf}
     for _ in range(turns):
-        best["with"] = min(best["with"], timed([feed]))
-        best["without"] = min(best["without"], timed([]))
+        best["with"] = min(best["with"], timed(True))
+        best["without"] = min(best["without"], timed(False))
     return max(best["with"] - best["without"], 0.0) / calls
 
 
@@ -153,8 +152,8 @@ async def run(shell: Any, scenario: str, n: int, with_dashboard: bool,
     dash = None
     patched: list[tuple[Any, str, Any]] = []
     if with_dashboard:
-        patched.append((Scheduler, "_changed", Scheduler._changed))
-        Scheduler._changed = counted(Scheduler._changed, changes)
+        patched.append((Changes, "changed", Changes.changed))
+        Changes.changed = counted(Changes.changed, changes)
         for owner, name in ((dashboard_widgets.Dashboard, "_wake"),
                             (dashboard_widgets.Dashboard, "_refresh"),
                             (dashboard_widgets.Dashboard, "_guarded"),

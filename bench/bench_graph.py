@@ -35,11 +35,11 @@ from typing import Any
 
 from IPython.core.interactiveshell import InteractiveShell
 
-from ipytasks.dependencies import task_graph
 from ipytasks.overview import graph as taskgraph
 from ipytasks.overview.render import table_html
 from ipytasks.records import TaskOptions, TaskRegistry
 from ipytasks.scheduler import Scheduler
+from ipytasks.taskgraph import task_graph
 
 BLOCKS = 100
 FAN = 7

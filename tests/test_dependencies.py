@@ -146,59 +146,6 @@ async def test_inferred_cycle_is_impossible(sched: Scheduler) -> None:
     assert b.reasons == {"a": "after; reads x"}
 
 
-# -- the graph, read back --------------------------------------------------------------
-
-
-async def test_graph_has_every_edge_with_its_kind_and_names(sched: Scheduler) -> None:
-    """The scheduler's graph: chains, --after (to a group's members) and inferred edges,
-    each inferred one with the names that cause it; a --map task is one node with its
-    item count; an edge caused both ways keeps both kinds."""
-    sched.submit("rows = [1, 2]\ndf = 0", "load", gated())
-    sched.submit("n = len(rows)\ndf += n", "count", gated())
-    sched.submit("a = 1", "first", gated(chain="etl"))
-    sched.submit("b = 2", "second", gated(chain="etl"))
-    sched.submit("c = 3", "g1", gated(group="stats"))
-    sched.submit("d = 4", "g2", gated(group="stats"))
-    sched.submit("e = rows", "both", gated(after=("g1", "load")))
-    calls = sched.submit("u", "calls", TaskOptions(mode="async", map=("u", "[1, 2, 3]"),
-                                                   after=("stats",)))
-    graph = sched.graph()
-    assert [n.name for n in graph.nodes] == [
-        "load", "count", "first", "second", "g1", "g2", "both", "calls"]
-    (node,) = [n for n in graph.nodes if n.name == "calls"]
-    assert node.items is None and node.state == "pending"  # its items are not known yet
-    edges = {(e.source, e.target): (e.kinds, e.names) for e in graph.edges}
-    assert edges == {
-        ("load", "count"): (("data",), ("df", "rows")),
-        ("first", "second"): (("chain",), ()),
-        ("g1", "both"): (("after",), ()),
-        ("load", "both"): (("after", "data"), ("rows",)),
-        ("g1", "calls"): (("after",), ()),
-        ("g2", "calls"): (("after",), ()),
-    }
-    (why,) = [e.why for e in graph.edges if e.target == "count"]
-    assert why == sched.tasks["count"].reasons["load"]
-    release(sched, "load", "count", "first", "second", "g1", "g2", "both")
-    with anyio.fail_after(5):
-        await sched.wait([calls])
-    after = sched.graph()
-    (node,) = [n for n in after.nodes if n.name == "calls"]
-    assert (node.items, node.items_ended, node.state) == (3, 3, "done")
-    assert "calls[0]" not in {n.name for n in after.nodes}
-    assert after.edges == graph.edges
-
-
-def test_reason_names_reads_the_scheduler_s_words() -> None:
-    """The names of inferred reasons as the dependency index words them; a cell whose
-    names cannot be known counts as any name."""
-    from ipytasks.dependencies import ANY_NAME, reason_names
-
-    assert reason_names("reads rows, changes df, rebinds x_1") == ("rows", "df", "x_1")
-    assert reason_names("its names cannot be known (line 1: exec, eval)") == (ANY_NAME,)
-    assert reason_names("reads rows, this cell's names cannot be known (line 2: exec)") == (
-        "rows", ANY_NAME)
-
-
 # -- the property -------------------------------------------------------------------------
 
 NAMES = ["a", "b", "c"]

@@ -481,6 +481,21 @@ def test_a_busy_task_refreshes_its_cell_at_most_five_times_a_second(kernel: Kern
     assert area_text(kernel, sub).count("tick") > 100  # what it printed, in one display
 
 
+def test_a_running_tasks_elapsed_time_moves_while_nothing_else_changes(kernel: Kernel) -> None:
+    """A task that neither prints nor changes state still has its status line refreshed: the
+    elapsed time moves (the cell's view ticks while the task runs), and stops once it ends."""
+    kernel.execute("gate37 = asyncio.Event()")
+    sub = kernel.execute("%%parallel quiet37\nawait gate37.wait()")
+
+    def elapsed() -> float:
+        found = re.search(r"running (\d+\.\d)s", status_text(kernel, sub))
+        return float(found.group(1)) if found else -1.0
+
+    kernel.wait_until(lambda: elapsed() >= 1.0, what="the elapsed time to reach 1.0 s", timeout=20)
+    kernel.execute("gate37.set()")
+    kernel.wait_until(lambda: "done" in status_text(kernel, sub), what="quiet37 done")
+
+
 def test_map_expression_is_read_as_python(kernel: Kernel) -> None:
     """--map VAR in EXPR takes any expression: minus signs, strings holding an option, a
     comprehension; the next option after it still counts; a broken EXPR names itself."""

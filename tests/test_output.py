@@ -98,8 +98,16 @@ def test_views_refresh_once_per_burst_on_the_loop(loop: asyncio.AbstractEventLoo
     view = RecordingView()
     out.attach(view)
     refreshed_on: list[threading.Thread] = []
+    refreshed = loop.create_future()
     original = view.update
-    view.update = lambda o: (refreshed_on.append(threading.current_thread()), original(o))  # type: ignore[method-assign]
+
+    def update(o: TaskOutput) -> None:
+        refreshed_on.append(threading.current_thread())
+        original(o)
+        if not refreshed.done():
+            refreshed.set_result(None)
+
+    view.update = update  # type: ignore[method-assign]
 
     def produce() -> None:
         for i in range(100):
@@ -108,7 +116,9 @@ def test_views_refresh_once_per_burst_on_the_loop(loop: asyncio.AbstractEventLoo
     worker = threading.Thread(target=produce)
     worker.start()
     worker.join()
-    loop.run_until_complete(asyncio.sleep(0.5))
+    loop.run_until_complete(asyncio.wait_for(refreshed, 5))
+    # Nothing was written since that refresh, and none is armed: no second one can come.
+    assert not out._flush_armed
     assert len(view.seen) == 1 and view.seen[0][0] == 100
     assert refreshed_on == [threading.current_thread()]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,10 +24,17 @@ def test_tasks_run_between_cells_and_say_when_done() -> None:
         """
         ip = get_ipython()
         ip.run_cell("%load_ext ipytasks")
-        ip.run_cell("import asyncio, time")
-        ip.run_cell("%%parallel fetch\\nawait asyncio.sleep(0.3)\\nprint('fetched')\\n'rows'")
+        ip.run_cell(
+            "import asyncio, threading\\ngo, fetched = threading.Event(), threading.Event()"
+        )
+        ip.run_cell(
+            "%%parallel fetch\\nawait asyncio.to_thread(go.wait, 10)\\n"
+            "print('fetched')\\nfetched.set()\\n'rows'"
+        )
         ip.run_cell("%%sequential broken\\n1/0")
-        time.sleep(1)   # between cells: nothing runs the notebook's loop here
+        # Between cells, where nothing runs the notebook's loop: the task goes on by itself.
+        go.set()
+        print("ran between cells:", fetched.wait(10))
         ip.run_cell("%wait fetch")
         ip.run_cell("import ipytasks; print('state:', ipytasks.tasks['fetch'].state)")
         """
@@ -34,24 +42,46 @@ def test_tasks_run_between_cells_and_say_when_done() -> None:
     out = result.stdout
     assert result.returncode == 0, result.stderr
     assert "tasks run on a loop of their own in a background thread" in result.stderr
+    assert "ran between cells: True" in out, out + result.stderr
     assert "fetched" in out and "'rows'" in out
-    assert "[fetch] done in 0.3" in out
+    assert re.search(r"\[fetch\] done in \d+\.\d\ds", out), out
     assert "[broken] failed in" in out and "ZeroDivisionError" in out
     assert "state: done" in out
 
 
 def test_wait_blocks_and_lists_failures() -> None:
-    """%wait blocks the terminal until tasks end and raises TaskFailed naming failures."""
+    """%wait blocks the terminal until tasks end and raises TaskFailed naming failures.
+
+    The task ends only once the main thread is inside %wait (seen in its stack), so a
+    %wait that returned without waiting would find it running and raise nothing.
+    """
     result = run_ipython(
         """
+        import threading
         ip = get_ipython()
         ip.run_cell("%load_ext ipytasks")
-        ip.run_cell(
-            "%%parallel slow --thread\\nimport time\\ntime.sleep(0.3)\\nraise ValueError('late')"
-        )
+        release, seen = threading.Event(), []
+
+        def release_once_waiting(sys=__import__("sys"), threading=threading):
+            main = threading.main_thread().ident
+            for _ in range(1000):  # at most 10 s, then the task ends all the same
+                frame = sys._current_frames().get(main)
+                while frame is not None and frame.f_code.co_name != "wait_blocking":
+                    frame = frame.f_back
+                if frame is not None:
+                    seen.append(True)
+                    break
+                threading.Event().wait(0.01)
+            release.set()
+
+        ip.user_ns["release"] = release
+        ip.run_cell("%%parallel slow --thread\\nrelease.wait(10)\\nraise ValueError('late')")
+        threading.Thread(target=release_once_waiting, daemon=True).start()
         r = ip.run_cell("%wait")
         print("wait failed with", type(r.error_in_exec).__name__)
+        print("released while waiting:", seen == [True])
         """
     )
     assert "wait failed with TaskFailed" in result.stdout, result.stdout + result.stderr
+    assert "released while waiting: True" in result.stdout, result.stdout + result.stderr
     assert "1 task did not succeed: slow (failed)" in result.stdout

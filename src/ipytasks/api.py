@@ -333,7 +333,6 @@ def graph(path: str | os.PathLike[str] | None = None, *, format: str | None = No
 
     :raises ValueError: an unknown format or suffix.
     """
-    from .dependencies import task_graph
     from .overview.graph import (
         graph_format,
         graph_geometry,
@@ -342,6 +341,7 @@ def graph(path: str | os.PathLike[str] | None = None, *, format: str | None = No
         states_of,
         write_graph,
     )
+    from .taskgraph import task_graph
 
     session = _session
     if session is not None and session._scheduler is not None:

@@ -21,15 +21,10 @@ unfinished task, and every later task waits for it.
 
 The index holds the names of unfinished tasks only, so finding what a new task
 waits for costs the size of its own name sets, not the number of tasks.
-
-:func:`task_graph` reads the whole graph back from the task records, for pictures:
-every task, and every edge with its kind (chain, ``--after``, data) and the names
-that cause it.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,18 +34,9 @@ from .namespace.analysis import CellNames, analyze
 
 if TYPE_CHECKING:
     from .cells import CompiledCell
-    from .records import TaskOptions, TaskRecord, TaskState
+    from .records import TaskOptions, TaskRecord
 
-__all__ = (
-    "DependencyIndex",
-    "GraphEdge",
-    "GraphNode",
-    "TaskGraph",
-    "TaskNames",
-    "reason_names",
-    "task_graph",
-    "task_names",
-)
+__all__ = ("DependencyIndex", "TaskNames", "task_names")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,100 +193,3 @@ class DependencyIndex:
 
 def _dedupe(reasons: list[str]) -> list[str]:
     return list(dict.fromkeys(reasons))
-
-
-# -- the graph, read-only --------------------------------------------------------------
-
-#: The kinds of edge: a ``%%sequential`` chain, ``--after``, a name both tasks use.
-CHAIN, AFTER, DATA = "chain", "after", "data"
-#: What an edge whose cause is a cell whose names cannot be known is labelled with.
-ANY_NAME = "any name"
-# One inferred reason, as :meth:`DependencyIndex.shared` words it: ``reads df``.
-_NAMED_REASON = re.compile(r"(?:^|, )(?:reads|changes|rebinds) ([^\W\d]\w*)(?=, |$)")
-
-
-@dataclass(frozen=True, slots=True)
-class GraphNode:
-    """A task as the graph shows it: a ``--map`` task (``is_map``) is one node, with its
-    item count (``None`` until its items are known)."""
-
-    name: str
-    state: TaskState
-    mode: str
-    is_map: bool = False
-    items: int | None = None
-    #: How many of a map's items have ended.
-    items_ended: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class GraphEdge:
-    """``target`` waits for ``source``: by its chain, by ``--after``, and/or because of
-    ``names`` they share (``kinds`` says which, in that order); ``why`` is the reason as
-    ``task.reasons`` words it."""
-
-    source: str
-    target: str
-    kinds: tuple[str, ...]
-    names: tuple[str, ...]
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class TaskGraph:
-    """The task graph at one moment: nodes in submission order, edges by target."""
-
-    nodes: tuple[GraphNode, ...]
-    edges: tuple[GraphEdge, ...]
-
-
-def reason_names(inferred: str) -> tuple[str, ...]:
-    """The names in an inferred reason (``reads rows, changes df`` → ``rows, df``); a cell
-    whose names cannot be known counts as :data:`ANY_NAME`."""
-    names = dict.fromkeys(_NAMED_REASON.findall(inferred))
-    if "names cannot be known" in inferred:
-        names[ANY_NAME] = None
-    return tuple(names)
-
-
-def task_graph(records: Iterable[TaskRecord]) -> TaskGraph:
-    """The graph of ``records`` (the latest record of each name, in submission order).
-
-    Edges join names: a task submitted again under its name takes its place, also for
-    the tasks that waited for the one it replaced. A ``--map`` task's items are not
-    nodes of their own. Edges come from each record's ``upstream`` and ``reasons``, the
-    scheduler's words for why it waits: ``after``, ``chain C``, the inferred reasons
-    (:meth:`DependencyIndex.shared`), joined by ``; ``.
-    """
-    nodes: list[GraphNode] = []
-    edges: list[GraphEdge] = []
-    records = [r for r in records if r.parent is None]
-    known = {r.name for r in records}
-    for record in records:
-        items = None
-        if record.options.map is not None:
-            if record.children:
-                items = len(record.children)
-            elif record._map_items is not None:
-                items = len(record._map_items)
-        ended = sum(1 for c in record.children if c.state.ended) if record.children else 0
-        nodes.append(GraphNode(record.name, record.state, record.mode,
-                               record.options.map is not None, items, ended))
-        chain = record.options.chain
-        for upstream in record.upstream:
-            source = upstream.parent.name if upstream.parent is not None else upstream.name
-            if source == record.name or source not in known:
-                continue
-            why = record.reasons.get(upstream.name, "")
-            kinds: list[str] = []
-            inferred = why
-            for kind, head in ((AFTER, "after"), (CHAIN, f"chain {chain}")):
-                if why == head or why.startswith(head + "; "):
-                    kinds.append(kind)
-                    inferred = why[len(head):].removeprefix("; ")
-                    break
-            names = reason_names(inferred) if inferred else ()
-            if names:
-                kinds.append(DATA)
-            edges.append(GraphEdge(source, record.name, tuple(kinds), names, why))
-    return TaskGraph(tuple(nodes), tuple(edges))

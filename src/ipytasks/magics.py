@@ -600,8 +600,8 @@ class TaskMagics(Magics):
         if args.graph:
             session = api._current()
             if args.text or not in_kernel or session.displays is None:
-                from .dependencies import task_graph
                 from .overview.graph import graph_text
+                from .taskgraph import task_graph
 
                 print(graph_text(task_graph(list(api.tasks.values()))))
                 return None

@@ -7,9 +7,10 @@ thinks is current (a print from a thread goes to the *latest* cell on ipykernel 
 and headless clients drop output for a cell that has gone idle).
 
 Views (the cell's display, the dashboard's output area) attach to a
-``TaskOutput`` and are refreshed on the event loop, batched and throttled:
-every refresh re-sends what the view shows, so what it shows is bounded (a long
-stream is shown as its start and its end) and refreshes are spaced out.
+``TaskOutput`` and are refreshed on the event loop when it changes, or when the
+task's status does (:mod:`ipytasks.changes`): every refresh re-sends what the view
+shows, so what it shows is bounded (a long stream is shown as its start and its
+end), and each view spaces its refreshes out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import IO, Any, Protocol
 
 __all__ = ("TaskOutput", "OutputCapture", "current_output")
 
-#: Seconds between two refreshes of a task's views while it produces output.
+#: Seconds between two refreshes of a task's views while it produces output: new output
+#: is handed to them at most this often (writes from any thread, one call on the loop),
+#: and a cell's view sends at most this often.
 FLUSH_INTERVAL = 0.2
 #: Characters of a run of stream text shown from its start, and from its end.
 HEAD_CHARS = 20_000

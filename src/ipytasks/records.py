@@ -93,6 +93,9 @@ class TaskRecord:
     #: For a ``--map`` task: its item tasks, and how many of them have ended.
     children: list[TaskRecord] = field(default_factory=list, repr=False)
     parent: TaskRecord | None = field(default=None, repr=False)
+    #: For a ``--map`` task: how many items it has, once its EXPR is evaluated (at
+    #: submission when it waits for nothing unfinished, else when it starts).
+    item_count: int | None = field(default=None, repr=False)
     sink: TaskOutput | None = field(default=None, repr=False)
     upstream: tuple[TaskRecord, ...] = field(default=(), repr=False)
     #: ``--cache``: the key of this run's outcome (``None`` when it cannot be cached),
@@ -112,11 +115,6 @@ class TaskRecord:
     #: Where the running body is (``line 3 of the cell › linalg.py:120 in solve``), as
     #: last looked at while a dashboard showed it.
     where: str | None = field(default=None, repr=False)
-    # A --map task's items, when they could be evaluated at submission.
-    _map_items: list[Any] | None = field(default=None, repr=False)
-    # Set by the scheduler: an asyncio.Event set when the task ends.
-    _ended_event: Any = field(default=None, repr=False)
-    _runner: Any = field(default=None, repr=False)
     # A worker process's rendering of a Figure result: (data, metadata) to show for it.
     _result_display: Any = field(default=None, repr=False)
     # The bars a running body told of (reports._Bars), and how to look where it is now.

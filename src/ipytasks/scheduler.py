@@ -1,199 +1,58 @@
-"""The scheduler: registers tasks, orders them, runs each through its mode, ends it.
+"""The scheduler: the one object a session holds, tying the parts of running tasks together.
 
-All of the scheduler's state changes on one event loop thread: the kernel's own
-loop in a kernel (where the magics already run), or a loop of ipytasks' own in a
-daemon thread where no loop runs between cells (terminal IPython, a script).
-Calls from other threads hop onto the loop (:meth:`_LoopHost.call`).
+- :class:`~ipytasks.taskgraph.TaskGraph`: the tasks and what each waits for
+  (synchronous: registration, chains, ``--after``, inferred edges, conflicts);
+- :class:`~ipytasks.running.TaskRunner`: the life of each task, from waiting for its
+  upstream to its end (limits, attempts through its mode, retries, timeouts);
+- :class:`~ipytasks.loop.LoopHost`: the event loop all of it runs on, and how other
+  threads reach it;
+- :class:`~ipytasks.changes.Changes`: where every change of a task is told, for its
+  views and the dashboards.
+
+A submission compiles and checks the cell on the submitting thread, then hops onto the
+loop, where the graph makes the task's record, the runner prepares it, the graph adds it,
+its views are attached and the runner starts it. The scheduler also owns the run modes
+(made on first use) and the ``--cache`` store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
-import contextlib
 import contextvars
-import dataclasses
-import difflib
-import functools
-import itertools
-import random
 import sys
-import threading
-import time
-import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from . import plots, reports
-from .cache.outcome import FLUSH_TIMEOUT, Plan, ResultCache
-from .cells import CompiledCell, MapItemCell, compile_cell, compile_map_function
-from .dependencies import DependencyIndex, TaskGraph, TaskNames, task_graph, task_names
-from .errors import (
-    BadArgument,
-    NotLoaded,
-    RemoteError,
-    TaskCancelled,
-    TaskConflictWarning,
-    TaskError,
-    TaskFailed,
-    TaskSkipped,
-)
-from .limits import Limiter, RateLimiter
+from .cache.outcome import FLUSH_TIMEOUT, ResultCache
+from .cells import CompiledCell, compile_cell
+from .changes import ChangeFeed, Changes
+from .dependencies import TaskNames, task_names
+from .errors import BadArgument, NotLoaded
+from .loop import LoopHost
 from .modes import Mode, get_mode_class
-from .output import TaskOutput, _report_internal_error, current_output
-from .records import SUCCESSFUL, TaskOptions, TaskRecord, TaskRegistry, TaskState
+from .records import TaskOptions, TaskRecord, TaskRegistry
+from .running import TaskRunner
+from .taskgraph import GraphSnapshot, TaskGraph
 
 __all__ = ("Scheduler",)
 
 T = TypeVar("T")
 
-TASK_BUSY = "task {name!r} is {state}: %cancel {name} first, or give this cell another NAME"
-UNKNOWN_TARGET = "{option}: no task or group named {target!r}{hint} (known: {known})"
-#: How many known names an unknown-target error lists (the rest are counted).
-KNOWN_NAMED = 8
-SELF_CYCLE = "cycle: task {name!r} cannot wait for itself ({option} {name})"
 ASYNC_IN_THREAD = (
     "task {name!r}: the cell uses top-level await, which runs only on the event loop; "
     "use --mode async (or auto) instead of --mode thread"
-)
-OWN_LOOP_NOTICE = (
-    "ipytasks: no event loop runs between cells here, so tasks run on a loop of their own "
-    "in a background thread. Objects made in `await` cells belong to IPython's loop and "
-    "cannot be awaited in async tasks.\n"
 )
 UNLOADED = "ipytasks is unloaded: %load_ext ipytasks to submit tasks again"
 UNLOAD_WRITING = (
     "ipytasks: {n} --cache entr{s} still being written; the kernel finishes them unless "
     "it is killed (then they are not stored, and the tasks run again)"
 )
-FIGURE_FAILED = "ipytasks: could not show a figure of this task: {error}\n"
 SHUTDOWN_NOTICE = "ipytasks: the kernel is shutting down; cancelled {n} unfinished task{s}: {names}"
-
-#: Upstream states that let a task run under --on-error stop.
-_SUCCESS = SUCCESSFUL
-#: Outcomes of an attempt that --retries runs again.
-_RETRYABLE = (TaskState.FAILED, TaskState.TIMED_OUT)
-#: How many conflicting tasks a conflict warning names (the rest are counted).
-CONFLICTS_NAMED = 3
-#: The longest wait before a retry, in seconds: the doubling stops there (as tenacity's
-#: ``wait_exponential(max=…)`` and the capped backoff of cloud SDKs do), so ``--retries 20``
-#: retries every minute or so at the end rather than after 2**19 times the first delay. A
-#: ``--retry-delay`` above it is used as it is, without doubling.
-RETRY_DELAY_MAX = 60.0
-#: The spread of a retry's delay around its nominal value (a fraction either way), so that
-#: tasks failing together do not retry in lockstep.
-RETRY_JITTER = 0.2
-#: How often running tasks' elapsed times tick in their status lines.
-TICK_INTERVAL = 0.5
-
-
-class _LoopHost:
-    """The event loop tasks run on, and a way to call into it from any thread."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.own_thread: threading.Thread | None = None
-        if loop is None:
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                try:
-                    loop.run_forever()
-                finally:
-                    leftover = asyncio.all_tasks(loop)
-                    for task in leftover:
-                        task.cancel()
-                    loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                    loop.close()
-
-            self.own_thread = threading.Thread(target=run, name="ipytasks-loop", daemon=True)
-            self.own_thread.start()
-            ready.wait(10)
-            self.thread_ident = self.own_thread.ident
-        else:
-            self.thread_ident = threading.get_ident()
-        self.loop = loop
-
-    def on_loop_thread(self) -> bool:
-        return threading.get_ident() == self.thread_ident
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the loop thread and return its value (or raise its error)."""
-        if self.on_loop_thread():
-            return fn(*args)
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                future.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return future.result()
-
-    def run_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Block this (non-loop) thread until ``coro`` ends on the loop.
-
-        Ctrl-C (or any error here) cancels ``coro`` and re-raises: it ends the wait only.
-        """
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def close(self) -> None:
-        if self.own_thread is not None and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.own_thread.join(5)
-
-
-class ChangeFeed:
-    """The tasks submitted or changed since a follower (a dashboard) last took them.
-
-    The scheduler adds each change as it happens, which costs a dict insert into the
-    feed's records (no call: this runs several times per task); it calls
-    ``wake(False)`` only when the feed goes from empty to not empty, and ``wake(True)``
-    when the last unfinished task has ended (before anything awaiting that task
-    resumes). The follower takes the records when it is ready, e.g. at its next
-    refresh: one call per refresh however many tasks changed.
-    """
-
-    __slots__ = ("_records", "_wake")
-
-    def __init__(self, wake: Callable[[bool], None]) -> None:
-        self._wake = wake
-        self._records: dict[TaskRecord, None] = {}
-
-    def _add_first(self, record: TaskRecord) -> None:
-        """Keep the first change since the follower last took them, and wake it."""
-        self._records[record] = None
-        self._call(False)
-
-    def idle(self) -> None:
-        self._call(True)
-
-    def take(self) -> list[TaskRecord]:
-        """The changed records, each once, in the order of their first change; empties the feed."""
-        records = list(self._records)
-        self._records.clear()
-        return records
-
-    def _call(self, idle: bool) -> None:
-        try:
-            self._wake(idle)
-        except Exception as exc:  # noqa: BLE001 - a broken follower must not break tasks
-            _report_internal_error("telling a follower about tasks", exc)
 
 
 class Scheduler:
-    """Owns every task of a session: registration, order, running and ending.
+    """Owns every task of a session: registration, order, running and ending (see the module).
 
     :param shell: the IPython shell whose namespace the tasks use.
     :param loop: the running loop to use; ``None`` picks the kernel's running loop
@@ -214,34 +73,20 @@ class Scheduler:
         self.shell = shell
         self.tasks = registry
         self._mode_settings = mode_settings or {}
-        self._echo = echo
-        if loop is None and getattr(shell, "kernel", None) is not None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self.own_loop = loop is None
-        self._host = _LoopHost(loop)
-        if self.own_loop:
-            sys.stderr.write(OWN_LOOP_NOTICE)
+        self._host = LoopHost.for_shell(shell, loop, at_exit=self._at_exit)
         self._modes: dict[str, Mode] = {}
         #: Where process-mode bodies run unless ``--on`` says: "local" or "dask".
         self.backend = "local"
-        self._chains: dict[str, list[str]] = {}
-        self._numbers = itertools.count(1)
-        self._ticking: set[TaskRecord] = set()
-        self._tick_handle: asyncio.TimerHandle | None = None
-        self._feeds: list[ChangeFeed] = []
-        # Tasks that have not ended: when the last ends, the feeds are told at once.
-        self._active: set[TaskRecord] = set()
-        self._deps = DependencyIndex()
-        self._limiters: dict[str, Limiter] = {}
-        self._rates: dict[str, RateLimiter] = {}
+        # The tasks and what each waits for.
+        self._graph = TaskGraph(registry)
+        #: Where every change of a task's status is told (its views and followers hear it).
+        self.changes = Changes()
         self._result_cache: ResultCache | None = None
+        self._runner = TaskRunner(shell, self._host.loop, self._graph, self.changes,
+                                  mode=self._mode, result_cache=self.result_cache, echo=echo)
         self._closed = False
-        atexit.register(self._at_exit)
         plots.install()  # pyplot's figures per task, from now until close()
-        # Tasks whose progress changed, told to the feeds and views at the loop's next turn.
+        # Tasks whose progress changed, told at the loop's next turn.
         self._progressing: set[TaskRecord] = set()
         reports.install(self._progressed)  # tasks' tqdm bars are told, not drawn
 
@@ -253,10 +98,7 @@ class Scheduler:
 
     def next_default_name(self) -> str:
         """A fresh ``taskN`` name for a submission that gave none."""
-        while True:
-            name = f"task{next(self._numbers)}"
-            if name not in self.tasks:
-                return name
+        return self._graph.next_default_name()
 
     def submit(
         self,
@@ -290,11 +132,7 @@ class Scheduler:
         if options.map is not None:
             _check_map_expression(options.map)
         names = task_names(cell, options)
-        if options.map is not None:
-            if options.group is None:
-                # The items form a group under the map's name: --limit, %wait and --after see it.
-                options = dataclasses.replace(options, group=name)
-        else:
+        if options.map is None:
             probe = TaskRecord(name=name, source=source, options=options, cell=cell, mode=mode)
             self._mode(mode).prepare(probe)
         return self._host.call(self._register, source, name, options, cell, mode, names, attach)
@@ -311,411 +149,33 @@ class Scheduler:
     ) -> TaskRecord:
         if self._closed:
             raise NotLoaded(UNLOADED)
-        existing = self.tasks.get(name)
-        if existing is not None and not existing.state.ended:
-            raise BadArgument(TASK_BUSY.format(name=name, state=existing.state))
-        upstream: dict[TaskRecord, str] = {}
-        for target in options.after:
-            if target == name:
-                raise BadArgument(SELF_CYCLE.format(name=name, option="--after"))
-            for record in self._resolve(target, "--after"):
-                upstream.setdefault(record, "after")
-        if options.chain is not None:
-            previous = self._chain_predecessor(options.chain, name)
-            if previous is not None:
-                upstream.setdefault(previous, f"chain {options.chain}")
-        shared = self._deps.shared(names)
-        if options.infer:
-            for other, why in shared.items():
-                reason = ", ".join(why)
-                upstream[other] = f"{upstream[other]}; {reason}" if other in upstream else reason
-        else:
-            self._report_conflicts(
-                name, options, {r: w for r, w in shared.items() if r not in upstream}
-            )
-
-        record = TaskRecord(
-            name=name,
-            source=source,
-            options=options,
-            cell=cell,
-            mode=mode,
-            waits_for=tuple(r.name for r in upstream),
-            reasons={r.name: why for r, why in upstream.items()},
-            upstream=tuple(upstream),
-        )
-        if options.map is not None and all(u.state.ended for u in upstream):
-            # Nothing it waits for is unfinished: evaluate EXPR now, so a bad one is a
-            # usage error in the submitting cell rather than a failed task.
-            try:
-                record._map_items = self._map_items(options.map[1])
-            except Exception as exc:  # noqa: BLE001 - whatever EXPR raises, said plainly
-                text = str(exc)
-                if not text.startswith("--map"):
-                    text = f"--map: {type(exc).__name__}: {text}"
-                raise BadArgument(text) from None
-        record.sink = TaskOutput(self.loop, self._echo)
-        record.sink.owner = record
-        record._ended_event = asyncio.Event()
-        self.tasks._add(record)
-        self._active.add(record)
-        self._deps.add(record, names)
-        self._set_group_limits(options)
-        if options.chain is not None and name not in self._chains.setdefault(options.chain, []):
-            self._chains[options.chain].append(name)
+        record = self._graph.new_task(source, name, options, cell, mode, names)
+        runner = self._runner
+        runner.prepare(record)
+        self._graph.add(record, names)
         if attach is not None:
             attach(record)
-        # A fresh context per task: the output variable set inside it stays its own.
-        record._runner = self.loop.create_task(
-            self._drive(record), name=f"ipytasks:{name}", context=contextvars.copy_context()
-        )
-        self._changed(record)
+        runner.start(record)
+        self.changes.changed(record)
         return record
 
-    def _report_conflicts(
-        self, name: str, options: TaskOptions, conflicts: dict[TaskRecord, list[str]]
-    ) -> None:
-        """A task that does not wait (``--no-infer``) but shares names: warn, or refuse
-        (``--strict``)."""
-        if not conflicts:
-            return
-        named = list(conflicts.items())[:CONFLICTS_NAMED]
-        lines = [
-            f"task {name!r} {', '.join(why)} while task {other.name!r} is {other.state}; "
-            f"the order they end in decides the value"
-            for other, why in named
-        ]
-        if len(conflicts) > len(named):
-            lines.append(f"and {len(conflicts) - len(named)} more unfinished tasks")
-        others = ",".join(other.name for other, _ in named)
-        message = "; ".join(lines) + f" (drop --no-infer, or add --after {others})"
-        if options.strict:
-            raise BadArgument(f"conflict (--strict): {message}")
-        warnings.warn(TaskConflictWarning(message), stacklevel=1)
-
-    def _set_group_limits(self, options: TaskOptions) -> None:
-        """``--limit``/``--rate`` set the group's limit and rate (the latest given wins)."""
-        group = options.group
-        if group is None:
-            return
-        if options.limit is not None:
-            limiter = self._limiters.get(group)
-            if limiter is None:
-                self._limiters[group] = Limiter(options.limit)
-            else:
-                limiter.set_capacity(options.limit)
-        if options.rate is not None:
-            rater = self._rates.get(group)
-            if rater is None:
-                self._rates[group] = RateLimiter(options.rate)
-            else:
-                rater.set_rate(options.rate)
-
-    def _chain_predecessor(self, chain: str, name: str) -> TaskRecord | None:
-        """The task a sequential task of ``chain`` named ``name`` runs after.
-
-        A chain is a sequence of names. A new name goes at the end, after the
-        latest task of the name before it; a name submitted again (a fixed cell)
-        keeps its place, so it runs after its old predecessor rather than after
-        whatever failed or was skipped further down the chain.
-        """
-        names = self._chains.get(chain, [])
-        position = names.index(name) if name in names else len(names)
-        if position == 0:
-            return None
-        return self.tasks.get(names[position - 1])
-
-    def _resolve(self, target: str, option: str) -> list[TaskRecord]:
-        """The records a name or group stands for (the latest record of each name)."""
-        record = self.tasks.get(target)
-        if record is not None:
-            return [record]
-        members = [r for r in self.tasks.values() if r.options.group == target]
-        if members:
-            return members
-        raise BadArgument(UNKNOWN_TARGET.format(option=option, target=target,
-                                               **self._known_targets(target)))
-
-    def _known_targets(self, target: str) -> dict[str, str]:
-        """What an unknown-target error suggests: close names, and a few of those known
-        (groups, and tasks other than a map's items, which their map's name stands for)."""
-        names = dict.fromkeys(n for n, r in self.tasks.items() if r.parent is None)
-        names.update(dict.fromkeys(r.options.group for r in self.tasks.values()
-                                   if r.options.group is not None))
-        close = difflib.get_close_matches(target, list(names), n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        shown = list(names)[-KNOWN_NAMED:]  # the newest: the likeliest to be meant
-        rest = len(names) - len(shown)
-        known = ", ".join(shown) + (f" and {rest:,} more" if rest else "")
-        return {"hint": hint, "known": known or "none yet"}
-
     def resolve(self, targets: Iterable[str], option: str) -> list[TaskRecord]:
-        """Records for names and groups, in submission order, each once; all if empty."""
-        targets = list(targets)
-        if not targets:
-            return list(self.tasks.values())
-        found: dict[TaskRecord, None] = {}
-        for target in targets:
-            for record in self._resolve(target, option):
-                found[record] = None
-        return list(found)
+        """Records for names and groups (see :meth:`TaskGraph.resolve`)."""
+        return self._graph.resolve(targets, option)
 
-    # -- running ----------------------------------------------------------------------
+    def graph(self) -> GraphSnapshot:
+        """The task graph now, read-only: every task (a ``--map`` as one node) and every
+        edge with its kind and the names that cause it (:func:`~ipytasks.taskgraph.task_graph`).
+        Read on the loop thread, so no task changes while it is read."""
+        return self._host.call(self._graph.snapshot)
 
-    async def _drive(self, record: TaskRecord) -> None:
-        """The life of one task. Nothing may escape: an error here would reach the loop."""
-        current_output.set(record.sink)
-        try:
-            for upstream in record.upstream:
-                await upstream._ended_event.wait()
-            if record.options.on_error == "stop":
-                bad = [u for u in record.upstream if u.state not in _SUCCESS]
-                if bad:
-                    why = ", ".join(f"{u.name!r} {u.state}" for u in bad)
-                    self._end(record, TaskState.SKIPPED, error=TaskSkipped(f"upstream {why}"))
-                    return
-            options = record.options
-            if options.map is not None:
-                await self._drive_map(record)
-                return
-            plan = None
-            if options.cache:
-                plan = await self._cache_lookup(record)
-                if record.state.ended:  # taken from the cache
-                    return
-            while True:
-                state, result, error = await self._gated_attempt(record)
-                if state in _RETRYABLE and record.attempts <= options.retries:
-                    await self._back_off(record, error)
-                    continue
-                writing = None
-                if state is TaskState.DONE and plan is not None:
-                    # Before the end: nothing that waits for it changes its values meanwhile.
-                    writing = await self.result_cache().keep(record, plan, result)
-                self._end(record, state, result=result, error=error)
-                if writing is not None:  # its entry is written after the end
-                    writing.add_done_callback(functools.partial(self._written, record))
-                return
-        except asyncio.CancelledError:
-            self._end(
-                record,
-                TaskState.CANCELLED,
-                error=TaskCancelled(f"task {record.name!r} was cancelled"),
-            )
-        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit included
-            self._end(record, TaskState.FAILED, error=exc)
+    # -- modes and the cache -------------------------------------------------------------
 
     def result_cache(self) -> ResultCache:
         """The store of ``--cache`` outcomes (its folder is found on first use)."""
         if self._result_cache is None:
             self._result_cache = ResultCache(self.shell)
         return self._result_cache
-
-    def _written(self, record: TaskRecord, writing: concurrent.futures.Future[str | None]) -> None:
-        """On the cache's writer thread: a write that failed has changed the task's
-        note; show it in the task's views."""
-        if writing.cancelled() or writing.exception() is not None:
-            return
-        why = writing.result()
-        if why is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: ipytasks was unloaded
-            self.loop.call_soon_threadsafe(
-                self._amended, record, f"not stored: {why}", context=contextvars.Context()
-            )
-
-    def _amended(self, record: TaskRecord, note: str) -> None:
-        """An ended task's status changed (see :meth:`_written`): its views are final
-        already, so each is asked to say it once more; the feeds are told as usual."""
-        self._tell_feeds(record)
-        sink = record.sink
-        if sink is None:
-            return
-        for view in list(sink.views):
-            amend = getattr(view, "amend", None)
-            try:
-                if amend is not None:
-                    amend(sink, note)
-                else:
-                    view.update(sink)
-            except Exception as exc:  # a broken view must not break the loop
-                _report_internal_error("refreshing a task's view", exc)
-
-    async def _cache_lookup(self, record: TaskRecord) -> Plan | None:
-        """End ``record`` as cached when its outcome is stored; else the plan to store it."""
-        cache = self.result_cache()
-        plan = cache.plan(record)
-        if plan.key is None:
-            record.cache_note = f"not cached: {plan.refused}"
-            return None
-        record.cache_key = plan.key
-        try:
-            hit, result = await cache.replay(record, plan)
-        except OSError as exc:  # the folder cannot be read: run, and try to store
-            record.cache_note = f"cache unreadable ({exc.strerror or exc})"
-            return plan
-        if hit:
-            record.started = time.time()
-            record.attempts = 1
-            self._end(record, TaskState.CACHED, result=result)
-        return plan
-
-    async def _drive_map(self, record: TaskRecord) -> None:
-        """Evaluate the map's EXPR, run one item task per value, gather their results."""
-        assert record.options.map is not None  # only --map tasks are driven here
-        cell = record.cell
-        assert isinstance(cell, CompiledCell)  # a --map task's own cell, not an item's
-        var, expr = record.options.map
-        record.state = TaskState.RUNNING
-        record.started = time.time()
-        record.attempts = 1
-        items = record._map_items
-        if items is None:
-            items = self._map_items(expr)
-        function = compile_map_function(cell, var, self.shell.user_ns)
-        child_options = dataclasses.replace(
-            record.options, map=None, chain=None, after=(), quiet=True, wait=False, mode=record.mode
-        )
-        for index, item in enumerate(items):
-            child = TaskRecord(
-                name=f"{record.name}[{index}]",
-                source=record.source,
-                options=child_options,
-                cell=MapItemCell(cell, function, item),
-                mode=record.mode,
-                parent=record,
-            )
-            child.sink = TaskOutput(self.loop, _prefixed(record.sink, f"[{index}] "))
-            child.sink.owner = child
-            child._ended_event = asyncio.Event()
-            record.children.append(child)
-            self.tasks._add(child)
-            self._active.add(child)
-            child._runner = self.loop.create_task(
-                self._drive(child),
-                name=f"ipytasks:{child.name}",
-                context=contextvars.copy_context(),
-            )
-        self._changed(record)
-        try:
-            for child in record.children:
-                await child._ended_event.wait()
-        except asyncio.CancelledError:
-            for child in record.children:
-                if child._runner is not None and not child.state.ended:
-                    child._runner.cancel()
-            raise
-        failures = [
-            c for c in record.children
-            if c.state in (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.SKIPPED)
-        ]
-        if failures:
-            self._end(record, TaskState.FAILED, error=TaskFailed(failures))
-        elif any(c.state is TaskState.CANCELLED for c in record.children):
-            self._end(record, TaskState.CANCELLED, error=TaskCancelled("items were cancelled"))
-        else:
-            self._end(record, TaskState.DONE, result=[c.result for c in record.children])
-
-    def _map_items(self, expr: str) -> list[Any]:
-        """The items of a map: EXPR evaluated in the notebook's namespace, as a list."""
-        values = eval(compile(expr, "<--map>", "eval"), self.shell.user_ns)  # noqa: S307
-        try:
-            return list(values)
-        except TypeError:
-            error = TypeError(f"--map: {expr!r} is not iterable (it is a {type(values).__name__})")
-        raise error
-
-    async def _gated_attempt(
-        self, record: TaskRecord
-    ) -> tuple[TaskState, Any, BaseException | None]:
-        """One attempt, once the group's limit and rate let it start."""
-        options = record.options
-        limiter = self._limiters.get(options.group) if options.group is not None else None
-        rater = self._rates.get(options.group) if options.group is not None else None
-        if limiter is not None:
-            if limiter.running >= limiter.capacity or limiter.waiting:
-                record.pending_reason = (
-                    f"limit {limiter.capacity} in group {options.group} "
-                    f"({limiter.running} running, {limiter.waiting + 1} waiting)"
-                )
-                self._changed(record)
-            await limiter.acquire(options.priority)
-        try:
-            if rater is not None:
-                record.pending_reason = f"rate {rater.rate:g}/s in group {options.group}"
-                await rater.acquire(options.priority)
-            record.pending_reason = None
-            return await self._attempt(record)
-        finally:
-            if limiter is not None:
-                limiter.release()
-
-    async def _back_off(self, record: TaskRecord, error: BaseException | None) -> None:
-        options = record.options
-        done, total = record.attempts, options.retries + 1
-        delay = retry_delay(done, options.retry_delay)
-        if error is not None:
-            assert record.sink is not None  # set at registration
-            record.failures.append(error)
-            record.sink.write(
-                "stderr",
-                f"attempt {done}/{total} failed: {type(error).__name__}: {error}; "
-                f"retry {done + 1}/{total} in {delay:.1f}s\n",
-            )
-        record.state = TaskState.PENDING
-        record.pending_reason = f"retry {done + 1}/{total} in {delay:.1f}s"
-        self._changed(record)
-        await asyncio.sleep(delay)
-        record.pending_reason = None
-
-    async def _attempt(self, record: TaskRecord) -> tuple[TaskState, Any, BaseException | None]:
-        """Run the body once through its mode; return how it ended (never raises but cancel)."""
-        assert record.sink is not None  # set at registration
-        record.state = TaskState.RUNNING
-        if record.started is None:
-            record.started = time.time()
-        record.attempts += 1
-        reports.reset(record)
-        self._changed(record)
-        mode = self._mode(record.mode)
-        timeout = record.options.timeout
-        deadline = asyncio.timeout(timeout)
-        record._result_display = None
-        # pyplot's current figure is this attempt's own; what it leaves open is shown below.
-        figures = plots.open_task_figures()
-        try:
-            async with deadline:
-                result = await mode.run(record)
-        except TimeoutError as exc:
-            if deadline.expired():
-                plots.show_figures(figures, self.shell, record.sink, name=record.name, show=False)
-                message = f"task {record.name!r} timed out after {timeout:g} s"
-                return TaskState.TIMED_OUT, None, TimeoutError(message)
-            await self._show_figures(record, figures)
-            return TaskState.FAILED, None, exc
-        except asyncio.CancelledError:
-            plots.show_figures(figures, self.shell, record.sink, name=record.name, show=False)
-            raise
-        except BaseException as exc:  # noqa: BLE001 - a task's failure, whatever it raised
-            await self._show_figures(record, figures)
-            return TaskState.FAILED, None, exc
-        await self._show_figures(record, figures, result)
-        return TaskState.DONE, result, None
-
-    async def _show_figures(self, record: TaskRecord, figures: Any, result: Any = None) -> None:
-        """Show the figures the body left open in its output, rendered off the loop."""
-        if not figures:
-            return
-        if record.cell is not None and record.cell.quiet_result:
-            result = None  # a cell ending in `fig;` still shows its open figures
-        assert record.sink is not None  # set at registration
-        try:
-            await asyncio.to_thread(
-                plots.show_figures, figures, self.shell, record.sink,
-                result=result, name=record.name,
-            )
-        except Exception as exc:  # noqa: BLE001 - a figure that cannot render is said, not fatal
-            record.sink.write("stderr", FIGURE_FAILED.format(error=f"{type(exc).__name__}: {exc}"))
 
     def install_mode(self, mode: Mode) -> None:
         """Make ``mode`` the instance used for tasks of mode ``mode.name``."""
@@ -758,99 +218,18 @@ class Scheduler:
             mode = self._modes[name] = cls(self.shell, **self._mode_settings.get(name, {}))
         return mode
 
-    def _end(
-        self,
-        record: TaskRecord,
-        state: TaskState,
-        *,
-        result: Any = None,
-        error: BaseException | None = None,
-    ) -> None:
-        if record.state.ended:
-            return
-        self._deps.remove(record)
-        record.state = state
-        record.ended = time.time()
-        record.result = result
-        record.error = error
-        sink = record.sink
-        assert sink is not None
-        assert record.cell is not None  # both set at registration
-        if error is not None and state in (TaskState.FAILED,):
-            _trim_traceback(error, record.cell)
-            self._show_error(record, error)
-        elif state in SUCCESSFUL and result is not None and not record.cell.quiet_result:
-            self._show_result(record, result)
-        self._changed(record)
-        active = self._active
-        active.discard(record)
-        if not active:
-            # Before the end event is set: whoever awaits it finds the feeds told.
-            for feed in list(self._feeds):
-                feed.idle()
-        record._ended_event.set()
-        if record.parent is not None and not record.parent.state.ended:
-            self._changed(record.parent)  # "k of n done"
-
-    def _show_result(self, record: TaskRecord, result: Any) -> None:
-        assert record.sink is not None  # set at registration
-        rendered = record._result_display  # a figure a worker process rendered for it
-        if rendered is not None:
-            record.sink.display(*rendered)
-            return
-        try:
-            data, metadata = self.shell.display_formatter.format(result)
-        except Exception:  # noqa: BLE001 - a broken repr must not fail a finished task
-            data, metadata = {"text/plain": object.__repr__(result)}, {}
-        if data:
-            record.sink.display(data, metadata)
-
-    def _show_error(self, record: TaskRecord, error: BaseException) -> None:
-        try:
-            # tb_offset=0: the traceback already starts at the cell (the shell's own
-            # offset of 1 would hide the cell's only frame on IPython 8).
-            lines = self.shell.InteractiveTB.structured_traceback(
-                type(error), error, error.__traceback__, tb_offset=0
-            )
-        except Exception:  # noqa: BLE001
-            import traceback
-
-            lines = traceback.format_exception(error)
-        assert record.sink is not None  # set at registration
-        record.sink.error(type(error).__name__, str(error), list(lines))
-
-    def graph(self) -> TaskGraph:
-        """The task graph now, read-only: every task (a ``--map`` as one node) and every
-        edge with its kind and the names that cause it (:func:`~ipytasks.dependencies.task_graph`).
-        Read on the loop thread, so no task changes while it is read."""
-        return self._host.call(task_graph, list(self.tasks.values()))
+    # -- following, waiting and cancelling ---------------------------------------------
 
     def subscribe(self, wake: Callable[[bool], None]) -> ChangeFeed:
         """Follow the tasks' changes (a dashboard does): see :class:`ChangeFeed`."""
-        feed = ChangeFeed(wake)
-        self._feeds.append(feed)
-        return feed
+        return self.changes.follow(wake)
 
     def unsubscribe(self, feed: ChangeFeed) -> None:
-        if feed in self._feeds:
-            self._feeds.remove(feed)
-
-    def _changed(self, record: TaskRecord) -> None:
-        """Tell the feeds and the task's views; keep running ones ticking."""
-        self._tell_feeds(record)
-        sink = record.sink
-        if sink is None or not sink.views:
-            return
-        if record.state is TaskState.RUNNING:
-            self._ticking.add(record)
-            self._arm_tick()
-        else:
-            self._ticking.discard(record)
-        contextvars.Context().run(sink.flush)
+        self.changes.unfollow(feed)
 
     def _progressed(self, record: TaskRecord) -> None:
-        """A task's progress changed (any thread): its views and the feeds hear of it on
-        the loop, once for the changes made until then; each throttles as for output."""
+        """A task's progress changed (any thread): it is told on the loop, once for the
+        changes made until then; each view then throttles its refresh as for any change."""
         if record in self._progressing:
             return
         self._progressing.add(record)
@@ -862,75 +241,21 @@ class Scheduler:
 
     def _show_progress(self, record: TaskRecord) -> None:
         self._progressing.discard(record)
-        self._tell_feeds(record)
-        if record.sink is not None:
-            record.sink._arm_flush()
-
-    def _tell_feeds(self, record: TaskRecord) -> None:
-        for feed in self._feeds:
-            records = feed._records
-            if records:  # its follower is woken already
-                records[record] = None
-            else:
-                feed._add_first(record)
-
-    def _arm_tick(self) -> None:
-        if self._tick_handle is None and self._ticking:
-            self._tick_handle = self.loop.call_later(
-                TICK_INTERVAL, self._tick, context=contextvars.Context()
-            )
-
-    def _tick(self) -> None:
-        self._tick_handle = None
-        for record in list(self._ticking):
-            if record.state is not TaskState.RUNNING:
-                self._ticking.discard(record)
-            elif record.sink is not None:
-                record.sink.flush()
-        self._arm_tick()
-
-    # -- waiting and cancelling ---------------------------------------------------------
+        self.changes.changed(record)
 
     async def wait(self, records: list[TaskRecord], timeout: float | None = None) -> None:
         """Wait until every record has ended; raise :class:`TaskFailed` for the failures.
 
         Cancelling the wait (an interrupt) leaves the tasks running.
         """
-        try:
-            async with asyncio.timeout(timeout):
-                for record in records:
-                    await record._ended_event.wait()
-        except TimeoutError:
-            open_ = ", ".join(f"{r.name} ({r.state})" for r in records if not r.state.ended)
-            raise TimeoutError(f"still unfinished after {timeout:g} s: {open_}") from None
-        failures = [
-            r
-            for r in records
-            if r.state in (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.SKIPPED)
-        ]
-        if failures:
-            raise TaskFailed(failures)
+        await self._runner.wait(records, timeout)
 
     def cancel(self, records: Iterable[TaskRecord]) -> list[TaskRecord]:
         """Cancel the records that have not ended; return those."""
-        return self._host.call(self._cancel, list(records))
-
-    def _cancel(self, records: list[TaskRecord]) -> list[TaskRecord]:
-        cancelled = []
-        for record in records:
-            if not record.state.ended and record._runner is not None:
-                record._runner.cancel()
-                cancelled.append(record)
-        return cancelled
+        return self._host.call(self._runner.cancel, list(records))
 
     def run_blocking(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and block this thread until it ends (not the loop thread)."""
-        if self._host.on_loop_thread():
-            coro.close()
-            raise BadArgument(
-                "this would block the event loop the tasks run on: "
-                "use `await ipytasks.wait(...)`, or %wait on a line of its own"
-            )
         return self._host.run_blocking(coro)
 
     def on_loop_thread(self) -> bool:
@@ -938,13 +263,7 @@ class Scheduler:
 
     async def await_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the scheduler's loop, from a coroutine on any loop."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        return await self._host.await_on_loop(coro)
 
     # -- closing ----------------------------------------------------------------------
 
@@ -953,21 +272,10 @@ class Scheduler:
         if self._closed:
             return []
         self._closed = True
-        atexit.unregister(self._at_exit)
         unfinished = [r for r in self.tasks.values() if not r.state.ended]
-
-        def finish() -> None:
-            for record in unfinished:
-                if record._runner is not None:
-                    record._runner.cancel()
-                # Mark it now: the loop may not run again before the caller looks.
-                self._end(record, TaskState.CANCELLED, error=TaskCancelled("ipytasks was unloaded"))
-            if self._tick_handle is not None:
-                self._tick_handle.cancel()
-                self._tick_handle = None
-
         try:
-            self._host.call(finish)
+            # Ended at once: the loop may not run again before the caller looks.
+            self._host.call(self._runner.cancel_now, unfinished, "ipytasks was unloaded")
             if self._result_cache is not None:
                 # Entries of tasks that ended are still being written: not lost silently.
                 left = self._result_cache.flush(FLUSH_TIMEOUT)
@@ -994,14 +302,6 @@ class Scheduler:
             mode.close()
 
 
-def retry_delay(failed: int, base: float, *, cap: float = RETRY_DELAY_MAX) -> float:
-    """Seconds to wait after attempt ``failed`` (1, 2, …) failed: ``base`` doubling with
-    each attempt, jittered by :data:`RETRY_JITTER`, and never more than ``max(cap, base)``."""
-    cap = max(cap, base)
-    nominal = base * 2.0 ** min(failed - 1, 64)  # past 2**64 the cap has long applied
-    return min(nominal * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER), cap)
-
-
 def _check_map_expression(spec: tuple[str, str]) -> None:
     var, expr = spec
     if not var.isidentifier():
@@ -1010,34 +310,3 @@ def _check_map_expression(spec: tuple[str, str]) -> None:
         compile(expr, "<--map>", "eval")
     except SyntaxError as exc:
         raise BadArgument(f"--map: {expr!r} is not an expression: {exc.msg}") from None
-
-
-def _prefixed(sink: TaskOutput | None, prefix: str) -> Callable[[str, str], None]:
-    """Forward an item's stream text to the map's output, each line marked with its index."""
-    at_line_start = {"stdout": True, "stderr": True}
-
-    def forward(name: str, text: str) -> None:
-        if sink is None:
-            return
-        out = []
-        for piece in text.splitlines(keepends=True):
-            if at_line_start.get(name, True):
-                out.append(prefix)
-            out.append(piece)
-            at_line_start[name] = piece.endswith("\n")
-        sink.write(name, "".join(out))
-
-    return forward
-
-
-def _trim_traceback(error: BaseException, cell: CompiledCell | MapItemCell | None) -> None:
-    """Drop ipytasks' own frames, so the traceback starts in the user's cell."""
-    if cell is None:
-        return
-    tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != cell.filename:
-        tb = tb.tb_next
-    if tb is not None:
-        error.__traceback__ = tb
-    elif isinstance(error, TaskError) and not isinstance(error, RemoteError):
-        error.__traceback__ = None  # ipytasks' own error: its frames say nothing to the user

@@ -10,6 +10,7 @@ comes, and one line when it ends (``[load] done in 1.02s``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import html
 import itertools
 import time
@@ -19,8 +20,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .bundle import WIDGET_MIME, is_widget, merge
-from .output import FLUSH_INTERVAL, _left_out_note
+from .output import FLUSH_INTERVAL, _left_out_note, _report_internal_error
 from .records import SUCCESSFUL, TaskState
+from .throttle import Throttle
 
 if TYPE_CHECKING:
     from .output import TaskOutput
@@ -126,6 +128,10 @@ STILL_RUNNING = (
     "or give the cell another NAME."
 )
 
+#: Seconds between two refreshes of a running task's status line when nothing else
+#: changes: its elapsed time moves.
+TICK_INTERVAL = 0.5
+
 #: Status of a task whose kernel shut down while it had not ended.
 SHUT_DOWN = "cancelled: the kernel shut down"
 
@@ -141,8 +147,10 @@ class CellView:
 
     The display holds the status line and everything the task produced (see
     :mod:`ipytasks.bundle`), and is updated in place by its display id, at most
-    every :data:`~ipytasks.output.FLUSH_INTERVAL` seconds and at once when the task
-    ends. A widget the task displays goes to the cell as a display of its own.
+    every :data:`~ipytasks.output.FLUSH_INTERVAL` seconds, every
+    :data:`TICK_INTERVAL` seconds while the task runs (its elapsed time), and at once
+    when the task ends. A widget the task displays goes to the cell as a display of
+    its own.
     """
 
     def __init__(self, record: TaskRecord, displays: CellDisplays) -> None:
@@ -154,8 +162,7 @@ class CellView:
         self._output_parts = ("", "")
         self._widgets: set[str] = set()
         self._sent: dict[str, Any] | None = None
-        self._sent_at = 0.0
-        self._due: asyncio.TimerHandle | None = None
+        self._throttle: Throttle | None = None
         self.final = False
         #: The submitting cell's id, where the front end sends one.
         self.cell: str | None = None
@@ -182,37 +189,50 @@ class CellView:
     def show(self) -> None:
         """Make the display, in the cell that runs now."""
         self._sent = self.bundle()
-        self._sent_at = time.monotonic()
         self._displays.publish(self._sent, self.display_id)
+        sink = self.record.sink
+        if sink is not None:
+            self._throttled(sink.loop).flushed()  # the first update waits its turn
+
+    def _throttled(self, loop: asyncio.AbstractEventLoop) -> Throttle:
+        throttle = self._throttle
+        if throttle is None:
+            throttle = self._throttle = Throttle(
+                self._refresh,
+                mininterval=FLUSH_INTERVAL,
+                # An empty context: the update's parent is the kernel's latest request.
+                call_later=lambda delay, callback: loop.call_later(
+                    delay, callback, context=contextvars.Context()),
+                on_error=lambda exc: _report_internal_error("refreshing a task's view", exc),
+            )
+        return throttle
 
     def update(self, output: TaskOutput) -> None:
-        """Send what changed; runs on the loop. A task that ended is sent at once."""
+        """The task changed: send it soon (runs on the loop). A task that ended is sent
+        at once, and for good."""
         if self.final or self._sent is None:
             # Not shown yet (the task is being registered): show() sends it as it is then.
             return
-        ended = self.record.state.ended
-        wait = self._sent_at + FLUSH_INTERVAL - time.monotonic()
-        if wait > 0 and not ended:
-            if self._due is None:
-                self._due = output.loop.call_later(wait, self._send_due, output)
+        throttle = self._throttled(output.loop)
+        if self.record.state.ended:
+            throttle.flush_now()
+        else:
+            throttle.request()
+
+    def _refresh(self) -> None:
+        record, throttle = self.record, self._throttle
+        assert throttle is not None  # it runs this
+        if self.final or record.sink is None:
             return
-        self._send(output, ended)
-
-    def _send_due(self, output: TaskOutput) -> None:
-        self._due = None
-        if not self.final:
-            self._send(output, self.record.state.ended)
-
-    def _send(self, output: TaskOutput, ended: bool) -> None:
-        bundle = self.bundle(output)
-        if ended:
+        bundle = self.bundle(record.sink)
+        if record.state.ended:
             self.final = True
-            if self._due is not None:
-                self._due.cancel()
-                self._due = None
+            throttle.close()
+        elif record.state is TaskState.RUNNING:
+            # Its elapsed time moves: come back for it, even if nothing else changes.
+            throttle.request(TICK_INTERVAL)
         if bundle != self._sent:
             self._sent = bundle
-            self._sent_at = time.monotonic()
             self._displays.publish(bundle, self.display_id, update=True, view=self)
 
     def amend(self, output: TaskOutput, note: str) -> None:
@@ -224,7 +244,6 @@ class CellView:
         bundle = self.bundle(output)
         if bundle != self._sent:
             self._sent = bundle
-            self._sent_at = time.monotonic()
             self._displays.publish(bundle, self.display_id, update=True, view=self)
 
     def resend(self) -> None:
@@ -237,6 +256,8 @@ class CellView:
         if self.final or self.record.state.ended:
             return
         self.final = True
+        if self._throttle is not None:
+            self._throttle.close()
         bundle = self._compose(TaskState.CANCELLED, SHUT_DOWN)
         self._displays.publish(bundle, self.display_id, update=True)
 

@@ -22,24 +22,27 @@ from ipytasks.modes._thread import _Handback
 
 AFTER_THREAD_TASKS_UNDER_A_PROFILER = textwrap.dedent(
     """
-    import asyncio, cProfile
+    import asyncio, cProfile, threading
     from IPython.core.interactiveshell import InteractiveShell
     from ipytasks.scheduler import Scheduler
     from ipytasks.records import TaskOptions, TaskRegistry
 
     async def main():
-        sched = Scheduler(InteractiveShell.instance(), TaskRegistry(),
-                          loop=asyncio.get_running_loop())
+        shell = InteractiveShell.instance()
+        started = shell.user_ns["started"] = threading.Event()
+        # One pool thread to begin with: a body submitted after the cancelled one runs
+        # on its thread, so once it has run, that thread has taken the stop back.
+        sched = Scheduler(shell, TaskRegistry(), loop=asyncio.get_running_loop(),
+                          mode_settings={"thread": {"max_threads": 1}})
         opts = TaskOptions(mode="thread", quiet=True)
         await sched.wait([sched.submit("x = 1", "first", opts)])
-        spin = sched.submit("while True:\\n    pass", "spin", opts)  # stopped while running
-        while spin.state != "running":
-            await asyncio.sleep(0.01)
+        spin = sched.submit("started.set()\\nwhile True:\\n    pass", "spin", opts)
+        assert await asyncio.to_thread(started.wait, 10)  # stopped while running
         sched.cancel([spin])
-        while not spin.state.ended:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # its thread has taken the stop back by now
+        await sched.wait([spin])
         assert spin.state == "cancelled", spin.state
+        await sched.wait([sched.submit("z = 1", "next", opts)])
+        sched.installed_mode("thread").resize(8)  # the bodies below start new threads
         profile = cProfile.Profile()  # what %prun does
         profile.enable()
         records = [sched.submit(f"y{i} = {i}", f"t{i}", opts) for i in range(8)]
@@ -92,10 +95,8 @@ async def test_outcomes_that_arrive_together_wake_the_loop_once(anyio_backend: s
         worker.start()
         worker.join()  # the loop is busy (here) while every outcome arrives
         assert wakeups == 1
-        await asyncio.sleep(0)
-        assert [f.result() for i, f in enumerate(futures) if i != 7] == [
-            (True, i) for i in range(50) if i != 7
-        ]
+        delivered = asyncio.gather(*(f for i, f in enumerate(futures) if i != 7))
+        assert await asyncio.wait_for(delivered, 5) == [(True, i) for i in range(50) if i != 7]
         assert futures[7].cancelled()
         handback.put(loop.create_future(), (True, None))  # the next one wakes it again
         assert wakeups == 2

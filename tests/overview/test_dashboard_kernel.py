@@ -102,7 +102,7 @@ def test_dashboard_follows_tasks_and_cancels_from_a_click(kernel: Kernel) -> Non
         what="the table to list only the failed and the cancelled task",
     )
     kernel.execute("_dash1.close()")
-    still = kernel.execute("print(_dash1._feed in api._current().scheduler._feeds)")
+    still = kernel.execute("print(_dash1._feed in api._current().scheduler.changes.feeds)")
     assert still.stdout.strip() == "False"
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from ipytasks.dependencies import GraphEdge, GraphNode, TaskGraph
 from ipytasks.overview.graph import (
     graph_geometry,
     graph_mermaid,
@@ -19,15 +18,16 @@ from ipytasks.overview.graph import (
     states_of,
 )
 from ipytasks.records import TaskState
+from ipytasks.taskgraph import GraphEdge, GraphNode, GraphSnapshot
 from ipytasks.views import STATE_STYLE
 
 DONE, RUNNING, PENDING = TaskState.DONE, TaskState.RUNNING, TaskState.PENDING
 
 
-def pipeline() -> TaskGraph:
+def pipeline() -> GraphSnapshot:
     """load → clean → (sum, peak) → report, a chain a → b, an --after edge, a map, a loner."""
     n = GraphNode
-    return TaskGraph(
+    return GraphSnapshot(
         (n("load", DONE, "async"), n("clean", RUNNING, "thread"), n("sum", PENDING, "thread"),
          n("peak", PENDING, "thread"), n("report", PENDING, "async"), n("a", DONE, "async"),
          n("b", DONE, "async"), n("calls", PENDING, "async", True, 20),
@@ -72,7 +72,7 @@ def test_no_boxes_overlap_in_a_large_tangled_graph() -> None:
     names = [f"task{i}" for i in range(300)]
     pairs = sorted({(names[rnd.randint(max(0, i - 30), i - 1)], names[i])
                     for i in range(1, 300) for _ in range(rnd.randint(0, 2))})
-    graph = TaskGraph(tuple(GraphNode(n, DONE, "async") for n in names),
+    graph = GraphSnapshot(tuple(GraphNode(n, DONE, "async") for n in names),
                       tuple(GraphEdge(a, b, ("data",), ("x",), "reads x") for a, b in pairs))
     geometry = graph_geometry(graph)
     boxes = sorted(geometry.nodes, key=lambda b: b.x)
@@ -88,7 +88,7 @@ def test_no_boxes_overlap_in_a_large_tangled_graph() -> None:
 def test_layout_does_not_depend_on_states_and_is_kept() -> None:
     """A graph whose tasks only changed state is not laid out again."""
     graph = pipeline()
-    moved = TaskGraph(tuple(GraphNode(n.name, DONE, n.mode, n.is_map, n.items)
+    moved = GraphSnapshot(tuple(GraphNode(n.name, DONE, n.mode, n.is_map, n.items)
                             for n in graph.nodes), graph.edges)
     assert graph_geometry(moved) is graph_geometry(graph)
 
@@ -167,7 +167,7 @@ def test_text() -> None:
         "○ calls ×20 pending ← b (after)",
         "✖ alone failed",
     ]
-    assert graph_text(TaskGraph((), ())) == "no tasks yet"
+    assert graph_text(GraphSnapshot((), ())) == "no tasks yet"
 
 
 # -- ipytasks.graph(), as a user calls it --------------------------------------------------

@@ -9,6 +9,7 @@ with ``get_state()`` and messages to the front end are counted at ``Widget._send
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from ipytasks.changes import Changes
+from ipytasks.errors import TaskFailed
 from ipytasks.output import TaskOutput
 from ipytasks.overview import open_dashboard, summarize, text_table
 from ipytasks.overview.render import time_left
@@ -26,7 +29,7 @@ from ipytasks.overview.testing import VirtualClock, WidgetMessages, timeline_tas
 from ipytasks.overview.widgets import Dashboard
 from ipytasks.records import TaskOptions, TaskRecord, TaskRegistry, TaskState
 from ipytasks.reports import Progress
-from ipytasks.scheduler import ChangeFeed, Scheduler
+from ipytasks.scheduler import Scheduler
 
 T0 = 1_700_000_000.0
 
@@ -53,24 +56,18 @@ def record(name: str, state: TaskState = TaskState.PENDING, submitted: float = 0
 class FakeScheduler:
     """What the dashboard uses of a Scheduler; the test plays the scheduler's part.
 
-    Following changes is the Scheduler's own code (feeds, and telling them of a change).
+    Following changes is the Scheduler's own code (its :class:`Changes`).
     """
 
     subscribe = Scheduler.subscribe
     unsubscribe = Scheduler.unsubscribe
-    _changed = Scheduler._changed
-    _tell_feeds = Scheduler._tell_feeds
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks = TaskRegistry()
         self.loop = loop
-        self._feeds: list[ChangeFeed] = []
-        self._ticking: set[TaskRecord] = set()  # what _changed keeps for output views
+        self.changes = Changes()
         self.cancelled: list[tuple[str, int]] = []
         self.loop_thread = threading.get_ident()
-
-    def _arm_tick(self) -> None:
-        pass  # the test flushes outputs itself
 
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self.loop_thread
@@ -87,10 +84,9 @@ class FakeScheduler:
         return rec
 
     def changed(self, rec: TaskRecord) -> None:
-        self._changed(rec)
+        self.changes.changed(rec)
         if rec.state.ended and all(r.state.ended for r in self.tasks.values()):
-            for feed in list(self._feeds):
-                feed.idle()
+            self.changes.idle()
 
 
 class Board:
@@ -530,7 +526,7 @@ async def test_two_dashboards_stay_in_sync_and_closing_one_stops_it(board: Board
     assert table(a) == table(b) and "▶ running" in table(a)
     a.close()
     assert a.comm is None and all(w.comm is None for w in [a.view, a.cancel_button, a.output])
-    assert len(sched._feeds) == 1
+    assert len(sched.changes.feeds) == 1
     rec.state, rec.ended = TaskState.DONE, T0 + 1.5
     with WidgetMessages() as sent:
         sched.changed(rec)
@@ -625,7 +621,8 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
                            TaskOptions())
         slow = sched.submit("await asyncio.sleep(30)", "slow", TaskOptions(group="g"))
         after = sched.submit("1", "after", TaskOptions(after=("slow",), on_error="continue"))
-        await asyncio.wait_for(asyncio.gather(ok._ended_event.wait(), bad._ended_event.wait()), 10)
+        with contextlib.suppress(TaskFailed):
+            await asyncio.wait_for(sched.wait([ok, bad]), 10)
         clock.advance(1)
         shown = table(dash)
         assert "✔ done" in shown and "✖ failed" in shown and "▶ running" in shown
@@ -633,8 +630,7 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
         pick(dash, "slow")
         await settle()
         dash.cancel_button.click()
-        await asyncio.wait_for(asyncio.gather(slow._ended_event.wait(),
-                                              after._ended_event.wait()), 10)
+        await asyncio.wait_for(sched.wait([slow, after]), 10)
         clock.advance(2)
         assert slow.state is TaskState.CANCELLED and after.state is TaskState.DONE
         shown = table(dash)
@@ -644,7 +640,7 @@ async def test_live_run_through_a_real_scheduler(shell: Any) -> None:
     finally:
         dash.close()
         sched.close()
-    assert dash._feed not in sched._feeds
+    assert dash._feed not in sched.changes.feeds
 
 
 async def test_default_timer_runs_on_the_scheduler_loop_in_an_empty_context(shell: Any) -> None:

@@ -1,6 +1,6 @@
 """The task graph as a picture: laid out once, drawn as SVG, Mermaid text or plain text.
 
-:func:`graph_geometry` places every task of a :class:`~ipytasks.dependencies.TaskGraph`
+:func:`graph_geometry` places every task of a :class:`~ipytasks.taskgraph.GraphSnapshot`
 and routes every edge; :func:`render_svg` draws that in the tasks' states. The
 ``%tasks --graph`` output, ``ipytasks.graph()`` and its files, and the dashboard's graph
 view all show this one drawing: the dashboard's browser code only recolours its nodes
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..dependencies import AFTER, CHAIN, DATA, GraphNode, TaskGraph
 from ..records import TaskState
+from ..taskgraph import AFTER, CHAIN, DATA, GraphNode, GraphSnapshot
 from ..views import STATE_STYLE
 
 __all__ = (
@@ -138,7 +138,7 @@ def _edge_label(names: tuple[str, ...]) -> str:
     return _cut(", ".join(names), EDGE_LABEL_CHARS)
 
 
-def graph_geometry(graph: TaskGraph) -> GraphGeometry:
+def graph_geometry(graph: GraphSnapshot) -> GraphGeometry:
     """Lay ``graph`` out.
 
     The result depends only on names, map item counts and edges, and the last few are
@@ -476,7 +476,7 @@ def graph_html(geometry: GraphGeometry, states: Mapping[str, TaskState]) -> str:
             f"{render_svg(geometry, states)}</div>")
 
 
-def states_of(graph: TaskGraph) -> dict[str, TaskState]:
+def states_of(graph: GraphSnapshot) -> dict[str, TaskState]:
     """Each task's state, by name (what :func:`render_svg` colours by)."""
     return {n.name: n.state for n in graph.nodes}
 
@@ -492,7 +492,7 @@ def _why_short(kinds: tuple[str, ...], names: tuple[str, ...], why: str) -> str:
     return AFTER
 
 
-def graph_text(graph: TaskGraph) -> str:
+def graph_text(graph: GraphSnapshot) -> str:
     """One line per task: its state, and what it waits for and why.
 
     ``○ report pending ← feature_sum (sums), clean (table)``
@@ -519,7 +519,7 @@ def _mermaid_text(text: str) -> str:
     return text.replace('"', "#quot;")
 
 
-def graph_mermaid(graph: TaskGraph) -> str:
+def graph_mermaid(graph: GraphSnapshot) -> str:
     """The graph as a Mermaid flowchart (for a README or a code host that draws Mermaid):
     boxes in their state's colour with its icon, data edges labelled with their names,
     chains thick, ``--after`` dashed."""
@@ -560,7 +560,9 @@ def graph_format(path: str | os.PathLike[str] | None, format: str | None) -> str
     return _SUFFIXES[suffix]
 
 
-def write_graph(graph: TaskGraph, path: str | os.PathLike[str], format: str | None = None) -> Path:
+def write_graph(
+    graph: GraphSnapshot, path: str | os.PathLike[str], format: str | None = None
+) -> Path:
     """Write ``graph`` to ``path`` as SVG or Mermaid (by ``format``, else by the suffix:
     ``.svg``, ``.mmd``, ``.mermaid``); return the path."""
     kind = graph_format(path, format)

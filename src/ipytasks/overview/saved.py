@@ -34,11 +34,11 @@ import anywidget
 import traitlets
 
 from ..bundle import WIDGET_MIME
-from ..dependencies import task_graph
 from ..output import _report_internal_error
+from ..taskgraph import task_graph
+from ..throttle import Throttle
 from .graph import graph_geometry, graph_html, graph_text, states_of
 from .render import snapshot_html, summarize, text_table
-from .throttle import Throttle
 
 if TYPE_CHECKING:
     from ..records import TaskRecord

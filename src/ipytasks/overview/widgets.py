@@ -26,8 +26,8 @@ with their own cost (:data:`MAX_SHARE`), so a session of 10,000 tasks is drawn l
 often rather than slowing the kernel down.
 
 Updates: the scheduler puts every change in the dashboard's
-:class:`~ipytasks.scheduler.ChangeFeed` and wakes it when the feed was empty; the
-dashboard then only asks its :class:`~ipytasks.overview.throttle.Throttle` for a
+:class:`~ipytasks.changes.ChangeFeed` and wakes it when the feed was empty; the
+dashboard then only asks its :class:`~ipytasks.throttle.Throttle` for a
 refresh, which takes what the feed holds. A refresh runs at most every
 ``mininterval`` seconds (the first after a quiet spell :data:`SETTLE` seconds after
 the change), re-renders from the records, and assigns only values that differ from
@@ -50,15 +50,15 @@ import ipywidgets as widgets
 import traitlets
 
 from .. import costs
-from ..dependencies import task_graph
 from ..output import _report_internal_error
 from ..records import ACTIVE, UNSUCCESSFUL, TaskState
+from ..taskgraph import task_graph
+from ..throttle import CallLater, Throttle
 from ..views import STATE_STYLE
 from .columns import TaskColumns
 from .graph import graph_geometry, render_svg
 from .render import SORTS, summarize, summary_html, table_html, text_table
 from .saved import show_dashboard
-from .throttle import CallLater, Throttle
 from .timeline import LABELLED_LANES
 
 #: A state's number, as the view's ``states`` lists them.

@@ -1,10 +1,12 @@
 """Coalescing refreshes: many changes in, at most one refresh per ``mininterval`` out.
 
-The dashboard is told about every state change of every task. Sending a widget
-update for each would flood the front end with 1,000 tasks, so changes only
+Every view of tasks (a task's cell, the dashboard, its saved snapshot) is told about
+each change (:mod:`ipytasks.changes`). Sending a message for each would flood the
+front end with 1,000 tasks, or with a task printing in a loop, so changes only
 *request* a refresh; :class:`Throttle` runs the refresh once the minimum interval
 since the previous one has passed, on a single timer (tqdm's ``mininterval``, but
-with a trailing update so the last change is always shown).
+with a trailing update so the last change is always shown). A view that shows time
+passing requests its next refresh itself, with a delay (``request(delay)``).
 
 Time comes from an injectable clock and timers from an injectable ``call_later``,
 so tests drive it with virtual time (:class:`ipytasks.overview.testing.VirtualClock`).
@@ -107,6 +109,11 @@ class Throttle:
         self._due = due
         self._soonest = delay <= 0
         self._handle = self._call_later(max(0.0, due - now), self._fire)
+
+    def flushed(self) -> None:
+        """The view was drawn whole outside the throttle (its first display): the next
+        flush comes no sooner than ``mininterval`` from now."""
+        self._last = self._time()
 
     def flush_now(self) -> None:
         """Flush at once (a user's click), taking the place of a scheduled flush."""

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from ipytasks.overview.testing import VirtualClock
-from ipytasks.overview.throttle import Throttle
+from ipytasks.throttle import Throttle
 
 
 def make(interval: float = 0.5) -> tuple[VirtualClock, Throttle, list[float]]:
@@ -95,6 +95,20 @@ def test_flush_now_replaces_the_scheduled_flush() -> None:
     assert flushed == [100.0] and clock.pending == []
     throttle.request()
     assert throttle.due == 100.5
+
+
+def test_a_view_drawn_outside_the_throttle_spaces_the_next_flush() -> None:
+    """flushed(): a view drawn whole (a task's first display) counts as a flush, so the
+    first change after it waits the interval rather than being sent at once."""
+    clock, throttle, flushed = make(0.5)
+    clock.advance(1.0)
+    throttle.flushed()
+    throttle.request()
+    assert throttle.due == 101.5
+    clock.advance(0.4)
+    assert flushed == []
+    clock.advance(0.1)
+    assert flushed == [101.5]
 
 
 def test_close_cancels_and_ignores_later_requests() -> None:
