@@ -72,6 +72,18 @@ async def test_cancel_pending_and_running(scheduler: Scheduler, gated: GatedMode
     assert gated.started == ["a"]
 
 
+async def test_cancel_in_the_turn_of_the_submission(
+    scheduler: Scheduler, gated: GatedMode
+) -> None:
+    """A task cancelled before the loop ever ran it (submitted and cancelled in one go)
+    ends as cancelled all the same, and its body never starts."""
+    a = scheduler.submit("1", "a", opts())
+    assert scheduler.cancel([a]) == [a]
+    with anyio.fail_after(5):
+        await scheduler.wait([a])
+    assert a.state == "cancelled" and gated.started == []
+
+
 async def test_timeout_ends_as_timed_out(scheduler: Scheduler) -> None:
     """--timeout stops an async body and ends it as timed_out, not failed."""
     scheduler.shell.user_ns["asyncio"] = asyncio

@@ -108,6 +108,10 @@ class _Stream:
         return head + note.format(chars=chars, lines=lines) + tail
 
 
+#: What a TaskOutput's lists are until something is added to them: never added to itself.
+_NONE: list[Any] = []
+
+
 class TaskOutput:
     """What one task printed and displayed, as notebook outputs, plus its views.
 
@@ -127,14 +131,22 @@ class TaskOutput:
     ) -> None:
         self.loop = loop
         self.echo = echo
-        self.outputs: list[dict[str, Any] | _Stream] = []
+        # Shared empty lists until the first output or view: most of a large map's items
+        # print nothing, and three lists per item would be garbage collection's work.
+        self.outputs: list[dict[str, Any] | _Stream] = _NONE
         self.version = 0
-        self.views: list[View] = []
+        self.views: list[View] = _NONE
         self.owner: Any = None  # the TaskRecord, set by the scheduler
-        self._text: list[str] = []
+        self._text: list[str] = _NONE
         self._lock = threading.Lock()
         self._flush_armed = False
         self._clear_pending = False
+
+    def _outputs(self) -> list[dict[str, Any] | _Stream]:
+        """The outputs, to add to (under the lock)."""
+        if self.outputs is _NONE:
+            self.outputs = []
+        return self.outputs
 
     @property
     def text(self) -> str:
@@ -150,11 +162,13 @@ class TaskOutput:
             return
         with self._lock:
             self._take_pending_clear()
+            if self._text is _NONE:
+                self._text = []
             self._text.append(text)
             last = self.outputs[-1] if self.outputs else None
             if not isinstance(last, _Stream) or last.name != name:
                 last = _Stream(name)
-                self.outputs.append(last)
+                self._outputs().append(last)
             last.add(text)
             self.version += 1
         if self.echo is not None:
@@ -173,7 +187,7 @@ class TaskOutput:
                         self.outputs[i] = {**item, "_display_id": display_id}
                         break
             else:
-                self.outputs.append({**item, "_display_id": display_id} if display_id else item)
+                self._outputs().append({**item, "_display_id": display_id} if display_id else item)
             self.version += 1
         if self.echo is not None and "text/plain" in data:
             self.echo("stdout", str(data["text/plain"]) + "\n")
@@ -184,7 +198,7 @@ class TaskOutput:
         item = {"output_type": "error", "ename": ename, "evalue": evalue, "traceback": traceback}
         with self._lock:
             self._take_pending_clear()
-            self.outputs.append(item)
+            self._outputs().append(item)
             self.version += 1
         self._arm_flush()
 
@@ -194,14 +208,14 @@ class TaskOutput:
             if wait:
                 self._clear_pending = True
                 return
-            self.outputs.clear()
+            self.outputs = _NONE
             self.version += 1
         self._arm_flush()
 
     def _take_pending_clear(self) -> None:
         if self._clear_pending:
             self._clear_pending = False
-            self.outputs.clear()
+            self.outputs = _NONE
 
     def snapshot(self) -> tuple[int, list[dict[str, Any] | _Stream]]:
         """``(version, outputs)`` as they are now; streams are to be read as windows."""
@@ -258,10 +272,12 @@ class TaskOutput:
                     stream.size = len(item["head"]) + item["chars"] + len(item["tail"])
                     stream.lines = (item["head"].count("\n") + item["lines"]
                                     + item["tail"].count("\n"))
-                    self.outputs.append(stream)
+                    self._outputs().append(stream)
                 else:
-                    self.outputs.append({"output_type": "display_data", "data": item["data"],
-                                         "metadata": item.get("metadata") or {}})
+                    self._outputs().append({"output_type": "display_data", "data": item["data"],
+                                            "metadata": item.get("metadata") or {}})
+            if self._text is _NONE:
+                self._text = []
             self._text.append(text)
             self.version += 1
         if self.echo is not None and text:
@@ -271,6 +287,8 @@ class TaskOutput:
     # -- refreshing views ---------------------------------------------------------
 
     def attach(self, view: View) -> None:
+        if self.views is _NONE:
+            self.views = []
         self.views.append(view)
 
     def detach(self, view: View) -> None:

@@ -89,9 +89,9 @@ class TaskRecord:
     #: Why a pending task is not running yet, when it is not the tasks it waits for.
     pending_reason: str | None = None
     #: The errors of earlier attempts, when ``--retries`` ran it again.
-    failures: list[BaseException] = field(default_factory=list, repr=False)
+    failures: tuple[BaseException, ...] = field(default=(), repr=False)
     #: For a ``--map`` task: its item tasks, and how many of them have ended.
-    children: list[TaskRecord] = field(default_factory=list, repr=False)
+    children: tuple[TaskRecord, ...] = field(default=(), repr=False)
     parent: TaskRecord | None = field(default=None, repr=False)
     #: For a ``--map`` task: how many items it has, once its EXPR is evaluated (at
     #: submission when it waits for nothing unfinished, else when it starts).

@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import gc
 import random
 import time
 from collections.abc import Callable
@@ -69,8 +70,9 @@ Outcome = tuple[TaskState, Any, BaseException | None]
 class _Run:
     """What the runner holds for a task until it ends (then it is dropped)."""
 
-    #: Set when the task ends: its downstream and its waiters await it.
-    ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    #: Set when the task ends: its downstream and its waiters await it (made when one
+    #: first does: most items of a large map end before anyone waits for them).
+    ended: asyncio.Event | None = None
     #: The asyncio task driving it, once started.
     driver: asyncio.Task[None] | None = None
     #: A --map task's items, when they could be evaluated at submission.
@@ -146,6 +148,14 @@ class TaskRunner:
         run.driver = self.loop.create_task(
             self._drive(record), name=f"ipytasks:{record.name}", context=contextvars.copy_context()
         )
+        run.driver.add_done_callback(functools.partial(self._driven, record))
+
+    def _driven(self, record: TaskRecord, driver: asyncio.Task[None]) -> None:
+        """The driver is done: the task has ended, unless the driver was cancelled before
+        it ever ran (a cancel in the loop turn that started it), which ends it here."""
+        if not record.state.ended:
+            self.end(record, TaskState.CANCELLED,
+                     error=TaskCancelled(f"task {record.name!r} was cancelled"))
 
     def _set_group_limits(self, options: TaskOptions) -> None:
         """``--limit``/``--rate`` set the group's limit and rate (the latest given wins)."""
@@ -173,9 +183,13 @@ class TaskRunner:
         Cancelling the wait (an interrupt) leaves the tasks running.
         """
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 for record in records:
                     await self._until_ended(record)
+            else:
+                async with asyncio.timeout(timeout):
+                    for record in records:
+                        await self._until_ended(record)
         except TimeoutError:
             open_ = ", ".join(f"{r.name} ({r.state})" for r in records if not r.state.ended)
             raise TimeoutError(f"still unfinished after {timeout:g} s: {open_}") from None
@@ -185,7 +199,10 @@ class TaskRunner:
 
     async def _until_ended(self, record: TaskRecord) -> None:
         if not record.state.ended:
-            await self._runs[record].ended.wait()
+            run = self._runs[record]
+            if run.ended is None:
+                run.ended = asyncio.Event()
+            await run.ended.wait()
 
     def cancel(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """Cancel the records that have not ended (they end as the loop runs); return those."""
@@ -303,21 +320,32 @@ class TaskRunner:
         child_options = dataclasses.replace(
             record.options, map=None, chain=None, after=(), quiet=True, wait=False, mode=record.mode
         )
-        for index, item in enumerate(items):
-            child = TaskRecord(
-                name=f"{record.name}[{index}]",
-                source=record.source,
-                options=child_options,
-                cell=MapItemCell(cell, function, item),
-                mode=record.mode,
-                parent=record,
-            )
-            child.sink = TaskOutput(self.loop, _prefixed(record.sink, f"[{index}] "))
-            child.sink.owner = child
-            record.children.append(child)
-            self._graph.add_item(child)
-            run = self._runs[child] = _Run()
-            self._start(child, run)
+        # Thousands of objects that all live on, made in one go: a garbage collection
+        # meanwhile would look through the whole heap again and again (each costs as much
+        # as the items themselves) and free none of them; one afterwards does it once.
+        collecting = gc.isenabled()
+        gc.disable()
+        children: list[TaskRecord] = []
+        try:
+            for index, item in enumerate(items):
+                child = TaskRecord(
+                    name=f"{record.name}[{index}]",
+                    source=record.source,
+                    options=child_options,
+                    cell=MapItemCell(cell, function, item),
+                    mode=record.mode,
+                    parent=record,
+                )
+                child.sink = TaskOutput(self.loop, _Prefixed(record.sink, f"[{index}] "))
+                child.sink.owner = child
+                children.append(child)
+                self._graph.add_item(child)
+                run = self._runs[child] = _Run()
+                self._start(child, run)
+        finally:
+            record.children = tuple(children)
+            if collecting:
+                gc.enable()
         self._changes.changed(record)
         try:
             for child in record.children:
@@ -372,7 +400,7 @@ class TaskRunner:
         delay = retry_delay(done, options.retry_delay)
         if error is not None:
             assert record.sink is not None  # set at registration
-            record.failures.append(error)
+            record.failures = (*record.failures, error)
             record.sink.write(
                 "stderr",
                 f"attempt {done}/{total} failed: {type(error).__name__}: {error}; "
@@ -384,26 +412,33 @@ class TaskRunner:
         await asyncio.sleep(delay)
         record.pending_reason = None
 
-    async def _attempt(self, record: TaskRecord) -> Outcome:
-        """Run the body once through its mode; return how it ended (never raises but cancel)."""
-        assert record.sink is not None  # set at registration
+    def _enter_attempt(self, record: TaskRecord) -> None:
+        """An attempt starts: the task is running (once more)."""
         record.state = TaskState.RUNNING
         if record.started is None:
             record.started = time.time()
         record.attempts += 1
         reports.reset(record)
-        self._changes.changed(record)
-        mode = self._mode(record.mode)
-        timeout = record.options.timeout
-        deadline = asyncio.timeout(timeout)
         record._result_display = None
+        self._changes.changed(record)
+
+    async def _attempt(self, record: TaskRecord) -> Outcome:
+        """Run the body once through its mode; return how it ended (never raises but cancel)."""
+        assert record.sink is not None  # set at registration
+        self._enter_attempt(record)
         # pyplot's current figure is this attempt's own; what it leaves open is shown below.
         figures = plots.open_task_figures()
+        body = self._mode(record.mode).run(record)
+        timeout = record.options.timeout
+        deadline = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            async with deadline:
-                result = await mode.run(record)
+            if deadline is None:
+                result = await body
+            else:
+                async with deadline:
+                    result = await body
         except TimeoutError as exc:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 plots.show_figures(figures, self.shell, record.sink, name=record.name, show=False)
                 message = f"task {record.name!r} timed out after {timeout:g} s"
                 return TaskState.TIMED_OUT, None, TimeoutError(message)
@@ -467,7 +502,8 @@ class TaskRunner:
             changes.idle()
         run = self._runs.pop(record, None)
         if run is not None:
-            run.ended.set()
+            if run.ended is not None:
+                run.ended.set()
         if record.parent is not None and not record.parent.state.ended:
             changes.changed(record.parent)  # "k of n done"
 
@@ -507,22 +543,30 @@ def retry_delay(failed: int, base: float, *, cap: float = RETRY_DELAY_MAX) -> fl
     return min(nominal * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER), cap)
 
 
-def _prefixed(sink: TaskOutput | None, prefix: str) -> Callable[[str, str], None]:
-    """Forward an item's stream text to the map's output, each line marked with its index."""
-    at_line_start = {"stdout": True, "stderr": True}
+class _Prefixed:
+    """Forwards an item's stream text to the map's output, each line marked with its
+    index. (An object of its own, not a closure: a map makes one per item.)"""
 
-    def forward(name: str, text: str) -> None:
-        if sink is None:
+    __slots__ = ("_at_line_start", "_prefix", "_sink")
+
+    def __init__(self, sink: TaskOutput | None, prefix: str) -> None:
+        self._sink = sink
+        self._prefix = prefix
+        self._at_line_start: dict[str, bool] | None = None
+
+    def __call__(self, name: str, text: str) -> None:
+        if self._sink is None:
             return
+        at_line_start = self._at_line_start
+        if at_line_start is None:
+            at_line_start = self._at_line_start = {"stdout": True, "stderr": True}
         out = []
         for piece in text.splitlines(keepends=True):
             if at_line_start.get(name, True):
-                out.append(prefix)
+                out.append(self._prefix)
             out.append(piece)
             at_line_start[name] = piece.endswith("\n")
-        sink.write(name, "".join(out))
-
-    return forward
+        self._sink.write(name, "".join(out))
 
 
 def _trim_traceback(error: BaseException, cell: CompiledCell | MapItemCell | None) -> None:

@@ -133,8 +133,11 @@ class Scheduler:
             _check_map_expression(options.map)
         names = task_names(cell, options)
         if options.map is None:
-            probe = TaskRecord(name=name, source=source, options=options, cell=cell, mode=mode)
-            self._mode(mode).prepare(probe)
+            runner = self._mode(mode)
+            if getattr(type(runner), "prepare", None) is not Mode.prepare:  # it may refuse
+                probe = TaskRecord(name=name, source=source, options=options, cell=cell,
+                                   mode=mode)
+                runner.prepare(probe)
         return self._host.call(self._register, source, name, options, cell, mode, names, attach)
 
     def _register(
