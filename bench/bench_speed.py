@@ -5,8 +5,9 @@
 One row per goal. Every ipytasks figure and its baseline are taken turn about (A B A B …,
 at least five turns each), so that the machine's drift over minutes hits both alike; each
 row shows the median of both, their spread, and the ratio of the pairs (its median and
-spread). Where a median meets its goal by less than the spread, the row says ``unclear``
-instead of a pass. The spread is the interquartile range (IQR) of the turns.
+spread). Where a median meets its goal by less than its spread on the goal's side (the
+interquartile range of the pairs reaches past the goal), the row says ``unclear`` instead
+of a pass. The spread is the interquartile range (IQR) of the turns.
 
 In a kernel started from this Python through jupyter_client (``%load_ext ipytasks``; its
 baselines in the same kernel):
@@ -523,11 +524,12 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def judge(median: float, low: float, high: float, goal: float, at_most: bool) -> str:
-    """``yes``/``NO`` on the median; a median that meets the goal by less than the spread
-    is ``unclear``, not a pass."""
+    """``yes``/``NO`` on the median; a median that meets the goal by less than its spread
+    on the goal's side (the interquartile range reaches past the goal) is ``unclear``, not
+    a pass."""
     if not (median <= goal if at_most else median >= goal):
         return MISSED
-    return UNCLEAR if high - low > abs(goal - median) else OK
+    return UNCLEAR if (high > goal if at_most else low < goal) else OK
 
 
 def _fmt_spread(values: list[float], fmt: Any) -> str:
