@@ -50,7 +50,10 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a work
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ("IDLE", "SHM_LIMIT", "Placement", "SharedMemory", "supported")
+__all__ = (
+    "IDLE", "PLACEMENT_SIZE", "RECEIVER", "SENDER", "SHM_LIMIT", "Placement", "SharedMemory",
+    "fresh_buffer", "supported",
+)
 
 #: Buffers of this size and more go through shared memory.
 SHM_LIMIT = 1 << 20
