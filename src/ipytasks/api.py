@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadArgument, BadArgumentType, NotLoaded
 from .modes import NEEDS_DASK, dask_available
@@ -12,6 +12,9 @@ from .output import OutputCapture
 from .records import SUCCESSFUL, UNSUCCESSFUL, TaskRecord, TaskRegistry
 from .scheduler import Scheduler
 from .views import CellDisplays, CellView, TextView
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = (
     "submit", "wait", "cancel", "retry", "result", "results", "tasks", "dashboard", "timeline",
@@ -34,7 +37,7 @@ CANNOT_CONNECT = "cannot connect to the Dask scheduler at {address!r}: {error}"
 class _Session:
     """What a loaded extension holds for one shell; the scheduler starts on first use."""
 
-    def __init__(self, shell: Any, mode_settings: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, shell: InteractiveShell, mode_settings: dict[str, dict[str, Any]]) -> None:
         self.shell = shell
         self.mode_settings = mode_settings
         self.in_kernel = getattr(shell, "kernel", None) is not None

@@ -26,10 +26,13 @@ from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import CodeType, FunctionType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .namespace.analysis import CellNames, analyze
 from .workers.child import split_compile
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
@@ -99,7 +102,7 @@ _compiled: dict[tuple[int, str, int, int], CompiledCell] = {}
 _COMPILED_MAX = 256
 
 
-def compile_cell(shell: Any, source: str, number: int = 0) -> CompiledCell:
+def compile_cell(shell: InteractiveShell, source: str, number: int = 0) -> CompiledCell:
     """Transform and compile ``source`` the way IPython would run it as cell ``number``.
 
     :raises SyntaxError: if the transformed cell does not parse; the error points
@@ -115,7 +118,7 @@ def compile_cell(shell: Any, source: str, number: int = 0) -> CompiledCell:
     return cell
 
 
-def _compile_cell(shell: Any, source: str, number: int) -> CompiledCell:
+def _compile_cell(shell: InteractiveShell, source: str, number: int) -> CompiledCell:
     transformed = shell.transform_cell(source)
     # IPython's caching compiler registers the source with linecache, so tracebacks
     # show the cell's lines (and "Cell In[n]" for the submitting cell).

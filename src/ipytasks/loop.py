@@ -16,9 +16,12 @@ import concurrent.futures
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BadArgument
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ("LoopHost",)
 
@@ -82,7 +85,7 @@ class LoopHost:
     @classmethod
     def for_shell(
         cls,
-        shell: Any,
+        shell: InteractiveShell,
         loop: asyncio.AbstractEventLoop | None = None,
         *,
         at_exit: Callable[[], None] | None = None,

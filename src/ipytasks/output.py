@@ -21,7 +21,10 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ("TaskOutput", "OutputCapture", "current_output")
 
@@ -379,7 +382,7 @@ class _RoutingStream:
 class OutputCapture:
     """Installs the routing of streams and ``display()`` and takes it out again."""
 
-    def __init__(self, shell: Any) -> None:
+    def __init__(self, shell: InteractiveShell) -> None:
         self.shell = shell
         self._streams: dict[str, _RoutingStream] = {}
         self._display_pub: Any = None

@@ -30,6 +30,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from .output import TaskOutput
 
 __all__ = (
@@ -237,7 +239,7 @@ def _inline_metadata(fig: Any) -> dict[str, Any]:
 
 def show_figures(
     figs: collections.OrderedDict[Any, Any],
-    shell: Any,
+    shell: InteractiveShell,
     sink: TaskOutput,
     *,
     result: Any = None,
@@ -257,12 +259,14 @@ def show_figures(
     backend = _backend_name()
     inline = "inline" in backend
     told = False
+    formatter = shell.display_formatter
+    assert formatter is not None  # an initialised shell has one
     for manager in managers:
         fig = manager.canvas.figure
         canvas = fig.canvas
         if _is_widget(canvas):
             if show and fig is not result and not _widget_shown(canvas, sink):
-                data, metadata = shell.display_formatter.format(canvas)
+                data, metadata = formatter.format(canvas)
                 sink.display(data, metadata)
             figs.pop(manager.num, None)  # the task's registry only: the widget lives on
             continue
@@ -274,7 +278,7 @@ def show_figures(
             figs.pop(manager.num, None)
             continue
         if show and fig is not result:
-            data, metadata = shell.display_formatter.format(fig)
+            data, metadata = formatter.format(fig)
             # Only what a cell would show: the inline backend shows any figure (an empty
             # one as text); elsewhere (Agg, a terminal) a cell shows no figure at all.
             if inline or set(data) - {"text/plain"}:
@@ -289,7 +293,7 @@ def show_figures(
             figs.pop(manager.num, None)
 
 
-def inline_settings(shell: Any) -> dict[str, Any]:
+def inline_settings(shell: InteractiveShell) -> dict[str, Any]:
     """How the notebook's inline backend renders figures: formats and ``print_figure`` options.
 
     Sent to worker processes, which render their figures themselves. Read from the

@@ -41,6 +41,8 @@ from .output import TaskOutput, current_output
 from .records import SUCCESSFUL, TaskOptions, TaskRecord, TaskState
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from .cache.outcome import Plan, ResultCache
     from .changes import Changes
     from .modes import Mode
@@ -94,7 +96,7 @@ class TaskRunner:
 
     def __init__(
         self,
-        shell: Any,
+        shell: InteractiveShell,
         loop: asyncio.AbstractEventLoop,
         graph: TaskGraph,
         changes: Changes,
@@ -513,8 +515,10 @@ class TaskRunner:
         if rendered is not None:
             record.sink.display(*rendered)
             return
+        formatter = self.shell.display_formatter
+        assert formatter is not None  # an initialised shell has one
         try:
-            data, metadata = self.shell.display_formatter.format(result)
+            data, metadata = formatter.format(result)
         except Exception:  # noqa: BLE001 - a broken repr must not fail a finished task
             data, metadata = {"text/plain": object.__repr__(result)}, {}
         if data:

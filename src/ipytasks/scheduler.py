@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import sys
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import plots, reports
 from .cache.outcome import FLUSH_TIMEOUT, ResultCache
@@ -34,6 +34,9 @@ from .modes import Mode, get_mode_class
 from .records import TaskOptions, TaskRecord, TaskRegistry
 from .running import TaskRunner
 from .taskgraph import GraphSnapshot, TaskGraph
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ("Scheduler",)
 
@@ -63,7 +66,7 @@ class Scheduler:
 
     def __init__(
         self,
-        shell: Any,
+        shell: InteractiveShell,
         registry: TaskRegistry,
         *,
         loop: asyncio.AbstractEventLoop | None = None,

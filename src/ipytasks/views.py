@@ -25,6 +25,8 @@ from .records import SUCCESSFUL, TaskState
 from .throttle import Throttle
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from .output import TaskOutput
     from .records import TaskRecord
 
@@ -285,7 +287,7 @@ class CellDisplays:
     state). When the kernel shuts down, tasks that have not ended say so in their cells.
     """
 
-    def __init__(self, shell: Any) -> None:
+    def __init__(self, shell: InteractiveShell) -> None:
         self.shell = shell
         self._executing = True  # installed by a magic, in a running cell
         self._views: weakref.WeakValueDictionary[TaskRecord, CellView] = (

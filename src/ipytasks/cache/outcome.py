@@ -44,6 +44,8 @@ from .fingerprint import Unfingerprintable, digest_text, fingerprint
 from .store import DEFAULT_MAX_SIZE, CacheCorrupt, Entry, Store, load_secret, parse_size
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from ..records import TaskRecord
 
 __all__ = ("Plan", "ResultCache", "default_root")
@@ -106,7 +108,7 @@ class ResultCache:
     :param secret_folder: where the signing secret lives; ``None``: the Jupyter data folder.
     """
 
-    def __init__(self, shell: Any, root: Path | None = None,
+    def __init__(self, shell: InteractiveShell, root: Path | None = None,
                  secret_folder: Path | None = None) -> None:
         self.shell = shell
         self._root = root

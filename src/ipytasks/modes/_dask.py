@@ -101,6 +101,8 @@ from ..workers.dask_worker import MODULES
 from .worker import WorkerMode, cpu_count
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from ..namespace.shipping import Job
     from ..output import TaskOutput
     from ..records import TaskRecord
@@ -397,7 +399,7 @@ class DaskMode(WorkerMode):
 
     def __init__(
         self,
-        shell: Any,
+        shell: InteractiveShell,
         client: Any = None,
         *,
         own_client: bool = False,

@@ -106,6 +106,8 @@ from .worker import WorkerMode, cpu_count
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from IPython.core.interactiveshell import InteractiveShell
+
     from ..output import TaskOutput
     from ..records import TaskRecord
 
@@ -382,7 +384,7 @@ class ProcessMode(WorkerMode):
 
     name = "process"
 
-    def __init__(self, shell: Any, max_workers: int | None = None) -> None:
+    def __init__(self, shell: InteractiveShell, max_workers: int | None = None) -> None:
         super().__init__(shell)
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers!r}")

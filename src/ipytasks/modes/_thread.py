@@ -24,6 +24,8 @@ from .abc import Mode
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from IPython.core.interactiveshell import InteractiveShell
+
     from ..cells import CompiledCell, MapItemCell
     from ..records import TaskRecord
 
@@ -260,7 +262,7 @@ class ThreadMode(Mode):
 
     name = "thread"
 
-    def __init__(self, shell: Any, max_threads: int = DEFAULT_MAX_THREADS) -> None:
+    def __init__(self, shell: InteractiveShell, max_threads: int = DEFAULT_MAX_THREADS) -> None:
         super().__init__(shell)
         self._pool = _ThreadPool(max_threads)
         self._handback: _Handback | None = None

@@ -6,6 +6,8 @@ from abc import ABCMeta, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from ..records import TaskRecord
 
 __all__ = ("Mode",)
@@ -23,7 +25,7 @@ class Mode(metaclass=ABCMeta):
     #: The word used for it on the magic line and in ``task.mode``.
     name: ClassVar[str]
 
-    def __init__(self, shell: Any) -> None:
+    def __init__(self, shell: InteractiveShell) -> None:
         self.shell = shell
 
     def prepare(self, task: TaskRecord) -> None:

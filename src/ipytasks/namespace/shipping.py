@@ -38,6 +38,8 @@ from ..errors import RemoteError, ShippingError
 from ..workers import wire
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from ..cells import CompiledCell
     from .analysis import CellNames
 
@@ -65,7 +67,7 @@ def _is_ipython_entry(name: str, hidden: Any) -> bool:
     )
 
 
-def inputs_of(shell: Any, names: CellNames) -> tuple[dict[str, Any], list[str]]:
+def inputs_of(shell: InteractiveShell, names: CellNames) -> tuple[dict[str, Any], list[str]]:
     """The values to ship for a cell, taken from ``shell.user_ns`` now.
 
     :returns: ``(inputs, placeholders)``: the values by name, and the names the
@@ -106,7 +108,7 @@ class Job:
     sample: bool = False
 
     @classmethod
-    def take(cls, shell: Any, cell: CompiledCell, names: CellNames) -> Job:
+    def take(cls, shell: InteractiveShell, cell: CompiledCell, names: CellNames) -> Job:
         """Take the inputs and the kernel's import path, directory and environment now."""
         inputs, placeholders = inputs_of(shell, names)
         try:

@@ -23,6 +23,7 @@ from .timeline import write_timeline as write_timeline
 
 if TYPE_CHECKING:
     from ..records import TaskRecord
+    from ..scheduler import Scheduler
     from .widgets import Dashboard
 
 __all__ = (
@@ -36,7 +37,7 @@ __all__ = (
 
 
 def open_dashboard(
-    scheduler: Any, registry: Mapping[str, TaskRecord] | None = None, **options: Any
+    scheduler: Scheduler, registry: Mapping[str, TaskRecord] | None = None, **options: Any
 ) -> Dashboard:
     """Build a live dashboard of ``registry``'s tasks (default: ``scheduler.tasks``).
 

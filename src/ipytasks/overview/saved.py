@@ -42,6 +42,7 @@ from .render import snapshot_html, summarize, text_table
 
 if TYPE_CHECKING:
     from ..records import TaskRecord
+    from ..scheduler import Scheduler
     from ..views import CellDisplays
     from .widgets import Dashboard
 
@@ -75,7 +76,7 @@ class _Snapshot:
     #: The display id's prefix.
     kind = "dashboard"
 
-    def __init__(self, scheduler: Any, registry: Mapping[str, TaskRecord],
+    def __init__(self, scheduler: Scheduler, registry: Mapping[str, TaskRecord],
                  displays: CellDisplays) -> None:
         self.key = uuid.uuid4().hex
         self.display_id = f"ipytasks-{self.kind}-{self.key}"
@@ -172,7 +173,7 @@ class _Host:
         self._displays.publish(RETIRED, self.display_id, update=True)
 
 
-def show_graph(scheduler: Any, registry: Mapping[str, TaskRecord],
+def show_graph(scheduler: Scheduler, registry: Mapping[str, TaskRecord],
                displays: CellDisplays) -> None:
     """Show the task graph in the running cell, kept current until the kernel stops."""
     _GraphSnapshot(scheduler, registry, displays).show()

@@ -67,6 +67,7 @@ _STATE_NUMBER = {state: i for i, state in enumerate(TaskState)}
 if TYPE_CHECKING:
     from ..output import TaskOutput
     from ..records import TaskRecord
+    from ..scheduler import Scheduler
     from ..views import CellDisplays
 
 __all__ = (
@@ -111,7 +112,7 @@ NO_SELECTION = "pick a task first: click its row in the table (or its box in the
 
 
 def open_dashboard(
-    scheduler: Any,
+    scheduler: Scheduler,
     registry: Mapping[str, TaskRecord] | None = None,
     **options: Any,
 ) -> Dashboard:
@@ -228,7 +229,7 @@ class Dashboard(widgets.VBox):
 
     def __init__(
         self,
-        scheduler: Any,
+        scheduler: Scheduler,
         registry: Mapping[str, TaskRecord] | None = None,
         *,
         page_size: int = PAGE_SIZE,
