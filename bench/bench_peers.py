@@ -32,8 +32,6 @@ not available. ``--quick``: one turn, 100-task batches, 30 round trips, a 20 MiB
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import statistics
 import tempfile
@@ -476,14 +474,6 @@ def array_rows(r: dict[str, Any]) -> list[Row]:
 
 
 if __name__ == "__main__":
-    from bench_scenarios import print_rows
+    from bench_scenarios import command_line
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small batches, a 20 MiB array")
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON (last line)")
-    args = parser.parse_args()
-    result = run(args.quick)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_rows(rows(result))
+    command_line(__doc__, "small batches, a 20 MiB array", run, rows)

@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -691,13 +692,21 @@ def print_rows(table: list[Row]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short sleeps, up to 1,000 tasks")
+def command_line(doc: str, quick_help: str, run: Callable[[bool], Any],
+                 rows: Callable[[Any], list[Row]]) -> None:
+    """A part run on its own: ``--quick`` (``quick_help``), ``--json`` for the raw figures,
+    else the rows as a table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON (last line)")
     args = parser.parse_args()
-    result = run(args.quick)
+    figures = run(args.quick)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(figures))
     else:
-        print_rows(rows(result) + scaling_rows(result))
+        print_rows(rows(figures))
+
+
+if __name__ == "__main__":
+    command_line(__doc__, "short sleeps, up to 1,000 tasks", run,
+                 lambda result: rows(result) + scaling_rows(result))

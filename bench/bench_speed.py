@@ -38,8 +38,6 @@ the value's size: the copy that comes back is 1.0 of it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import statistics
@@ -660,14 +658,6 @@ def value_rows(r: dict[str, Any]) -> list[Row]:
 
 
 if __name__ == "__main__":
-    from bench_scenarios import print_rows
+    from bench_scenarios import command_line
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and counts")
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON (last line)")
-    args = parser.parse_args()
-    figures = run(args.quick)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        print_rows(rows(figures))
+    command_line(__doc__, "small sizes and counts", run, rows)

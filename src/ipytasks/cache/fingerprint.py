@@ -37,6 +37,8 @@ from typing import Any
 
 import xxhash
 
+from ..workers.wire import type_name
+
 __all__ = ("Unfingerprintable", "fingerprint", "digest_text")
 
 #: Containers up to this many items are walked (their sets sorted); larger ones are
@@ -77,13 +79,6 @@ def fingerprint(value: Any) -> bytes:
     h = xxhash.xxh3_128()
     _Walker(h).add(value, 0)
     return h.digest()
-
-
-def _type_name(value: Any) -> str:
-    cls = type(value)
-    module = getattr(cls, "__module__", None)
-    name = getattr(cls, "__qualname__", cls.__name__)
-    return name if module in (None, "builtins") else f"{module}.{name}"
 
 
 def _in_notebook(obj: Any) -> bool:
@@ -236,7 +231,7 @@ class _Walker:
             self._dump(value, again, None)
             if again.digest() != first.digest():
                 raise Unfingerprintable(
-                    _type_name(value), "its pickle changes from one pickling to the next"
+                    type_name(value), "its pickle changes from one pickling to the next"
                 )
         h.update(first.digest())
 
@@ -259,9 +254,9 @@ class _Walker:
         except Unfingerprintable:
             raise
         except RecursionError:
-            raise Unfingerprintable(_type_name(value), "nested too deeply") from None
+            raise Unfingerprintable(type_name(value), "nested too deeply") from None
         except Exception as exc:  # noqa: BLE001 - whatever pickling refused
-            raise Unfingerprintable(_type_name(value), str(exc) or type(exc).__name__) from None
+            raise Unfingerprintable(type_name(value), str(exc) or type(exc).__name__) from None
         return out.size
 
 
