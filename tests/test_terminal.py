@@ -34,7 +34,9 @@ def test_tasks_run_between_cells_and_say_when_done() -> None:
         ip.run_cell("%%sequential broken\\n1/0")
         # Between cells, where nothing runs the notebook's loop: the task goes on by itself.
         go.set()
-        print("ran between cells:", fetched.wait(10))
+        # One string: the task's own lines are echoed from the loop's thread meanwhile,
+        # and print() of two arguments could be cut between them.
+        print(f"ran between cells: {fetched.wait(10)}")
         ip.run_cell("%wait fetch")
         ip.run_cell("import ipytasks; print('state:', ipytasks.tasks['fetch'].state)")
         """
