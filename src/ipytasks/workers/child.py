@@ -10,7 +10,7 @@ needs it.
 
 The loop (:func:`main`), one job at a time::
 
-    job pipe  --read_message-->  run_job: inputs unpickled into a fresh namespace,
+    job pipe  --MessageReader--> run_job: inputs unpickled into a fresh namespace,
                                  the cell compiled (or the kernel's code objects),
                                  run (asyncio.run for top-level await), figures
                                  rendered, bound names pickled
@@ -501,8 +501,7 @@ class JobTalk:
         self._count += 1
         self._last.clear()
         _reset_peak()
-        usage = _usage()
-        self._cost = (usage, time.monotonic())
+        self._cost = (_usage()[0], time.monotonic())
         with self.lock:
             self.job = self._count
         if job.get("sample"):
@@ -514,7 +513,8 @@ class JobTalk:
         """Stop the notes; what the job cost: ``{"cpu": seconds, "rss": peak bytes}``."""
         with self.lock:
             self.job = 0
-        return {"cpu": _usage() - self._cost[0], "rss": _peak_rss()}
+        cpu, peak = _usage()
+        return {"cpu": cpu - self._cost[0], "rss": peak}
 
     def send(self, job: int, note: dict[str, Any]) -> None:
         data = wire.NOTE + pickle.dumps(note, protocol=5)
@@ -560,29 +560,29 @@ class JobTalk:
             time.sleep(SAMPLE_INTERVAL)
 
 
-def _usage() -> float:
-    """CPU seconds (user and system) this process has used."""
+def _usage() -> tuple[float, int]:
+    """CPU seconds (user and system) this process has used, and the most resident memory
+    it held since the last :func:`_reset_peak`, in bytes."""
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    peak = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+    return usage.ru_utime + usage.ru_stime, peak
+
+
+_clear_refs_fd: int | None = None
 
 
 def _reset_peak() -> None:
-    """Start the peak of resident memory again from now (Linux ``clear_refs``)."""
+    """Start the peak of resident memory again from now (Linux ``clear_refs``; the file
+    stays open: a reset is then one system call)."""
+    global _clear_refs_fd
     try:
-        with open("/proc/self/clear_refs", "w") as file:
-            file.write("5")
+        if _clear_refs_fd is None:
+            _clear_refs_fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(_clear_refs_fd, b"5")
     except OSError:
         pass  # not Linux: the peak counts from the process's start
-
-
-def _peak_rss() -> int:
-    """The most resident memory this process held since the last reset, in bytes."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 # -- the process --------------------------------------------------------------------
@@ -733,20 +733,22 @@ def main(argv: list[str]) -> None:
     shared = _shared_memory(argv[4])
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
+    jobs = wire.MessageReader(cmd_fd)
     global _talk
     _talk = talk = JobTalk(reply_fd)
     talk.watch.install()
     warming = False
     while True:
-        if not warming and not poller.poll(0):
+        if not warming and not jobs.pending and not poller.poll(0):
             # Idle: import cloudpickle now, in the background, for the jobs that
             # need it. Not while a job waits: that one would share the GIL with it.
             warming = True
             threading.Thread(target=_warm_cloudpickle, name="ipytasks-warm", daemon=True).start()
-        if shared is not None and shared.holding() and not poller.poll(segments.IDLE * 1000):
+        if (shared is not None and shared.holding() and not jobs.pending
+                and not poller.poll(segments.IDLE * 1000)):
             shared.release()  # a while without a job: the warm segment goes
         try:
-            meta, values, buffers = wire.read_message(cmd_fd, shared)
+            meta, values, buffers = jobs.read(shared)
         except EOFError:
             break
         except (OSError, ValueError) as exc:  # the pipe's part was read: the job fails
@@ -765,7 +767,8 @@ def main(argv: list[str]) -> None:
                 error = f"internal error in the worker process: {wire.error_text(exc)}"
                 reply = ({"ok": False, "shipping": error}, b"", [])
         del meta, values, buffers, job
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the cell changed it
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # the cell changed it
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         reply_meta, reply_values, reply_buffers = reply
         del reply
         reply_meta["cost"] = talk.end()

@@ -398,6 +398,7 @@ class Child:
         self._shared = segments.SharedMemory(ours, in_place=False) if ours is not None else None
         self._cmd = cmd_w
         self._rep = rep_r
+        self._replies = wire.MessageReader(rep_r)
         self._marks = [0, 0]
         self._lock = threading.Lock()
         self._busy = False
@@ -505,13 +506,15 @@ class Child:
         self, wanted: Callable[[], bool] | None, on_note: Callable[[Any], None] | None
     ) -> tuple[Any, Any, list[Any]] | None:
         """Read until the job's reply, handing on its notes; ``None``: killed, unwanted."""
-        poller = select.poll()
-        poller.register(self._rep, select.POLLIN)
-        check = time.monotonic() + CHECK_INTERVAL
+        replies = self._replies
+        if wanted is not None:
+            poller = select.poll()
+            poller.register(self._rep, select.POLLIN)
+            check = time.monotonic() + CHECK_INTERVAL
         while True:
             if wanted is not None:
                 # Asked as often while notes come as while nothing does.
-                ready = poller.poll(CHECK_INTERVAL * 1000)
+                ready = replies.pending or poller.poll(CHECK_INTERVAL * 1000)
                 if not ready or time.monotonic() >= check:
                     check = time.monotonic() + CHECK_INTERVAL
                     if not wanted():
@@ -519,7 +522,7 @@ class Child:
                         return None
                 if not ready:
                     continue
-            message = wire.read_message(self._rep, self._shared)
+            message = replies.read(self._shared)
             note = wire.note_of(message[0])
             if note is None:
                 return message
@@ -578,7 +581,7 @@ class Child:
                 os.close(fd)
             except OSError:
                 pass
-        self._cmd = self._rep = -1
+        self._cmd = self._rep = self._replies.fd = -1
         shared, self._shared = self._shared, None
         if shared is not None:
             shared.close()

@@ -46,14 +46,15 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = (
+    "CHUNK",
     "INLINE_LIMIT",
     "NOTE",
+    "MessageReader",
     "RESULT",
     "ValuePacker",
     "error_text",
     "load_values",
     "note_of",
-    "read_message",
     "type_name",
     "write_message",
 )
@@ -116,6 +117,10 @@ def write_message(
     :meth:`.segments.SharedMemory.place`); a :class:`.segments.Placement` among
     ``buffers`` is one placed already.
     """
+    if not buffers:  # the common small message: one write, nothing to place
+        data = _HEAD.pack(len(meta), len(values), 0, 0) + meta + values
+        _write_views(fd, [memoryview(data)])
+        return
     raws = [b if isinstance(b, Placement) else b.raw() for b in buffers]
     try:
         placed: list[Placement | None] = [m if isinstance(m, Placement) else None for m in raws]
@@ -151,59 +156,110 @@ def _read_into(fd: int, view: memoryview) -> None:
         pos += n
 
 
-def _read_exactly(fd: int, size: int) -> bytearray:
-    buf = bytearray(size)
-    if size:
-        with memoryview(buf) as view:
-            _read_into(fd, view)
-    return buf
+#: How much a :class:`MessageReader` asks the pipe for at a time.
+CHUNK = 64 * 1024
 
 
-def _read_buffer(fd: int, size: int, readonly: bool) -> bytes | bytearray:
-    if size >= INLINE_LIMIT and sys.implementation.name == "cpython":
-        # Not zeroed first, its pages asked to be huge: a fresh bytearray of 200 MB
-        # costs more to zero page by page than to fill.
-        data, view = segments.fresh_buffer(size, readonly)
-        with view:
-            _read_into(fd, view)
-        return data
-    return _read_exactly(fd, size)
+class MessageReader:
+    """Reads messages from one pipe, one after the other.
 
-
-def read_message(
-    fd: int, shared: segments.SharedMemory | None = None
-) -> tuple[bytes | bytearray, bytes | bytearray, list[Any]]:
-    """Read one message: ``(meta, values, buffers)``; its buffers in shared memory
-    through ``shared`` (views where they are, or copies: see
-    :meth:`.segments.SharedMemory.receive`).
-
-    :raises EOFError: the other end closed the pipe (before or during the message).
+    It asks the pipe for up to :data:`CHUNK` bytes at a time, so a small message (and
+    any that follows it closely) costs one system call; what it read ahead is kept for
+    the next message: :attr:`pending` says whether some is there (then polling the pipe
+    does not tell whether a message waits). Large parts are read straight into their
+    own memory. Only this reader may read the pipe.
     """
-    meta_len, values_len, count, table_len = _HEAD.unpack(_read_exactly(fd, _HEAD.size))
-    table = _read_exactly(fd, table_len)
-    entries: list[tuple[int, bool, Placement | None]] = []
-    at = 0
-    for _ in range(count):
-        size, code = _ENTRY.unpack_from(table, at)
-        at += _ENTRY.size
-        placement = None
-        if code & _SHARED:
-            placement = Placement.unpack(table, at, size, bool(code & _READONLY))
-            at += segments.PLACEMENT_SIZE
-        entries.append((size, bool(code & _READONLY), placement))
-    meta = _read_exactly(fd, meta_len)
-    values = _read_exactly(fd, values_len)
-    buffers: list[Any] = [
-        None if p is not None else _read_buffer(fd, size, readonly)
-        for size, readonly, p in entries
-    ]
-    placements = [p for _, _, p in entries if p is not None]
-    if placements:
-        if shared is None:
-            raise ValueError("the message has buffers in shared memory, and no way to them")
-        received = iter(shared.receive(placements))
-        buffers = [next(received) if b is None else b for b in buffers]
-    return meta, values, buffers
+
+    __slots__ = ("_at", "_data", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._data = b""
+        self._at = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes read ahead wait here (part of the next message at least)."""
+        return self._at < len(self._data)
+
+    def _take(self, size: int) -> bytes | bytearray:
+        """The next ``size`` bytes (blocks until they came)."""
+        data, at = self._data, self._at
+        end = at + size
+        if end <= len(data):
+            self._at = end
+            return data[at:end]
+        have = data[at:]
+        self._data, self._at = b"", 0
+        if size - len(have) > CHUNK:  # a large part: straight into its own memory
+            out = bytearray(size)
+            out[: len(have)] = have
+            with memoryview(out) as view:
+                _read_into(self.fd, view[len(have) :])
+            return out
+        parts = [have]
+        missing = size - len(have)
+        while True:
+            chunk = os.read(self.fd, CHUNK)
+            if not chunk:
+                raise EOFError("the pipe was closed")
+            if len(chunk) >= missing:
+                parts.append(chunk[:missing])
+                self._data, self._at = chunk, missing
+                return b"".join(parts)
+            parts.append(chunk)
+            missing -= len(chunk)
+
+    def _buffer(self, size: int, readonly: bool) -> bytes | bytearray:
+        if size >= INLINE_LIMIT and sys.implementation.name == "cpython":
+            # Not zeroed first, its pages asked to be huge: a fresh bytearray of 200 MB
+            # costs more to zero page by page than to fill.
+            data, view = segments.fresh_buffer(size, readonly)
+            with view:
+                have = len(self._data) - self._at
+                if have:
+                    have = min(have, size)
+                    view[:have] = self._data[self._at : self._at + have]
+                    self._at += have
+                _read_into(self.fd, view[have:])
+            return data
+        return self._take(size)
+
+    def read(
+        self, shared: segments.SharedMemory | None = None
+    ) -> tuple[bytes | bytearray, bytes | bytearray, list[Any]]:
+        """Read one message: ``(meta, values, buffers)``; its buffers in shared memory
+        through ``shared`` (views where they are, or copies: see
+        :meth:`.segments.SharedMemory.receive`).
+
+        :raises EOFError: the other end closed the pipe (before or during the message).
+        """
+        head = self._take(_HEAD.size)
+        meta_len, values_len, count, table_len = _HEAD.unpack(head)
+        table = self._take(table_len) if table_len else b""
+        entries: list[tuple[int, bool, Placement | None]] = []
+        at = 0
+        for _ in range(count):
+            size, code = _ENTRY.unpack_from(table, at)
+            at += _ENTRY.size
+            placement = None
+            if code & _SHARED:
+                placement = Placement.unpack(table, at, size, bool(code & _READONLY))
+                at += segments.PLACEMENT_SIZE
+            entries.append((size, bool(code & _READONLY), placement))
+        meta = self._take(meta_len)
+        values = self._take(values_len) if values_len else b""
+        buffers: list[Any] = [
+            None if p is not None else self._buffer(size, readonly)
+            for size, readonly, p in entries
+        ]
+        placements = [p for _, _, p in entries if p is not None]
+        if placements:
+            if shared is None:
+                raise ValueError("the message has buffers in shared memory, and no way to them")
+            received = iter(shared.receive(placements))
+            buffers = [next(received) if b is None else b for b in buffers]
+        return meta, values, buffers
 
 
 def note_of(meta: bytes | bytearray) -> Any:
