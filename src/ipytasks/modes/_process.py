@@ -100,7 +100,7 @@ from .. import reports
 from ..errors import BrokenWorker
 from ..namespace.shipping import Job, Reply, decode_reply
 from ..output import _report_internal_error
-from ..workers import local
+from ..workers import local, wire
 from .worker import WorkerMode, cpu_count
 
 if TYPE_CHECKING:
@@ -132,13 +132,22 @@ class _Outcome:
 
 
 class _Worker:
-    """One worker process of the pool, and the job thread that talks to it."""
+    """One worker process of the pool, and the job thread that talks to it.
+
+    A small job (inputs that cost nothing to pickle) is sent by the event loop itself,
+    which reads the reply as it comes (:meth:`start`): no thread is woken for it. Any
+    other job, and whatever would block (a large reply, the output still coming, a death
+    to look into), goes to the job thread.
+    """
 
     def __init__(self) -> None:
         self.child = local.Child(on_error=_forwarding_failed)
         self.pid = self.child.pid
         self._environ: dict[bytes, bytes] | None = None  # as last sent to the worker
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # The job the loop is reading the reply of: its loop, its thread, and its settle().
+        self._on_loop: tuple[asyncio.AbstractEventLoop, int, Callable[[_Outcome], None]] | None
+        self._on_loop = None
         self._thread = threading.Thread(
             target=self._serve, name=f"ipytasks-worker-{self.pid}", daemon=True
         )
@@ -156,15 +165,79 @@ class _Worker:
     def submit(
         self, job: Job, sink: TaskOutput | None, deliver: Callable[[_Outcome], None]
     ) -> None:
-        self._jobs.put((job, sink, deliver))
+        """Run ``job`` on the job thread, which calls ``deliver(outcome)``."""
+        self._jobs.put((job, sink, deliver, None))
+
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        job: Job,
+        sink: TaskOutput | None,
+        settle: Callable[[_Outcome], None],
+        deliver: Callable[[_Outcome], None],
+    ) -> None:
+        """Run ``job``, from the loop's thread: its outcome to ``settle`` (on the loop) when
+        the loop could see it through, else to ``deliver`` (on the job thread)."""
+        ship_environ = job.environ != self._environ
+        message = None
+        if job.cheap() and not self.child.unsent:
+            try:
+                meta, values, buffers = job.encode(environ=ship_environ)
+            except Exception:  # noqa: BLE001 - the job thread tries again, and says why
+                pass
+            else:
+                if not buffers and len(meta) + len(values) <= wire.CHUNK:
+                    message = meta, values
+                del meta, values, buffers
+        if message is None:
+            self.submit(job, sink, deliver)
+            return
+        on_note = functools.partial(reports.worker_note, sink.owner if sink is not None else None)
+        child = self.child
+        child.start(message, sink.write if sink is not None else None)
+        del message
+        fd = child.reply_fd
+        environ = job.environ if ship_environ else None
+
+        def readable() -> None:
+            got = child.take_reply(on_note)
+            if got == child.WAIT:
+                return
+            loop.remove_reader(fd)
+            self._on_loop = None
+            if isinstance(got, str):  # RECEIVE
+                if child.killed:  # nobody waits for it any more
+                    child.abandon()
+                    settle(_Outcome())
+                else:
+                    self._jobs.put((None, sink, deliver, (on_note, environ)))
+                return
+            settle(self._outcome(got, environ))
+
+        loop.add_reader(fd, readable)
+        self._on_loop = (loop, threading.get_ident(), settle)
+
+    def _off_loop(self) -> None:
+        """The worker is stopped: the loop stops reading its reply (on the loop's thread; on
+        another, the loop sees the pipe closed)."""
+        on_loop = self._on_loop
+        if on_loop is None or on_loop[1] != threading.get_ident():
+            return
+        loop, _, settle = on_loop
+        self._on_loop = None
+        loop.remove_reader(self.child.reply_fd)
+        self.child.abandon()
+        settle(_Outcome())
 
     def kill(self) -> None:
         """SIGKILL the worker and its process group (what the cell started), now."""
         self.child.kill()
+        self._off_loop()
 
     def stop(self) -> None:
         """Kill the worker and end its job thread (without waiting)."""
         self.child.kill()
+        self._off_loop()
         self._jobs.put(None)
 
     def close(self, timeout: float) -> None:
@@ -183,10 +256,13 @@ class _Worker:
                 item = self._jobs.get()
                 if item is None:
                     return
-                job, sink, deliver = item
+                job, sink, deliver, begun = item
                 del item
                 try:
-                    outcome = self._run(job, sink)
+                    if begun is None:
+                        outcome = self._run(job, sink)
+                    else:  # the loop sent it, and leaves the rest to this thread
+                        outcome = self._receive(*begun)
                 except BaseException as exc:  # noqa: BLE001 - a bug here must not hang the task
                     outcome = _Outcome(Reply(error=exc))
                 del job
@@ -214,8 +290,27 @@ class _Worker:
             return _Outcome(Reply(error=exc))
         if reply is None:  # killed: nobody waits for it any more
             return _Outcome()
-        if ship_environ:
-            self._environ = job.environ
+        return self._outcome(reply, job.environ if ship_environ else None)
+
+    def _receive(
+        self, on_note: Callable[[Any], None], environ: dict[bytes, bytes] | None
+    ) -> _Outcome:
+        try:
+            reply = self.child.receive(on_note)
+        except local.Died as died:
+            return _Outcome(died=BrokenWorker(str(died)))
+        except Exception as exc:  # noqa: BLE001 - a bug: the task's error
+            return _Outcome(Reply(error=exc))
+        if reply is None:  # killed: nobody waits for it any more
+            return _Outcome()
+        return self._outcome(reply, environ)
+
+    def _outcome(
+        self, reply: tuple[dict[str, Any], Any, list[Any]], environ: dict[bytes, bytes] | None
+    ) -> _Outcome:
+        """A reply came: the outcome it makes. ``environ``: the environment the job sent."""
+        if environ is not None:
+            self._environ = environ
         try:
             return _Outcome(decode_reply(*reply))
         except Exception as exc:  # noqa: BLE001 - a reply that cannot be read is the task's error
@@ -429,7 +524,7 @@ class ProcessMode(WorkerMode):
             except RuntimeError:  # the loop is closed; nobody waits any more
                 pass
 
-        worker.submit(job, task.sink, deliver)
+        worker.start(loop, job, task.sink, settle, deliver)
         del job
         try:
             outcome = await future

@@ -129,6 +129,18 @@ class Job:
             figures=plots.inline_settings(shell),
         )
 
+    def cheap(self) -> bool:
+        """Whether its inputs cost next to nothing to pickle: none, or a few numbers and
+        short strings (so the event loop may send it itself)."""
+        inputs = self.inputs
+        if len(inputs) > _CHEAP_COUNT:
+            return False
+        for value in inputs.values():
+            kind = type(value)
+            if kind not in _CHEAP_TYPES and not (kind in _SHORT_TYPES and len(value) <= _SHORT):
+                return False
+        return True
+
     def encode(self, environ: bool = True) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
         """Pickle the job: ``(meta, values, buffers)`` for :func:`.wire.write_message`.
 
@@ -174,6 +186,13 @@ class Job:
             "sample": self.sample,
         }
         return pickle.dumps(meta, protocol=5), packer.getvalue(), packer.buffers
+
+
+#: What :meth:`Job.cheap` allows: how many inputs, of which types, how long a string.
+_CHEAP_COUNT = 16
+_CHEAP_TYPES = frozenset({int, float, complex, bool, type(None)})
+_SHORT_TYPES = frozenset({str, bytes})
+_SHORT = 4096
 
 
 def _environ_snapshot() -> dict[bytes, bytes]:

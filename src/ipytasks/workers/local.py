@@ -406,6 +406,8 @@ class Child:
         self._on_error = on_error
         self.killed = False
         self.last_used = time.monotonic()
+        self._failure: BaseException | None = None  # of start(), for receive()
+        self._late: tuple[dict[str, Any], Any, list[Any]] | None = None  # its output is not in
         self._unsent = self._send_code(code)
         if self._shared is not None:
             _idle_keeper.watch(self)
@@ -463,44 +465,182 @@ class Child:
             went out of step (it is killed then).
         """
         meta, values, buffers = encode()
-        with self._lock:
-            self._busy = True
+        self._begin(emit)
         try:
-            for pump in self._pumps:
-                pump.begin(emit)
             try:
-                while self._unsent:
-                    self._unsent = self._unsent[os.write(self._cmd, self._unsent) :]
-                wire.write_message(self._cmd, meta, values, buffers, readonly, self._shared)
+                self._write(meta, values, buffers, readonly)
                 del meta, values, buffers
                 reply = self._reply(wanted, on_note)
-                if reply is None:
-                    return None
-                reply_meta, reply_values, reply_buffers = reply
-            except (OSError, EOFError):
-                if self.killed:
-                    return None
-                raise Died(self._death()) from None
             except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError: out of step now
-                self.kill()
-                self._death()
-                raise Died(LOST.format(error=wire.error_text(exc))) from None
-            info = pickle.loads(reply_meta)
-            if self._shared is not None:
-                self._shared.end_message()
-                # Views of the kernel's segment the job left behind in the child.
-                self._shared.retire(info.get("kept") or [])
-            for i, pump in enumerate(self._pumps):
-                if info.get("marked", (True, True))[i]:
-                    self._marks[i] += 1
-                pump.wait_marks(self._marks[i], OUTPUT_GRACE)
-            self.last_used = time.monotonic()
-            return info, reply_values, reply_buffers
+                self._failed(exc)  # raises Died, unless it was killed
+                return None
+            if reply is None:
+                return None
+            return self._output_in(self._finish(reply), wait=True)
         finally:
-            with self._lock:
-                self._busy = False
-                if self._closed:
-                    self._close_pipes()
+            self._end()
+
+    # A job in two halves, for a caller that must not block (process mode's event loop):
+    # start() sends a small job; take_reply() reads its reply as it comes, without
+    # blocking; what cannot be done without blocking is left to receive(), on a thread.
+
+    #: :meth:`take_reply`: the reply is not all here yet.
+    WAIT = "wait"
+    #: :meth:`take_reply`: the rest is :meth:`receive`'s (on a thread that may block).
+    RECEIVE = "receive"
+
+    @property
+    def unsent(self) -> bool:
+        """Whether part of the child's code is still to be written (by the first job)."""
+        return bool(self._unsent)
+
+    @property
+    def reply_fd(self) -> int:
+        """The pipe the replies come on (watch it for :meth:`take_reply`)."""
+        return self._rep
+
+    def start(self, message: tuple[bytes, bytes], emit: Callable[[str, str], None] | None) -> None:
+        """Begin a job with a small message ``(meta, values)`` (no buffers: the pipe takes
+        it at once). Then :meth:`take_reply` each time :attr:`reply_fd` is readable, and
+        :meth:`receive` when it says so; or :meth:`abandon` once the child was killed."""
+        self._begin(emit)
+        try:
+            self._write(message[0], message[1], [], None)
+        except BaseException as exc:  # noqa: BLE001 - receive() says what it means
+            self._failure = exc
+
+    def take_reply(
+        self, on_note: Callable[[Any], None] | None = None
+    ) -> tuple[dict[str, Any], Any, list[Any]] | str:
+        """Once :attr:`reply_fd` is readable after :meth:`start`: read what is there, never
+        blocking. The reply (as :meth:`run` returns it) when it is all here, small, and the
+        job's output is all in; :data:`WAIT`: more is to come; :data:`RECEIVE`: call
+        :meth:`receive` (the reply is large, the child ended, the output is late)."""
+        if self._failure is not None:
+            return self.RECEIVE
+        replies = self._replies
+        try:
+            if replies.complete() is False and not replies.fill():
+                return self.RECEIVE  # the child ended: receive() says how
+            while True:
+                whole = replies.complete()
+                if whole is None:
+                    return self.RECEIVE
+                if not whole:
+                    return self.WAIT
+                message = replies.read()
+                note = wire.note_of(message[0])
+                if note is None:
+                    break
+                self._tell(on_note, note)
+            reply = self._finish(message)
+        except BaseException as exc:  # noqa: BLE001 - receive() says what it means
+            self._failure = exc
+            return self.RECEIVE
+        if self._output_in(reply, wait=False) is None:
+            self._late = reply
+            return self.RECEIVE
+        self._end()
+        return reply
+
+    def receive(
+        self, on_note: Callable[[Any], None] | None = None
+    ) -> tuple[dict[str, Any], Any, list[Any]] | None:
+        """The end of a job begun with :meth:`start`, as :meth:`run` ends it (blocks)."""
+        try:
+            failure, self._failure = self._failure, None
+            reply, self._late = self._late, None
+            if reply is None:
+                try:
+                    if failure is not None:
+                        raise failure
+                    message = self._reply(None, on_note)
+                except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError: out of step now
+                    self._failed(exc)  # raises Died, unless it was killed
+                    return None
+                finally:
+                    del failure
+                if message is None:
+                    return None
+                reply = self._finish(message)
+            return self._output_in(reply, wait=True)
+        finally:
+            self._end()
+
+    def abandon(self) -> None:
+        """Give up the job begun with :meth:`start` (the child was killed meanwhile)."""
+        self._failure = self._late = None
+        self._end()
+
+    # -- the parts of a job --------------------------------------------------------------
+
+    def _begin(self, emit: Callable[[str, str], None] | None) -> None:
+        with self._lock:
+            self._busy = True
+        for pump in self._pumps:
+            pump.begin(emit)
+
+    def _end(self) -> None:
+        with self._lock:
+            self._busy = False
+            if self._closed:
+                self._close_pipes()
+
+    def _write(
+        self,
+        meta: bytes,
+        values: bytes,
+        buffers: list[pickle.PickleBuffer],
+        readonly: list[bool] | None,
+    ) -> None:
+        while self._unsent:
+            self._unsent = self._unsent[os.write(self._cmd, self._unsent) :]
+        wire.write_message(self._cmd, meta, values, buffers, readonly, self._shared)
+
+    def _failed(self, exc: BaseException) -> None:
+        """What went wrong talking to it: ``None`` when it was killed; else raises Died."""
+        if isinstance(exc, (OSError, EOFError)):
+            if self.killed:
+                return None
+            raise Died(self._death()) from None
+        self.kill()
+        self._death()
+        raise Died(LOST.format(error=wire.error_text(exc))) from None
+
+    def _finish(self, message: tuple[Any, Any, list[Any]]) -> tuple[dict[str, Any], Any, list[Any]]:
+        """The reply read: its meta unpickled, the shared memory settled, the markers counted."""
+        reply_meta, reply_values, reply_buffers = message
+        info = pickle.loads(reply_meta)
+        if self._shared is not None:
+            self._shared.end_message()
+            # Views of the kernel's segment the job left behind in the child.
+            self._shared.retire(info.get("kept") or [])
+        marked = info.get("marked", (True, True))
+        for i in (0, 1):
+            if marked[i]:
+                self._marks[i] += 1
+        self.last_used = time.monotonic()
+        return info, reply_values, reply_buffers
+
+    def _output_in(
+        self, reply: tuple[dict[str, Any], Any, list[Any]], wait: bool
+    ) -> tuple[dict[str, Any], Any, list[Any]] | None:
+        """The reply once the job's output is all in (waiting for it at most
+        :data:`OUTPUT_GRACE`); without ``wait``, ``None`` when some is still coming."""
+        for i, pump in enumerate(self._pumps):
+            if pump.marks < self._marks[i] and not pump.eof:
+                if not wait:
+                    return None
+                pump.wait_marks(self._marks[i], OUTPUT_GRACE)
+        return reply
+
+    def _tell(self, on_note: Callable[[Any], None] | None, note: Any) -> None:
+        if on_note is not None:
+            try:
+                on_note(note)
+            except Exception as exc:  # noqa: BLE001 - a note lost, never the job
+                if self._on_error is not None:
+                    self._on_error(exc)
 
     def _reply(
         self, wanted: Callable[[], bool] | None, on_note: Callable[[Any], None] | None
@@ -526,12 +666,7 @@ class Child:
             note = wire.note_of(message[0])
             if note is None:
                 return message
-            if on_note is not None:
-                try:
-                    on_note(note)
-                except Exception as exc:  # noqa: BLE001 - a note lost, never the job
-                    if self._on_error is not None:
-                        self._on_error(exc)
+            self._tell(on_note, note)
 
     def mute(self) -> None:
         """Send its output nowhere from now on (until the next job)."""

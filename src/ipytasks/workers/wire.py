@@ -182,6 +182,29 @@ class MessageReader:
         """Whether bytes read ahead wait here (part of the next message at least)."""
         return self._at < len(self._data)
 
+    def fill(self) -> bool:
+        """Read once what the pipe holds (blocks only when it holds nothing); ``False``: the
+        pipe was closed."""
+        chunk = os.read(self.fd, CHUNK)
+        if not chunk:
+            return False
+        self._data = self._data[self._at :] + chunk if self.pending else chunk
+        self._at = 0
+        return True
+
+    def complete(self) -> bool | None:
+        """Whether the next message is all here: ``True`` when it is, and small, with no
+        buffers out of band; ``False`` when such a one is still coming; ``None`` when it is
+        large or has buffers (:meth:`read` it where blocking is fine)."""
+        data, at = self._data, self._at
+        if len(data) - at < _HEAD.size:
+            return False
+        meta_len, values_len, count, table_len = _HEAD.unpack_from(data, at)
+        size = _HEAD.size + table_len + meta_len + values_len
+        if count or size > CHUNK:
+            return None
+        return len(data) - at >= size
+
     def _take(self, size: int) -> bytes | bytearray:
         """The next ``size`` bytes (blocks until they came)."""
         data, at = self._data, self._at
