@@ -94,7 +94,7 @@ import collections
 import functools
 import queue
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import reports
 from ..errors import BrokenWorker
@@ -131,6 +131,15 @@ class _Outcome:
         self.died = died
 
 
+class _OnLoop(NamedTuple):
+    """A job the loop sent: where its notes and outcome go, and the environment it sent."""
+
+    on_note: Callable[[Any], None]
+    settle: Callable[[_Outcome], None]  # on the loop
+    deliver: Callable[[_Outcome], None]  # on the job thread
+    environ: dict[bytes, bytes] | None
+
+
 class _Worker:
     """One worker process of the pool, and the job thread that talks to it.
 
@@ -145,9 +154,10 @@ class _Worker:
         self.pid = self.child.pid
         self._environ: dict[bytes, bytes] | None = None  # as last sent to the worker
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # The job the loop is reading the reply of: its loop, its thread, and its settle().
-        self._on_loop: tuple[asyncio.AbstractEventLoop, int, Callable[[_Outcome], None]] | None
-        self._on_loop = None
+        # The loop that watches the reply pipe (see start()), and the job it sent.
+        self._watched: asyncio.AbstractEventLoop | None = None
+        self._thread_id = threading.get_ident()  # the loop's: workers start there
+        self._on_loop: _OnLoop | None = None
         self._thread = threading.Thread(
             target=self._serve, name=f"ipytasks-worker-{self.pid}", daemon=True
         )
@@ -190,44 +200,59 @@ class _Worker:
                     message = meta, values
                 del meta, values, buffers
         if message is None:
+            self._unwatch()  # the job thread reads the replies now
             self.submit(job, sink, deliver)
             return
-        on_note = functools.partial(reports.worker_note, sink.owner if sink is not None else None)
+        if not self._watched:
+            loop.add_reader(self.child.reply_fd, self._readable)
+            self.child.hold(True)
+            self._watched = loop
+        self._on_loop = _OnLoop(
+            functools.partial(reports.worker_note, sink.owner if sink is not None else None),
+            settle,
+            deliver,
+            job.environ if ship_environ else None,
+        )
+        self.child.start(message, sink.write if sink is not None else None)
+
+    def _readable(self) -> None:
+        """On the loop: the reply pipe has something (of the job the loop sent, or its end)."""
+        job = self._on_loop
+        if job is None:  # idle: only its end comes (it died; the next acquire sees it)
+            self._unwatch()
+            return
         child = self.child
-        child.start(message, sink.write if sink is not None else None)
-        del message
-        fd = child.reply_fd
-        environ = job.environ if ship_environ else None
+        got = child.take_reply(job.on_note)
+        if got == child.WAIT:
+            return
+        self._on_loop = None
+        if not isinstance(got, str):
+            job.settle(self._outcome(got, job.environ))
+            return
+        self._unwatch()  # RECEIVE: the rest is the job thread's
+        if child.killed:  # nobody waits for it any more
+            child.abandon()
+            job.settle(_Outcome())
+        else:
+            self._jobs.put((None, None, job.deliver, (job.on_note, job.environ)))
 
-        def readable() -> None:
-            got = child.take_reply(on_note)
-            if got == child.WAIT:
-                return
-            loop.remove_reader(fd)
-            self._on_loop = None
-            if isinstance(got, str):  # RECEIVE
-                if child.killed:  # nobody waits for it any more
-                    child.abandon()
-                    settle(_Outcome())
-                else:
-                    self._jobs.put((None, sink, deliver, (on_note, environ)))
-                return
-            settle(self._outcome(got, environ))
-
-        loop.add_reader(fd, readable)
-        self._on_loop = (loop, threading.get_ident(), settle)
+    def _unwatch(self) -> None:
+        loop = self._watched
+        if loop is not None:
+            self._watched = None
+            loop.remove_reader(self.child.reply_fd)
+            self.child.hold(False)
 
     def _off_loop(self) -> None:
-        """The worker is stopped: the loop stops reading its reply (on the loop's thread; on
-        another, the loop sees the pipe closed)."""
-        on_loop = self._on_loop
-        if on_loop is None or on_loop[1] != threading.get_ident():
+        """The worker is stopped: the loop stops reading its replies (on the loop's thread;
+        on another, the loop sees the pipe closed), and the job it sent ends."""
+        if self._watched is None or self._thread_id != threading.get_ident():
             return
-        loop, _, settle = on_loop
-        self._on_loop = None
-        loop.remove_reader(self.child.reply_fd)
-        self.child.abandon()
-        settle(_Outcome())
+        job, self._on_loop = self._on_loop, None
+        self._unwatch()
+        if job is not None:
+            self.child.abandon()
+            job.settle(_Outcome())
 
     def kill(self) -> None:
         """SIGKILL the worker and its process group (what the cell started), now."""
@@ -418,7 +443,8 @@ class _Pool:
     def release(self, worker: _Worker) -> None:
         """Take back a worker whose job ended normally."""
         self._busy.discard(worker)
-        if self.closed or not worker.alive() or self._count() >= self.size:
+        # It just replied: alive, unless killed meanwhile (acquire() looks again).
+        if self.closed or worker.child.killed or self._count() >= self.size:
             self._forget(worker)
             self._start_filling()
             return

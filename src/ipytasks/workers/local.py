@@ -402,6 +402,7 @@ class Child:
         self._marks = [0, 0]
         self._lock = threading.Lock()
         self._busy = False
+        self._held = False  # see hold()
         self._closed = False
         self._on_error = on_error
         self.killed = False
@@ -583,7 +584,15 @@ class Child:
     def _end(self) -> None:
         with self._lock:
             self._busy = False
-            if self._closed:
+            if self._closed and not self._held:
+                self._close_pipes()
+
+    def hold(self, held: bool) -> None:
+        """Keep the pipes open while ``held`` (an event loop watches :attr:`reply_fd`), even
+        once closed; they close when let go."""
+        with self._lock:
+            self._held = held
+            if not held and self._closed and not self._busy:
                 self._close_pipes()
 
     def _write(
@@ -696,7 +705,7 @@ class Child:
             pass
         with self._lock:
             self._closed = True
-            if not self._busy:
+            if not self._busy and not self._held:
                 self._close_pipes()
 
     def release_idle(self, now: float) -> None:
