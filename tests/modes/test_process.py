@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -316,5 +317,31 @@ async def test_a_job_that_writes_nothing_is_not_waited_on_for_output(ip: Any) ->
                          "loud", process())
         assert worker.child._marks == [before[0] + 1, before[1] + 1]
         assert "from C" in loud.output and "from Python" in loud.output
+    finally:
+        sched.close()
+
+
+async def test_a_worker_that_dies_while_idle_is_let_go_and_replaced(ip: Any) -> None:
+    """The loop watches an idle worker's reply pipe: a worker killed while idle is let go
+    (its pipe no longer watched), and the next task runs on a new worker."""
+    sched = Scheduler(ip, TaskRegistry(), loop=asyncio.get_running_loop(),
+                      mode_settings={"process": {"max_workers": 1}})
+    try:
+        await run(sched, "import os\npid = os.getpid()", "first", process())
+        mode = sched.installed_mode("process")
+        assert isinstance(mode, ProcessMode) and mode._pool is not None
+        (worker,) = mode._pool.workers
+        assert worker.pid == ip.user_ns["pid"] and worker._watched is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while worker._watched is not None:  # the loop sees the end of the pipe
+            assert time.monotonic() < deadline, "the loop still watches a dead worker"
+            await asyncio.sleep(0.01)
+        await run(sched, "import os\npid = os.getpid()", "second", process())
+        assert ip.user_ns["pid"] != worker.pid
+        for thread in (worker._thread, *worker.child.threads):
+            await asyncio.to_thread(thread.join, WAIT)
+            assert not thread.is_alive(), thread
+        assert (worker.child._cmd, worker.child._rep) == (-1, -1)  # closed
     finally:
         sched.close()
