@@ -357,7 +357,11 @@ class _Pool:
         self._idle: collections.deque[_Worker] = collections.deque()
         self._busy: set[_Worker] = set()
         self._started: set[_Worker] = set()  # every worker not yet reaped
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Jobs waiting for a worker: each gets one through its future, its begin() called
+        # with it first (a released worker starts the next job at once, on the same turn).
+        self._waiters: collections.deque[
+            tuple[asyncio.Future[_Worker | None], Callable[[_Worker], None]]
+        ] = collections.deque()
         self._filling = False
         self.closed = False
 
@@ -398,8 +402,9 @@ class _Pool:
             self._filling = True
             self.loop.call_soon(self._fill)
 
-    async def acquire(self) -> _Worker:
-        """A worker for one job: an idle one, a new one, or the next one released."""
+    async def acquire(self, begin: Callable[[_Worker], None]) -> _Worker:
+        """A worker for one job: an idle one, a new one, or the next one released;
+        ``begin(worker)`` is called with it (on the loop) before it is returned."""
         while True:
             if self.closed:
                 raise RuntimeError(CLOSED)
@@ -407,30 +412,51 @@ class _Pool:
                 worker = self._idle.pop()  # the most recently used: warmest
                 if worker.alive():
                     self._busy.add(worker)
+                    begin(worker)
                     return worker
                 self._forget(worker)
             if self._count() < self.size:
                 worker = self._spawn()
                 self._busy.add(worker)
                 self._start_filling()  # the rest of the pool, one per loop turn
+                begin(worker)
                 return worker
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
+            waiter: asyncio.Future[_Worker | None] = self.loop.create_future()
+            entry = (waiter, begin)
+            self._waiters.append(entry)
             try:
-                await waiter
+                given = await waiter
             except BaseException:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
                 elif waiter.done() and not waiter.cancelled():
-                    self._wake()  # it was our turn: hand it on
+                    handed = waiter.result()
+                    if handed is not None:
+                        self.kill(handed)  # its job started already: stop it
+                    else:
+                        self._wake()  # it was our turn: hand it on
                 raise
+            if given is not None:
+                return given
 
-    def _wake(self) -> None:
+    def _wake(self, worker: _Worker | None = None) -> None:
+        """The next waiting job: hand it ``worker`` (started with its job), or let it look."""
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+            waiter, begin = self._waiters.popleft()
+            if waiter.done():
+                continue
+            if worker is not None:
+                self._busy.add(worker)
+                try:
+                    begin(worker)
+                except BaseException as exc:  # noqa: BLE001 - that job fails, not the loop
+                    self.discard(worker)
+                    waiter.set_exception(exc)
+                    return
+            waiter.set_result(worker)
+            return
+        if worker is not None:
+            self._idle.append(worker)
 
     def resize(self, size: int) -> None:
         """Keep up to ``size`` workers from now on: more start as jobs need them; idle
@@ -448,8 +474,7 @@ class _Pool:
             self._forget(worker)
             self._start_filling()
             return
-        self._idle.append(worker)
-        self._wake()
+        self._wake(worker)
 
     def kill(self, worker: _Worker) -> None:
         """Stop a worker in the middle of its job (cancel, timeout); a new one replaces it."""
@@ -486,7 +511,7 @@ class _Pool:
         if waiters:
 
             def fail() -> None:
-                for waiter in waiters:
+                for waiter, _ in waiters:
                     if not waiter.done():
                         waiter.set_exception(RuntimeError(CLOSED))
 
@@ -534,13 +559,20 @@ class ProcessMode(WorkerMode):
         return self._pool
 
     async def run(self, task: TaskRecord) -> Any:
-        job = self.job(task)
+        held = [self.job(task)]  # let go once sent: the pickles, not the loop, keep its inputs
         pool = self._get_pool()
-        worker = await pool.acquire()
         loop = pool.loop
         future: asyncio.Future[_Outcome] = loop.create_future()
+        sink = task.sink
+        worker: _Worker | None = None
+        released = False
 
-        def settle(outcome: _Outcome) -> None:
+        def settle(outcome: _Outcome) -> None:  # on the loop
+            nonlocal released
+            if outcome.reply is not None and worker is not None and not released:
+                # Before this task goes on: the next job starts on the worker now.
+                released = True
+                pool.release(worker)
             if not future.done():
                 future.set_result(outcome)
 
@@ -550,19 +582,24 @@ class ProcessMode(WorkerMode):
             except RuntimeError:  # the loop is closed; nobody waits any more
                 pass
 
-        worker.start(loop, job, task.sink, settle, deliver)
-        del job
+        def begin(given: _Worker) -> None:  # on the loop: the worker is ours
+            nonlocal worker
+            worker = given
+            given.start(loop, held.pop(), sink, settle, deliver)
+
+        await pool.acquire(begin)
+        assert worker is not None
         try:
             outcome = await future
         except BaseException:
-            pool.kill(worker)
+            if not released:  # else it runs the next job already
+                pool.kill(worker)
             raise
         reply = outcome.reply
         if reply is None:
             pool.discard(worker)
             died = outcome.died or BrokenWorker(STOPPED)
             raise died.with_traceback(None)
-        pool.release(worker)
         del outcome
         return self.finish(task, reply)
 
