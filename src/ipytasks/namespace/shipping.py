@@ -148,18 +148,22 @@ class Job:
             already has this one).
         :raises ShippingError: an input cannot be pickled (named, with its type).
         """
-        packer = wire.ValuePacker(cloud=True)
         names = list(self.inputs)
-        for name in names:
-            value = self.inputs[name]
-            try:
-                packer.add(value)
-            except Exception as exc:  # noqa: BLE001 - whatever pickling raised
-                raise ShippingError(
-                    CANNOT_SEND.format(
-                        name=name, type=wire.type_name(value), error=wire.error_text(exc)
-                    )
-                ) from None
+        values: bytes = b""
+        buffers: list[pickle.PickleBuffer] = []
+        if names:  # (a pickler costs more than the trivial job that has no inputs)
+            packer = wire.ValuePacker(cloud=True)
+            for name in names:
+                value = self.inputs[name]
+                try:
+                    packer.add(value)
+                except Exception as exc:  # noqa: BLE001 - whatever pickling raised
+                    raise ShippingError(
+                        CANNOT_SEND.format(
+                            name=name, type=wire.type_name(value), error=wire.error_text(exc)
+                        )
+                    ) from None
+            values, buffers = packer.getvalue(), packer.buffers
         meta = {
             "kind": "run",
             "names": names,
@@ -185,7 +189,7 @@ class Job:
             "quiet": bool(getattr(self.cell, "quiet_result", False)),
             "sample": self.sample,
         }
-        return pickle.dumps(meta, protocol=5), packer.getvalue(), packer.buffers
+        return pickle.dumps(meta, protocol=5), values, buffers
 
 
 #: What :meth:`Job.cheap` allows: how many inputs, of which types, how long a string.
