@@ -411,15 +411,13 @@ class _Pool:
             while self._idle:
                 worker = self._idle.pop()  # the most recently used: warmest
                 if worker.alive():
-                    self._busy.add(worker)
-                    begin(worker)
+                    self._begin(worker, begin)
                     return worker
                 self._forget(worker)
             if self._count() < self.size:
                 worker = self._spawn()
-                self._busy.add(worker)
                 self._start_filling()  # the rest of the pool, one per loop turn
-                begin(worker)
+                self._begin(worker, begin)
                 return worker
             waiter: asyncio.Future[_Worker | None] = self.loop.create_future()
             entry = (waiter, begin)
@@ -429,7 +427,7 @@ class _Pool:
             except BaseException:
                 if entry in self._waiters:
                     self._waiters.remove(entry)
-                elif waiter.done() and not waiter.cancelled():
+                elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     handed = waiter.result()
                     if handed is not None:
                         self.kill(handed)  # its job started already: stop it
@@ -446,17 +444,24 @@ class _Pool:
             if waiter.done():
                 continue
             if worker is not None:
-                self._busy.add(worker)
                 try:
-                    begin(worker)
+                    self._begin(worker, begin)
                 except BaseException as exc:  # noqa: BLE001 - that job fails, not the loop
-                    self.discard(worker)
                     waiter.set_exception(exc)
                     return
             waiter.set_result(worker)
             return
         if worker is not None:
             self._idle.append(worker)
+
+    def _begin(self, worker: _Worker, begin: Callable[[_Worker], None]) -> None:
+        """``worker`` is busy with the job ``begin`` starts on it (dropped if that fails)."""
+        self._busy.add(worker)
+        try:
+            begin(worker)
+        except BaseException:
+            self.discard(worker)
+            raise
 
     def resize(self, size: int) -> None:
         """Keep up to ``size`` workers from now on: more start as jobs need them; idle
