@@ -34,13 +34,19 @@ This module holds what is process mode's own: the pool, on the kernel's event lo
 Workers are started on the event loop's thread, which lives as long as the
 scheduler (``PR_SET_PDEATHSIG`` is tied to the thread that started a worker), and
 die with the kernel. :meth:`ProcessMode.close` kills every worker and reaps it.
-Per worker, the kernel runs three daemon threads: the job thread, which pickles
-the inputs, writes the job, blocks reading the reply and unpickles it, and one
-reader per output stream. The event loop only takes the inputs (by reference),
-waits on a future and merges the outputs: nothing blocks it, and ``run()`` can be
-cancelled at every ``await``. What a task is to a worker (the refusals at
-submission, the job, the end) is :class:`~ipytasks.modes.worker.WorkerMode`'s,
-shared with dask mode.
+Per worker, the kernel runs three daemon threads: the job thread, and one reader
+per output stream. A small job (inputs that cost next to nothing to pickle: none,
+or a few numbers and short strings), the common trivial task, never leaves the
+loop: the loop pickles it, writes it (the pipe takes it at once) and reads the
+reply as it comes (it watches the reply pipe), so no thread is woken for it. Any
+other job goes to the job thread, which pickles the inputs, writes the job, blocks
+reading the reply and unpickles it; so does a small job's reply that turns out
+large, whose output is not all in yet, or whose worker died. Nothing blocks the
+loop, and ``run()`` can be cancelled at every ``await``. A worker that replies is
+handed at once, on that turn of the loop, to the next job waiting for one (its
+inputs were taken when it started), before the task it ran goes on. What a task
+is to a worker (the refusals at submission, the job, the end) is
+:class:`~ipytasks.modes.worker.WorkerMode`'s, shared with dask mode.
 
 Choices, as a user sees them
 ----------------------------
@@ -76,8 +82,9 @@ Limits
 ------
 * POSIX only (process groups, ``pass_fds``, ``poll``); ``PR_SET_PDEATHSIG`` is
   Linux only (elsewhere the pipe watch alone ends an orphaned worker).
-* Inputs are pickled on the job thread, just after the task starts: a cell of the
-  notebook that changes one of them in place at that very moment may send a mix.
+* Inputs are pickled on the job thread, just after the task gets a worker: a cell of
+  the notebook that changes one of them in place at that very moment may send a mix.
+  (Those the loop pickles itself cannot change in place: numbers and strings.)
 * ``display()`` in a worker prints the plain-text form (there is no kernel there);
   the cell's result is shown richly, in the kernel, like any task's. matplotlib
   figures are the exception: the worker renders them with the notebook's inline
@@ -122,13 +129,36 @@ def _forwarding_failed(exc: BaseException) -> None:
 
 
 class _Outcome:
-    """What a job thread hands the loop: a reply, a death, or nothing (the worker was killed)."""
+    """What a job thread hands the loop: a reply, a death, or nothing (the worker was killed).
 
-    __slots__ = ("died", "reply")
+    A reply the loop read itself comes as read (``raw``) and is decoded by :meth:`decoded`,
+    once the worker went on to its next job.
+    """
 
-    def __init__(self, reply: Reply | None = None, died: BrokenWorker | None = None) -> None:
+    __slots__ = ("died", "raw", "reply")
+
+    def __init__(
+        self,
+        reply: Reply | None = None,
+        died: BrokenWorker | None = None,
+        raw: tuple[dict[str, Any], Any, list[Any]] | None = None,
+    ) -> None:
         self.reply = reply
         self.died = died
+        self.raw = raw
+
+    @property
+    def replied(self) -> bool:
+        return self.reply is not None or self.raw is not None
+
+    def decoded(self) -> Reply | None:
+        raw, self.raw = self.raw, None
+        if raw is not None:
+            try:
+                self.reply = decode_reply(*raw)
+            except Exception as exc:  # noqa: BLE001 - a reply that cannot be read: the task's error
+                self.reply = Reply(error=exc)
+        return self.reply
 
 
 class _OnLoop(NamedTuple):
@@ -227,7 +257,9 @@ class _Worker:
             return
         self._on_loop = None
         if not isinstance(got, str):
-            job.settle(self._outcome(got, job.environ))
+            if job.environ is not None:
+                self._environ = job.environ
+            job.settle(_Outcome(raw=got))  # decoded once the next job started
             return
         self._unwatch()  # RECEIVE: the rest is the job thread's
         if child.killed:  # nobody waits for it any more
@@ -574,7 +606,7 @@ class ProcessMode(WorkerMode):
 
         def settle(outcome: _Outcome) -> None:  # on the loop
             nonlocal released
-            if outcome.reply is not None and worker is not None and not released:
+            if outcome.replied and worker is not None and not released:
                 # Before this task goes on: the next job starts on the worker now.
                 released = True
                 pool.release(worker)
@@ -600,7 +632,7 @@ class ProcessMode(WorkerMode):
             if not released:  # else it runs the next job already
                 pool.kill(worker)
             raise
-        reply = outcome.reply
+        reply = outcome.decoded()
         if reply is None:
             pool.discard(worker)
             died = outcome.died or BrokenWorker(STOPPED)

@@ -11,7 +11,8 @@ both ends encode values alike.
   ``shell.user_ns_hidden``) and dunder names are never shipped; builtins are not
   in the namespace, so they resolve in the worker. Values are taken by reference
   on the event loop when the task starts, and pickled a moment later on a worker's
-  I/O thread, so that a large input does not hold up the loop. Modules travel by
+  I/O thread, so that a large input does not hold up the loop (the loop pickles a
+  few numbers and short strings itself: :meth:`Job.cheap`). Modules travel by
   name; functions, lambdas and classes defined in the notebook by value
   (cloudpickle); NumPy arrays, ``bytes`` and ``bytearray`` of 64 KiB and more as
   protocol-5 out-of-band buffers.

@@ -26,8 +26,13 @@ gives up after :data:`.segments.IDLE` seconds without a job. Meanwhile two
 :class:`StreamPump` threads read fd 1 and fd 2 as the bytes arrive (C extensions' writes
 and a segfault's faulthandler dump included) and hand the text on; the notes the job
 sends ahead of its reply (progress, where it is) are handed on as they come. Each job
-ends with a random marker on both streams, so the reply is returned only once all the
-job's output is in, and output is never given to the next job.
+that wrote anything ends with a random marker on both streams, so the reply is returned
+only once all the job's output is in, and output is never given to the next job.
+
+A caller that must not block (process mode's event loop) runs a small job in halves:
+:meth:`Child.start` writes it, :meth:`Child.take_reply` reads what has come each time the
+reply pipe is readable, and says when the rest (a large reply, output still coming, a
+death) is for :meth:`Child.receive`, on a thread.
 
 Ending
 ------
