@@ -233,17 +233,18 @@ class _Worker:
             self._unwatch()  # the job thread reads the replies now
             self.submit(job, sink, deliver)
             return
+        on_note = functools.partial(
+            reports.worker_note, sink.owner if sink is not None else None)
+        environ = job.environ if ship_environ else None
+        if not self.child.start(message, sink.write if sink is not None else None):
+            self._unwatch()  # the job thread says why
+            self._jobs.put((None, None, deliver, (on_note, environ)))
+            return
         if not self._watched:
             loop.add_reader(self.child.reply_fd, self._readable)
             self.child.hold(True)
             self._watched = loop
-        self._on_loop = _OnLoop(
-            functools.partial(reports.worker_note, sink.owner if sink is not None else None),
-            settle,
-            deliver,
-            job.environ if ship_environ else None,
-        )
-        self.child.start(message, sink.write if sink is not None else None)
+        self._on_loop = _OnLoop(on_note, settle, deliver, environ)
 
     def _readable(self) -> None:
         """On the loop: the reply pipe has something (of the job the loop sent, or its end)."""

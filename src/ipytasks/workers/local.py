@@ -505,15 +505,18 @@ class Child:
         """The pipe the replies come on (watch it for :meth:`take_reply`)."""
         return self._rep
 
-    def start(self, message: tuple[bytes, bytes], emit: Callable[[str, str], None] | None) -> None:
+    def start(self, message: tuple[bytes, bytes], emit: Callable[[str, str], None] | None) -> bool:
         """Begin a job with a small message ``(meta, values)`` (no buffers: the pipe takes
         it at once). Then :meth:`take_reply` each time :attr:`reply_fd` is readable, and
-        :meth:`receive` when it says so; or :meth:`abandon` once the child was killed."""
+        :meth:`receive` when it says so; or :meth:`abandon` once the child was killed.
+        ``False``: it could not be written; :meth:`receive` says why."""
         self._begin(emit)
         try:
             self._write(message[0], message[1], [], None)
         except BaseException as exc:  # noqa: BLE001 - receive() says what it means
             self._failure = exc
+            return False
+        return True
 
     def take_reply(
         self, on_note: Callable[[Any], None] | None = None
@@ -522,8 +525,6 @@ class Child:
         blocking. The reply (as :meth:`run` returns it) when it is all here, small, and the
         job's output is all in; :data:`WAIT`: more is to come; :data:`RECEIVE`: call
         :meth:`receive` (the reply is large, the child ended, the output is late)."""
-        if self._failure is not None:
-            return self.RECEIVE
         replies = self._replies
         try:
             if replies.complete() is False and not replies.fill():
