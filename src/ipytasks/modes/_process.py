@@ -559,6 +559,44 @@ class _Pool:
                 pass
 
 
+class _Attempt:
+    """One job through the pool: the worker it gets, and its outcome. (One object, not
+    closures: a task waiting for a worker holds few objects for the garbage collector.)"""
+
+    __slots__ = ("future", "job", "pool", "released", "sink", "worker")
+
+    def __init__(self, pool: _Pool, job: Job, sink: TaskOutput | None) -> None:
+        self.pool = pool
+        self.job: Job | None = job  # let go once sent: the pickles, not the loop, keep its inputs
+        self.sink = sink
+        self.future: asyncio.Future[_Outcome] = pool.loop.create_future()
+        self.worker: _Worker | None = None
+        self.released = False
+
+    def begin(self, worker: _Worker) -> None:
+        """On the loop: the worker is ours; the job starts on it."""
+        job, self.job = self.job, None
+        assert job is not None
+        self.worker = worker
+        worker.start(self.pool.loop, job, self.sink, self.settle, self.deliver)
+
+    def settle(self, outcome: _Outcome) -> None:
+        """On the loop: how the job ended."""
+        if outcome.replied and self.worker is not None and not self.released:
+            # Before this task goes on: the next job starts on the worker now.
+            self.released = True
+            self.pool.release(self.worker)
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+    def deliver(self, outcome: _Outcome) -> None:
+        """On the worker's job thread: how the job ended."""
+        try:
+            self.pool.loop.call_soon_threadsafe(self.settle, outcome)
+        except RuntimeError:  # the loop is closed; nobody waits any more
+            pass
+
+
 class ProcessMode(WorkerMode):
     """Run a cell in a worker process: inputs shipped in, bound names merged back.
 
@@ -597,40 +635,13 @@ class ProcessMode(WorkerMode):
         return self._pool
 
     async def run(self, task: TaskRecord) -> Any:
-        held = [self.job(task)]  # let go once sent: the pickles, not the loop, keep its inputs
         pool = self._get_pool()
-        loop = pool.loop
-        future: asyncio.Future[_Outcome] = loop.create_future()
-        sink = task.sink
-        worker: _Worker | None = None
-        released = False
-
-        def settle(outcome: _Outcome) -> None:  # on the loop
-            nonlocal released
-            if outcome.replied and worker is not None and not released:
-                # Before this task goes on: the next job starts on the worker now.
-                released = True
-                pool.release(worker)
-            if not future.done():
-                future.set_result(outcome)
-
-        def deliver(outcome: _Outcome) -> None:  # on the worker's job thread
-            try:
-                loop.call_soon_threadsafe(settle, outcome)
-            except RuntimeError:  # the loop is closed; nobody waits any more
-                pass
-
-        def begin(given: _Worker) -> None:  # on the loop: the worker is ours
-            nonlocal worker
-            worker = given
-            given.start(loop, held.pop(), sink, settle, deliver)
-
-        await pool.acquire(begin)
-        assert worker is not None
+        attempt = _Attempt(pool, self.job(task), task.sink)
+        worker = await pool.acquire(attempt.begin)
         try:
-            outcome = await future
+            outcome = await attempt.future
         except BaseException:
-            if not released:  # else it runs the next job already
+            if not attempt.released:  # else it runs the next job already
                 pool.kill(worker)
             raise
         reply = outcome.decoded()
@@ -638,7 +649,7 @@ class ProcessMode(WorkerMode):
             pool.discard(worker)
             died = outcome.died or BrokenWorker(STOPPED)
             raise died.with_traceback(None)
-        del outcome
+        del outcome, attempt
         return self.finish(task, reply)
 
     def close(self) -> None:
