@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import sys
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import CodeType, FunctionType
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from IPython.core import inputtransformer2
+from IPython.core.interactiveshell import InteractiveShell
 
 from .namespace.analysis import CellNames, analyze
 from .workers.child import split_compile
-
-if TYPE_CHECKING:
-    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
@@ -118,8 +119,68 @@ def compile_cell(shell: InteractiveShell, source: str, number: int = 0) -> Compi
     return cell
 
 
+#: Where IPython's token transformations find something to do: magics (``%``), shell
+#: commands and assignments from them (``!``), help (``?``) and the autocall escapes
+#: (``,f a``, ``;f a``, ``/f a``) that begin a line.
+_SPECIAL_SYNTAX = re.compile(r"[%!?]|^[ \t]*[,;/]", re.MULTILINE)
+
+
+_Manager = inputtransformer2.TransformerManager
+#: The token transformers the character check above is made for: any other (added by an
+#: extension, or by a later IPython) gets the whole pass.
+_IPYTHON_TOKEN_TRANSFORMERS = [
+    inputtransformer2.MagicAssign,
+    inputtransformer2.SystemAssign,
+    inputtransformer2.EscapedCommand,
+    inputtransformer2.HelpEnd,
+]
+
+
+def transform_cell(shell: InteractiveShell, source: str) -> str:
+    """``shell.transform_cell(source)``: the cell as IPython would run it.
+
+    IPython's token transformations tokenize the whole cell to find its special syntax,
+    which costs more than the rest of compiling a small cell. Where the shell's
+    transformations are IPython's own and the cell holds none of the characters that
+    syntax starts with, that pass cannot change it, and is left out; everything else
+    (the clean-up of prompts and indentation, the single-line checks, the transformers
+    other extensions add after it) runs as IPython runs it.
+    """
+    manager = shell.input_transformer_manager
+    if not _default_token_pass(shell, manager):
+        return shell.transform_cell(source)
+    cell = source if source.endswith("\n") else source + "\n"
+    lines = cell.splitlines(keepends=True)
+    for transform in manager.cleanup_transforms + manager.line_transforms:
+        lines = transform(lines)
+    cell = "".join(lines)
+    if _SPECIAL_SYNTAX.search(cell):
+        return shell.transform_cell(source)
+    # The rest is InteractiveShell.transform_cell's own, after its static pass.
+    if len(cell.splitlines()) == 1:
+        prefilter = shell.prefilter_manager
+        assert prefilter is not None  # made with the shell
+        with shell.builtin_trap:
+            cell = prefilter.prefilter_lines(cell) + "\n"
+    lines = cell.splitlines(keepends=True)
+    for transform in shell.input_transformers_post:
+        lines = transform(lines)
+    return "".join(lines)
+
+
+def _default_token_pass(shell: InteractiveShell, manager: Any) -> bool:
+    """Whether the shell transforms cells with IPython's own methods and token
+    transformers (nothing replaced or added by another extension)."""
+    return (
+        type(shell).transform_cell is InteractiveShell.transform_cell
+        and type(manager).transform_cell is _Manager.transform_cell
+        and type(manager).do_token_transforms is _Manager.do_token_transforms
+        and manager.token_transformers == _IPYTHON_TOKEN_TRANSFORMERS
+    )
+
+
 def _compile_cell(shell: InteractiveShell, source: str, number: int) -> CompiledCell:
-    transformed = shell.transform_cell(source)
+    transformed = transform_cell(shell, source)
     # IPython's caching compiler registers the source with linecache, so tracebacks
     # show the cell's lines (and "Cell In[n]" for the submitting cell).
     filename = shell.compile.cache(transformed, number, raw_code=source)
