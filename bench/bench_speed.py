@@ -33,6 +33,11 @@ numbers, half strings). The kernel's peak memory during its transfers (``VmHWM``
 before each) above its memory with the value in it before the first transfer, in units of
 the value's size: the copy that comes back is 1.0 of it.
 
+Before each batch and each map (either side's), the garbage collector collects: a full
+collection falls due every few thousand tasks, and whichever turn it lands in takes about
+twice as long, so without it a pair's ratio is 0.5 or 2 by chance (as ``timeit`` keeps
+collections out of what it times). Each side's own garbage is still collected in its turn.
+
 ``--quick``: small sizes and counts, five turns (a smoke run, not figures to quote).
 """
 
@@ -130,6 +135,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
     """Submission, thread mode, process batches and --map, each turn about with its baseline."""
     import asyncio
     import concurrent.futures
+    import gc
     import multiprocessing
 
     from IPython.display import display
@@ -180,6 +186,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
     async def ours_batch(mode: str, n: int) -> float:
         k = next(counter)
         names = [f"{mode}{k}_{i}" for i in range(n)]
+        gc.collect()
         t0 = perf()
         for name in names:
             ipytasks.submit(TRIVIAL, name, quiet=True, mode=mode)
@@ -189,6 +196,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
         return took
 
     async def raw_batch(pool: concurrent.futures.Executor, n: int) -> float:
+        gc.collect()
         t0 = perf()
         await asyncio.gather(*[asyncio.wrap_future(pool.submit(exec, TRIVIAL, {}))
                                for _ in range(n)])
@@ -239,6 +247,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
 
     async def ours_map(k: int, count: int = items, expr: str = "") -> float:
         name = f"map{k}"
+        gc.collect()
         t0 = perf()
         ip.run_cell_magic("parallel", f"{name} --map i in {expr or f'range({count})'}", "i * 2")
         record = ipytasks.tasks[name]
@@ -252,6 +261,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
     with concurrent.futures.ThreadPoolExecutor() as pool:
 
         async def raw_map() -> float:
+            gc.collect()
             t0 = perf()
             futures = [pool.submit(function, i) for i in range(items)]
             took = (perf() - t0) / items
