@@ -12,9 +12,10 @@ The life of a task, one asyncio task on the scheduler's loop (:meth:`TaskRunner.
       │
     its end: state, result or traceback shown in its output, whoever waits woken
 
-A task that waits for nothing (no upstream, group, cache or map) in a mode that can
-begin a body at once (thread mode) begins its first attempt at registration, so its body
-does not wait for the loop to turn; its driver then awaits that attempt.
+A task that waits for nothing (no upstream, group, cache or map) and is not shown (its
+submission has no display to send) in a mode that can begin a body at once (thread mode)
+begins its first attempt at registration, so its body does not wait for the loop to turn;
+its driver then awaits that attempt.
 
 A ``--map`` task runs one item task per value instead, and ends with their results.
 Cancelling the asyncio task (``%cancel``, unload) ends the task as cancelled at any
@@ -158,7 +159,8 @@ class TaskRunner:
         context = contextvars.copy_context()
         options = record.options
         if (not record.upstream and options.map is None and not options.cache
-                and options.group is None and _on_running(self.loop)):
+                and options.group is None and not _shown(record)
+                and _on_running(self.loop)):
             mode = self._mode(record.mode)
             if mode.begins_at_once:
                 # Nothing to wait for: the body starts now, not on the driver's first turn.
@@ -576,6 +578,13 @@ class TaskRunner:
             lines = traceback.format_exception(error)
         assert record.sink is not None  # set at registration
         record.sink.error(type(error).__name__, str(error), list(lines))
+
+
+def _shown(record: TaskRecord) -> bool:
+    """Whether the task has a view to show it (a cell's display, a terminal's line): its
+    body then begins on the loop's next turn, once the submission has shown it, rather
+    than contend with showing it for the interpreter."""
+    return record.sink is not None and bool(record.sink.views)
 
 
 def _on_running(loop: asyncio.AbstractEventLoop) -> bool:
