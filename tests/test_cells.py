@@ -8,13 +8,14 @@ this process and in a kernel of each IPython the tests run.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ipytasks import cells
-from kernel_driver import Kernel
+from kernel_driver import Kernel, strip_ansi
 
 TOUR = Path(__file__).parents[1] / "notebooks" / "tour.ipynb"
 
@@ -160,3 +161,17 @@ print("differ:", wrong)
 def test_transformed_as_the_shell_does_in_a_kernel(kernel: Kernel) -> None:
     result = kernel.execute(COMPARE.format(sources=CORPUS + tour_sources()))
     assert result.stdout.strip() == "differ: []"
+
+
+def test_a_task_cell_is_cell_in_n_with_its_lines(kernel: Kernel) -> None:
+    """A task's cell has its lines where tracebacks, ``inspect`` and pdb look: a failing
+    task's traceback names it ``Cell In[n]`` and shows the line; a function it defines
+    has its source."""
+    kernel.execute(
+        "%%parallel lines41 --thread\ndef twice41(x):\n    return 2 * x\n\nint('lines41')")
+    waited = kernel.execute("%wait lines41", allow_errors=True)
+    (error,) = waited.errors
+    shown = "\n".join(strip_ansi(line) for line in error["traceback"])
+    assert re.search(r"Cell In\[\d+\], line 4, in <module>\n +int\('lines41'\)", shown), shown
+    source = kernel.execute("import inspect\nprint(inspect.getsource(twice41), end=\"\")")
+    assert source.stdout == "def twice41(x):\n    return 2 * x\n"

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
+import linecache
 import re
 import sys
 from collections.abc import Iterator
@@ -179,11 +181,34 @@ def _default_token_pass(shell: InteractiveShell, manager: Any) -> bool:
     )
 
 
+#: The cells' file names are counted, not hashed (see :func:`_register_lines`).
+_cell_names = itertools.count(1)
+
+
+def _register_lines(shell: InteractiveShell, transformed: str, source: str, number: int) -> str:
+    """Register the cell's lines under a file name of its own, as IPython's caching
+    compiler registers a cell's: ``linecache`` has its lines (tracebacks, ``inspect``,
+    pdb show them) and tracebacks call it ``Cell In[number]``.
+
+    ipykernel's compiler names a cell by a hash of its text computed in Python, which for
+    a cell of a thousand characters costs more than the rest of submitting it; the
+    name's only use here is to be the cell's own, so a count serves. Where the compiler
+    keeps no table of cell numbers (not IPython's), the compiler's own ``cache`` names it.
+    """
+    compiler = shell.compile
+    numbers = getattr(compiler, "_filename_map", None)
+    if not isinstance(numbers, dict):
+        return compiler.cache(transformed, number, raw_code=source)
+    filename = f"<ipytasks-cell-{number}-{next(_cell_names)}>"
+    numbers[filename] = number
+    lines = [line + "\n" for line in transformed.splitlines()]
+    linecache.cache[filename] = (len(transformed), None, lines, filename)
+    return filename
+
+
 def _compile_cell(shell: InteractiveShell, source: str, number: int) -> CompiledCell:
     transformed = transform_cell(shell, source)
-    # IPython's caching compiler registers the source with linecache, so tracebacks
-    # show the cell's lines (and "Cell In[n]" for the submitting cell).
-    filename = shell.compile.cache(transformed, number, raw_code=source)
+    filename = _register_lines(shell, transformed, source, number)
     tree, body, last = split_compile(transformed, filename, shell.compile.flags)
     is_async = any(
         code is not None and bool(code.co_flags & inspect.CO_COROUTINE) for code in (body, last)
