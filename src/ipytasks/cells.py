@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import itertools
 import linecache
 import re
 import sys
@@ -32,6 +31,7 @@ from types import CodeType, FunctionType
 from typing import Any
 
 from IPython.core import inputtransformer2
+from IPython.core.compilerop import code_name
 from IPython.core.interactiveshell import InteractiveShell
 
 from .namespace.analysis import CellNames, analyze
@@ -181,25 +181,22 @@ def _default_token_pass(shell: InteractiveShell, manager: Any) -> bool:
     )
 
 
-#: The cells' file names are counted, not hashed (see :func:`_register_lines`).
-_cell_names = itertools.count(1)
-
-
 def _register_lines(shell: InteractiveShell, transformed: str, source: str, number: int) -> str:
-    """Register the cell's lines under a file name of its own, as IPython's caching
-    compiler registers a cell's: ``linecache`` has its lines (tracebacks, ``inspect``,
-    pdb show them) and tracebacks call it ``Cell In[number]``.
+    """Register the cell's lines as IPython's caching compiler registers a cell's:
+    ``linecache`` has its lines (tracebacks, ``inspect``, pdb show them) and tracebacks
+    call it ``Cell In[number]``.
 
-    ipykernel's compiler names a cell by a hash of its text computed in Python, which for
-    a cell of a thousand characters costs more than the rest of submitting it; the
-    name's only use here is to be the cell's own, so a count serves. Where the compiler
-    keeps no table of cell numbers (not IPython's), the compiler's own ``cache`` names it.
+    The name is the one plain IPython gives a cell (``<ipython-input-N-…>``, from a SHA-1
+    of its text), not ipykernel's, a hash computed in Python that for a cell of a thousand
+    characters costs more than the rest of submitting it (no tool looks a task's cell up
+    by that name: the front end's is the whole cell's, magic line included). Where the
+    compiler keeps no table of cell numbers (not IPython's), its own ``cache`` names it.
     """
     compiler = shell.compile
     numbers = getattr(compiler, "_filename_map", None)
     if not isinstance(numbers, dict):
         return compiler.cache(transformed, number, raw_code=source)
-    filename = f"<ipytasks-cell-{number}-{next(_cell_names)}>"
+    filename = code_name(transformed, number)
     numbers[filename] = number
     lines = [line + "\n" for line in transformed.splitlines()]
     linecache.cache[filename] = (len(transformed), None, lines, filename)
