@@ -14,7 +14,9 @@ baselines in the same kernel):
 
 - ``%%parallel`` submission with its status line (a cell of its own text each time, as
   ``run_cell_magic`` runs it), against ``display()`` of a bundle of the same shape with a
-  display id: what any cell that shows one output pays;
+  display id: what any cell that shows one output pays. In turns of 1/9 of the
+  submissions each: the goal is on the median, so the row's figure is each turn's median
+  and its spread is theirs; the label adds the submissions one by one (median and IQR);
 - thread mode: a trivial task (``1 + 1;``) submitted and awaited alone, against a raw
   ``ThreadPoolExecutor`` awaited on the kernel's loop; and batches of them;
 - process mode: a batch of trivial tasks against a raw ``ProcessPoolExecutor`` (spawn) with
@@ -32,6 +34,11 @@ this process copies them into a new array). Then the same for a pandas DataFrame
 numbers, half strings). The kernel's peak memory during its transfers (``VmHWM``, reset
 before each) above its memory with the value in it before the first transfer, in units of
 the value's size: the copy that comes back is 1.0 of it.
+
+Before each batch and each map (either side's), the garbage collector collects: a full
+collection falls due every few thousand tasks, and whichever turn it lands in takes about
+twice as long, so without it a pair's ratio is 0.5 or 2 by chance (as ``timeit`` keeps
+collections out of what it times). Each side's own garbage is still collected in its turn.
 
 ``--quick``: small sizes and counts, five turns (a smoke run, not figures to quote).
 """
@@ -130,6 +137,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
     """Submission, thread mode, process batches and --map, each turn about with its baseline."""
     import asyncio
     import concurrent.futures
+    import gc
     import multiprocessing
 
     from IPython.display import display
@@ -146,23 +154,33 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
         if record.state != "done":
             raise RuntimeError(f"task {name} ended {record.state}: {record.error!r}")
 
-    # 1. a %%parallel cell with its status line, against display() of a bundle like it
+    # 1. a %%parallel cell with its status line, against display() of a bundle like it;
+    # in turns, each of its own submissions (the figure is a median: its spread is that of
+    # the turns' medians)
     ip.run_cell_magic("parallel", "sub_warm", "sub_warm_v = 0")
     await ipytasks.wait("sub_warm")
     ours, base = [], []
-    for i in range(p["submissions"]):
-        name = f"sub{next(counter)}"
-        t0 = perf()
-        ip.run_cell_magic("parallel", name, f"{name}_v = {i}")
-        ours.append(perf() - t0)
-        await ipytasks.wait(name)
-        bundle = {"text/plain": f"✔ {name} done in 0.00s",
-                  "text/html": f'<div class="ipytasks-status"><b>{name}</b> done</div>'}
-        t0 = perf()
-        display(bundle, raw=True, display_id=f"bench-{name}")
-        base.append(perf() - t0)
-        await asyncio.sleep(0)
-    out["submit"] = {"ours": ours, "base": base}
+    per_turn = max(p["submissions"] // p["turns"], 1)
+    turns: list[tuple[float, float]] = []
+    for _ in range(p["turns"]):
+        turn_ours, turn_base = [], []
+        for i in range(per_turn):
+            name = f"sub{next(counter)}"
+            t0 = perf()
+            ip.run_cell_magic("parallel", name, f"{name}_v = {i}")
+            turn_ours.append(perf() - t0)
+            await ipytasks.wait(name)
+            bundle = {"text/plain": f"✔ {name} done in 0.00s",
+                      "text/html": f'<div class="ipytasks-status"><b>{name}</b> done</div>'}
+            t0 = perf()
+            display(bundle, raw=True, display_id=f"bench-{name}")
+            turn_base.append(perf() - t0)
+            await asyncio.sleep(0)
+        ours += turn_ours
+        base += turn_base
+        turns.append((statistics.median(turn_ours), statistics.median(turn_base)))
+    out["submit"] = {"ours": [t[0] for t in turns], "base": [t[1] for t in turns],
+                     "each": ours, "each_base": base}
 
     # 2. thread mode: round trips, one at a time, then batches
     async def ours_thread_one() -> float:
@@ -180,6 +198,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
     async def ours_batch(mode: str, n: int) -> float:
         k = next(counter)
         names = [f"{mode}{k}_{i}" for i in range(n)]
+        gc.collect()
         t0 = perf()
         for name in names:
             ipytasks.submit(TRIVIAL, name, quiet=True, mode=mode)
@@ -189,6 +208,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
         return took
 
     async def raw_batch(pool: concurrent.futures.Executor, n: int) -> float:
+        gc.collect()
         t0 = perf()
         await asyncio.gather(*[asyncio.wrap_future(pool.submit(exec, TRIVIAL, {}))
                                for _ in range(n)])
@@ -239,6 +259,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
 
     async def ours_map(k: int, count: int = items, expr: str = "") -> float:
         name = f"map{k}"
+        gc.collect()
         t0 = perf()
         ip.run_cell_magic("parallel", f"{name} --map i in {expr or f'range({count})'}", "i * 2")
         record = ipytasks.tasks[name]
@@ -252,6 +273,7 @@ async def kernel_overheads(p: dict[str, Any]) -> dict[str, Any]:
     with concurrent.futures.ThreadPoolExecutor() as pool:
 
         async def raw_map() -> float:
+            gc.collect()
             t0 = perf()
             futures = [pool.submit(function, i) for i in range(items)]
             took = (perf() - t0) / items
@@ -561,6 +583,14 @@ def absolute_row(measure: str, ours: list[float], base: list[float], base_label:
             judge(median, low, high, goal, True))
 
 
+def each_submission(submit: dict[str, Any]) -> str:
+    """The submissions one by one: how many, their median and spread."""
+    each = submit.get("each") or submit["ours"]
+    low, high = spread(each)
+    return (f"{len(each)} submissions one by one: {fmt_time(statistics.median(each))}, "
+            f"IQR {fmt_time(low)}–{fmt_time(high)}")
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     return value_rows(r) + overhead_rows(r)
 
@@ -576,7 +606,8 @@ def overhead_rows(r: dict[str, Any]) -> list[Row]:
         return f"{seconds * 1e6:.1f} {us}"
 
     table = [
-        absolute_row("%%parallel submission, status line shown", o["submit"]["ours"],
+        absolute_row("%%parallel submission, status line shown; each turn's median "
+                     f"({each_submission(o['submit'])})", o["submit"]["ours"],
                      o["submit"]["base"], "display() of one output", GOAL_SUBMIT, "≤ 0.3 ms"),
         paired_row("thread mode: a trivial task submitted and awaited alone",
                    o["thread_rt"]["ours"], o["thread_rt"]["base"], "ThreadPoolExecutor",

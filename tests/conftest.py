@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # jupyter_core warns about its coming platformdirs move unless this is set; opt in quietly.
 os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
 
+from ipytasks.modes import Mode
 from kernel_driver import ENVS, Kernel, python_or_skip  # noqa: E402
 
 KERNEL_FIXTURES = {"kernel", "fresh_kernel"}
@@ -111,7 +112,7 @@ def ip() -> Iterator[object]:
 # -- the scheduler on the test's loop, with a mode whose progress the test controls --------
 
 
-class GatedMode:
+class GatedMode(Mode):
     """A run mode whose bodies wait for the test to open their gate; records start order."""
 
     name = "gated"
@@ -119,7 +120,7 @@ class GatedMode:
     def __init__(self, shell: object) -> None:
         import asyncio
 
-        self.shell = shell
+        super().__init__(shell)  # type: ignore[arg-type]
         self.started: list[str] = []
         self._gates: dict[str, asyncio.Event] = {}
 

@@ -93,6 +93,18 @@ def test_values_are_converted_once_for_both_callers() -> None:
     assert checked({"cache_key": "1"}, "api").cache is True
 
 
+def test_options_checked_again_are_checked_alike() -> None:
+    """The same keywords give the same options each time; a value equal to one checked
+    before but of another kind (True is 1) is checked on its own, and refused."""
+    assert checked({"retries": 1, "mode": "thread"}, "api") == TaskOptions(retries=1,
+                                                                         mode="thread")
+    assert checked({"retries": 1, "mode": "thread"}, "api").retries == 1
+    with pytest.raises(ValueError, match="retries must be a whole number, not True"):
+        checked({"retries": True, "mode": "thread"}, "api")
+    with pytest.raises(ValueError, match="--retries must be a whole number"):
+        checked({"retries": True, "mode": "thread"}, "magic")
+
+
 def test_an_unknown_option_lists_the_known_ones() -> None:
     with pytest.raises(TypeError, match=r"unknown option 'timout' \(options: after, group"):
         checked({"timout": 1}, "api")

@@ -184,6 +184,50 @@ async def test_thread_body_is_stopped_at_next_instruction(scheduler: Scheduler) 
     assert again.result == "again"
 
 
+async def test_thread_body_begins_at_registration(scheduler: Scheduler) -> None:
+    """A thread task that waits for nothing is in its pool thread before the loop turns
+    again (no turn of the loop between submitting it and its body); one that waits for
+    another task, or for its group's limit, begins on its own turn."""
+    began = {name: threading.Event() for name in ("now", "after", "limited")}
+    scheduler.shell.user_ns["began"] = began
+    now = scheduler.submit("began['now'].set()", "now", TaskOptions(mode="thread"))
+    assert now.state == "running"
+    # Blocking the loop's thread here: only a body already in its pool thread can run.
+    assert began["now"].wait(5)
+    gate = threading.Event()
+    scheduler.shell.user_ns["gate"] = gate
+    first = scheduler.submit("gate.wait(10)", "first", TaskOptions(mode="thread"))
+    after = scheduler.submit("began['after'].set()", "after",
+                             TaskOptions(mode="thread", after=("first",)))
+    limited = scheduler.submit("began['limited'].set()", "limited",
+                               TaskOptions(mode="thread", group="g", limit=1))
+    assert after.state == limited.state == "pending"
+    assert not began["after"].wait(0.2) and not began["limited"].wait(0)
+    gate.set()
+    with anyio.fail_after(5):
+        await scheduler.wait([now, first, after, limited])
+    assert began["after"].is_set() and began["limited"].is_set()
+
+
+async def test_thread_body_cancelled_before_the_loop_turns_is_stopped(
+    scheduler: Scheduler,
+) -> None:
+    """Cancelled in the turn that submitted it, a body begun at registration is stopped
+    (it ran, and stops at its next instruction) and the task ends cancelled."""
+    started, stopped = threading.Event(), threading.Event()
+    scheduler.shell.user_ns.update(started=started, stopped=stopped)
+    t = scheduler.submit(
+        "try:\n    started.set()\n    while True:\n        pass\nfinally:\n    stopped.set()",
+        "spin", TaskOptions(mode="thread"))
+    assert started.wait(5)
+    scheduler.cancel([t])
+    with anyio.fail_after(5):
+        await scheduler.wait([t])
+        await anyio.to_thread.run_sync(stopped.wait, 5)
+    assert t.state == "cancelled"
+    assert stopped.is_set()
+
+
 async def test_blocked_thread_says_it_is_stuck(scheduler: Scheduler) -> None:
     """A body stuck in a C call when cancelled ends cancelled, and its output says so."""
     started = threading.Event()

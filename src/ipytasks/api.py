@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BadArgument, BadArgumentType, NotLoaded
 from .modes import NEEDS_DASK, dask_available
-from .options import Caller, api_help, checked, identifier, signature
+from .options import Caller, TaskOptions, api_help, checked, identifier, signature
 from .output import OutputCapture
 from .records import SUCCESSFUL, UNSUCCESSFUL, TaskRecord, TaskRegistry
 from .scheduler import Scheduler
@@ -130,12 +130,13 @@ submit.__doc__ = (submit.__doc__ or "").replace(
 
 
 def _submit(
-    code: str, name: str | None, options: dict[str, Any], caller: Caller, *, number: int,
-    display: bool = True,
+    code: str, name: str | None, options: dict[str, Any] | TaskOptions, caller: Caller, *,
+    number: int, display: bool = True,
 ) -> TaskRecord:
-    """Check ``options`` (as ``caller`` wrote them) and submit ``code`` as task ``name``."""
+    """Check ``options`` (as ``caller`` wrote them; checked already when given as
+    :class:`TaskOptions`) and submit ``code`` as task ``name``."""
     session = _current()
-    opts = checked(options, caller)
+    opts = options if isinstance(options, TaskOptions) else checked(options, caller)
     scheduler = session.scheduler
     name = _check_name(name, "NAME") if name is not None else scheduler.next_default_name()
     if opts.wait and scheduler.on_loop_thread():

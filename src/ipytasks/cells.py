@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import ast
 import inspect
+import linecache
+import re
 import sys
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import CodeType, FunctionType
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from IPython.core import inputtransformer2
+from IPython.core.compilerop import code_name
+from IPython.core.interactiveshell import InteractiveShell
 
 from .namespace.analysis import CellNames, analyze
 from .workers.child import split_compile
-
-if TYPE_CHECKING:
-    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ("CompiledCell", "MapItemCell", "compile_cell", "compile_map_function")
 
@@ -118,11 +121,91 @@ def compile_cell(shell: InteractiveShell, source: str, number: int = 0) -> Compi
     return cell
 
 
+#: Where IPython's token transformations find something to do: magics (``%``), shell
+#: commands and assignments from them (``!``), help (``?``) and the autocall escapes
+#: (``,f a``, ``;f a``, ``/f a``) that begin a line.
+_SPECIAL_SYNTAX = re.compile(r"[%!?]|^[ \t]*[,;/]", re.MULTILINE)
+
+
+_Manager = inputtransformer2.TransformerManager
+#: The token transformers the character check above is made for: any other (added by an
+#: extension, or by a later IPython) gets the whole pass.
+_IPYTHON_TOKEN_TRANSFORMERS = [
+    inputtransformer2.MagicAssign,
+    inputtransformer2.SystemAssign,
+    inputtransformer2.EscapedCommand,
+    inputtransformer2.HelpEnd,
+]
+
+
+def transform_cell(shell: InteractiveShell, source: str) -> str:
+    """``shell.transform_cell(source)``: the cell as IPython would run it.
+
+    IPython's token transformations tokenize the whole cell to find its special syntax,
+    which costs more than the rest of compiling a small cell. Where the shell's
+    transformations are IPython's own and the cell holds none of the characters that
+    syntax starts with, that pass cannot change it, and is left out; everything else
+    (the clean-up of prompts and indentation, the single-line checks, the transformers
+    other extensions add after it) runs as IPython runs it.
+    """
+    manager = shell.input_transformer_manager
+    if not _default_token_pass(shell, manager):
+        return shell.transform_cell(source)
+    cell = source if source.endswith("\n") else source + "\n"
+    lines = cell.splitlines(keepends=True)
+    for transform in manager.cleanup_transforms + manager.line_transforms:
+        lines = transform(lines)
+    cell = "".join(lines)
+    if _SPECIAL_SYNTAX.search(cell):
+        return shell.transform_cell(source)
+    # The rest is InteractiveShell.transform_cell's own, after its static pass.
+    if len(cell.splitlines()) == 1:
+        prefilter = shell.prefilter_manager
+        assert prefilter is not None  # made with the shell
+        with shell.builtin_trap:
+            cell = prefilter.prefilter_lines(cell) + "\n"
+    lines = cell.splitlines(keepends=True)
+    for transform in shell.input_transformers_post:
+        lines = transform(lines)
+    return "".join(lines)
+
+
+def _default_token_pass(shell: InteractiveShell, manager: Any) -> bool:
+    """Whether the shell transforms cells with IPython's own methods and token
+    transformers (nothing replaced or added by another extension)."""
+    return (
+        type(shell).transform_cell is InteractiveShell.transform_cell
+        and type(manager).transform_cell is _Manager.transform_cell
+        and type(manager).do_token_transforms is _Manager.do_token_transforms
+        and manager.token_transformers == _IPYTHON_TOKEN_TRANSFORMERS
+    )
+
+
+def _register_lines(shell: InteractiveShell, transformed: str, source: str, number: int) -> str:
+    """Register the cell's lines as IPython's caching compiler registers a cell's:
+    ``linecache`` has its lines (tracebacks, ``inspect``, pdb show them) and tracebacks
+    call it ``Cell In[number]``.
+
+    The name is the one plain IPython gives a cell (``<ipython-input-N-…>``, from a SHA-1
+    of its text), not ipykernel's, a hash computed in Python that for a cell of a thousand
+    characters costs more than the rest of submitting it (no tool looks a task's cell up
+    by that name: the front end's is the whole cell's, magic line included). Where the
+    compiler keeps no table of cell numbers (not IPython's), its own ``cache`` names it.
+    """
+    compiler = shell.compile
+    numbers = getattr(compiler, "_filename_map", None)
+    if not isinstance(numbers, dict):
+        return compiler.cache(transformed, number, raw_code=source)
+    filename = code_name(transformed, number)
+    numbers[filename] = number
+    lines = [line + "\n" for line in transformed.splitlines()]
+    linecache.cache[filename] = (len(transformed), None, lines, filename)
+    return filename
+
+
 def _compile_cell(shell: InteractiveShell, source: str, number: int) -> CompiledCell:
-    transformed = shell.transform_cell(source)
-    # IPython's caching compiler registers the source with linecache, so tracebacks
-    # show the cell's lines (and "Cell In[n]" for the submitting cell).
-    filename = shell.compile.cache(transformed, number, raw_code=source)
+    transformed = transform_cell(shell, source)
+    filename = _register_lines(shell, transformed, source, number)
     tree, body, last = split_compile(transformed, filename, shell.compile.flags)
     is_async = any(
         code is not None and bool(code.co_flags & inspect.CO_COROUTINE) for code in (body, last)

@@ -10,7 +10,6 @@ background task.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import asyncio
 import functools
@@ -31,8 +30,8 @@ from . import api
 from .cache.outcome import FLUSH_TIMEOUT
 from .errors import REFUSALS, TaskFailed
 from .modes import BACKENDS, NEEDS_DASK, dask_available
+from .options import TaskOptions, checked, magic_values
 from .options import magic_arguments as task_arguments
-from .options import magic_values
 
 if TYPE_CHECKING:
     from .modes._dask import DaskMode
@@ -163,22 +162,28 @@ def _parse(magic: Any, line: str) -> Any:
         raise UsageError(f"%%{magic.__name__}: {exc}") from None
 
 
-#: Each task magic's arguments as an empty line gives them.
-_defaults: dict[str, argparse.Namespace] = {}
+#: Each task magic's options as a line that is a NAME alone gives them, checked once.
+_default_options: dict[str, TaskOptions] = {}
 
 
-def _parse_task_line(magic: Any, line: str) -> Any:
-    """:func:`_parse` for a task magic's line. A line that is a NAME alone (or nothing),
-    the usual one, skips argparse, which would cost a tenth of the submission."""
+def _line_options(
+    magic: Any, line: str, mapping: str | None
+) -> tuple[str | None, TaskOptions | dict[str, Any]]:
+    """The task's name (``None``: the default) and options from a task magic's line
+    (``--map`` taken out of it already, as ``mapping``). A line that is a NAME alone (or
+    nothing), the usual one, skips argparse and the option checks, which would cost a
+    tenth of the submission."""
     name = line.strip()
-    if name and not name.isidentifier():
-        return _parse(magic, line)
-    defaults = _defaults.get(magic.__name__)
-    if defaults is None:
-        defaults = _defaults[magic.__name__] = _parse(magic, "")
-    args = argparse.Namespace(**vars(defaults))
-    args.name = name or None
-    return args
+    if mapping is None and (not name or name.isidentifier()):
+        options = _default_options.get(magic.__name__)
+        if options is None:
+            options = checked(magic_values(_parse(magic, ""), magic.__name__), "magic")
+            _default_options[magic.__name__] = options
+        return name or None, options
+    args = _parse(magic, line)
+    values = magic_values(args, magic.__name__)
+    values["map"] = mapping
+    return args.name, values
 
 
 @magics_class
@@ -233,15 +238,13 @@ class TaskMagics(Magics):
         """Parse a ``%%parallel``/``%%sequential`` line and submit ``cell``."""
         method = getattr(self, magic)
         line, mapping = _split_map(magic, line, method.parser._option_string_actions)
-        args = _parse_task_line(method, line)
-        values = magic_values(args, magic)
-        values["map"] = mapping
+        name, options = _line_options(method, line, mapping)
         api._current()
         try:
             return api._submit(
                 cell,
-                args.name if args.name is not None else self._default_name(),
-                values,
+                name if name is not None else self._default_name(),
+                options,
                 "magic",
                 number=self._cell_number(),
             )

@@ -341,12 +341,35 @@ def _label(name: str, caller: Caller) -> str:
     return _SPECS[name].flags[-1] if caller == "magic" else name
 
 
+#: Options checked already, by what was given, where every value is a plain scalar (its
+#: type is part of the key: ``True`` is not ``1``): a loop of ``submit`` calls with the
+#: same keywords checks them once. Bounded, oldest first out.
+_checked: dict[tuple[Any, ...], TaskOptions] = {}
+_CHECKED_MAX = 256
+_SCALARS = (type(None), bool, int, float, str)
+
+
 def checked(values: dict[str, Any], caller: Caller) -> TaskOptions:
     """Check what a magic line or a ``submit`` call gave, and make the task's options.
 
     :raises ValueError: a value out of range, an option combination that cannot be.
     :raises TypeError: an unknown option (``submit``), a value of the wrong kind.
     """
+    key = None
+    if all(type(value) in _SCALARS for value in values.values()):
+        key = (caller, *((name, type(value), value) for name, value in values.items()))
+        options = _checked.get(key)
+        if options is not None:
+            return options
+    options = _checked_now(values, caller)
+    if key is not None:
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.pop(next(iter(_checked)))
+        _checked[key] = options
+    return options
+
+
+def _checked_now(values: dict[str, Any], caller: Caller) -> TaskOptions:
     unknown = [name for name in values if name not in _SPECS]
     if unknown:
         raise BadArgumentType(

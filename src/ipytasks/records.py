@@ -186,7 +186,14 @@ class TaskRegistry(Mapping[str, TaskRecord]):
     def __len__(self) -> int:
         return len(self._latest)
 
-    # The dict's own views: Mapping's generic ones call __getitem__ per key.
+    # The dict's own views and lookups: Mapping's generic ones call __getitem__ per key,
+    # and its get() catches a KeyError for every name not taken (most of them).
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._latest.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._latest
+
     def keys(self):
         return self._latest.keys()
 

@@ -12,6 +12,11 @@ The life of a task, one asyncio task on the scheduler's loop (:meth:`TaskRunner.
       │
     its end: state, result or traceback shown in its output, whoever waits woken
 
+A task that waits for nothing (no upstream, group, cache or map) and is not shown (its
+submission has no display to send) in a mode that can begin a body at once (thread mode)
+begins its first attempt at registration, so its body does not wait for the loop to turn;
+its driver then awaits that attempt.
+
 A ``--map`` task runs one item task per value instead, and ends with their results.
 Cancelling the asyncio task (``%cancel``, unload) ends the task as cancelled at any
 step. Each change of status is told to :class:`~ipytasks.changes.Changes`; an ended
@@ -30,13 +35,14 @@ import functools
 import gc
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import plots, reports
 from .cells import CompiledCell, MapItemCell, compile_map_function
 from .errors import BadArgument, RemoteError, TaskCancelled, TaskError, TaskFailed, TaskSkipped
 from .limits import Limiter, RateLimiter
+from .modes.abc import Begun
 from .output import TaskOutput, current_output
 from .records import SUCCESSFUL, TaskOptions, TaskRecord, TaskState
 
@@ -79,6 +85,9 @@ class _Run:
     driver: asyncio.Task[None] | None = None
     #: A --map task's items, when they could be evaluated at submission.
     items: list[Any] | None = None
+    #: The first attempt, begun at registration (:meth:`Mode.begin`) and not awaited yet:
+    #: the figures it opens, and its body.
+    early: tuple[Any, Begun] | None = None
 
 
 class TaskRunner:
@@ -147,14 +156,39 @@ class TaskRunner:
 
     def _start(self, record: TaskRecord, run: _Run) -> None:
         # A fresh context per task: the output variable set inside it stays its own.
+        context = contextvars.copy_context()
+        options = record.options
+        if (not record.upstream and options.map is None and not options.cache
+                and options.group is None and not _shown(record)
+                and _on_running(self.loop)):
+            mode = self._mode(record.mode)
+            if mode.begins_at_once:
+                # Nothing to wait for: the body starts now, not on the driver's first turn.
+                context.run(self._begin, record, run, mode)
         run.driver = self.loop.create_task(
-            self._drive(record), name=f"ipytasks:{record.name}", context=contextvars.copy_context()
+            self._drive(record), name=f"ipytasks:{record.name}", context=context
         )
-        run.driver.add_done_callback(functools.partial(self._driven, record))
+        run.driver.add_done_callback(functools.partial(self._driven, record, run))
 
-    def _driven(self, record: TaskRecord, driver: asyncio.Task[None]) -> None:
+    def _begin(self, record: TaskRecord, run: _Run, mode: Mode) -> None:
+        """Begin the first attempt (in the task's context)."""
+        current_output.set(record.sink)
+        self._enter_attempt(record)
+        figures = plots.open_task_figures()
+        try:
+            begun = mode.begin(record)
+        except Exception as exc:  # noqa: BLE001 - e.g. the pool closed: the attempt's error
+            begun = Begun(_raise(exc), lambda: None)
+        run.early = (figures, begun)
+
+    def _driven(self, record: TaskRecord, run: _Run, driver: asyncio.Task[None]) -> None:
         """The driver is done: the task has ended, unless the driver was cancelled before
-        it ever ran (a cancel in the loop turn that started it), which ends it here."""
+        it ever ran (a cancel in the loop turn that started it), which ends it here (and
+        stops a body begun at registration)."""
+        if run.early is not None:
+            (_figures, begun), run.early = run.early, None
+            begun.outcome.close()
+            begun.stop()
         if not record.state.ended:
             self.end(record, TaskState.CANCELLED,
                      error=TaskCancelled(f"task {record.name!r} was cancelled"))
@@ -427,10 +461,17 @@ class TaskRunner:
     async def _attempt(self, record: TaskRecord) -> Outcome:
         """Run the body once through its mode; return how it ended (never raises but cancel)."""
         assert record.sink is not None  # set at registration
-        self._enter_attempt(record)
-        # pyplot's current figure is this attempt's own; what it leaves open is shown below.
-        figures = plots.open_task_figures()
-        body = self._mode(record.mode).run(record)
+        run = self._runs[record]
+        body: Coroutine[Any, Any, Any]
+        if run.early is not None:  # begun at registration
+            (figures, begun), run.early = run.early, None
+            body = begun.outcome
+        else:
+            self._enter_attempt(record)
+            # pyplot's current figure is this attempt's own; what it leaves open is shown
+            # below.
+            figures = plots.open_task_figures()
+            body = self._mode(record.mode).run(record)
         timeout = record.options.timeout
         deadline = asyncio.timeout(timeout) if timeout is not None else None
         try:
@@ -537,6 +578,25 @@ class TaskRunner:
             lines = traceback.format_exception(error)
         assert record.sink is not None  # set at registration
         record.sink.error(type(error).__name__, str(error), list(lines))
+
+
+def _shown(record: TaskRecord) -> bool:
+    """Whether the task has a view to show it (a cell's display, a terminal's line): its
+    body then begins on the loop's next turn, once the submission has shown it, rather
+    than contend with showing it for the interpreter."""
+    return record.sink is not None and bool(record.sink.views)
+
+
+def _on_running(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` runs this code (a cell IPython runs without its loop does not)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+async def _raise(error: BaseException) -> Any:
+    raise error
 
 
 def retry_delay(failed: int, base: float, *, cap: float = RETRY_DELAY_MAX) -> float:

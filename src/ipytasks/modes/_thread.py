@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import costs
-from .abc import Mode
+from .abc import Begun, Mode
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -267,7 +267,13 @@ class ThreadMode(Mode):
         self._pool = _ThreadPool(max_threads)
         self._handback: _Handback | None = None
 
+    begins_at_once = True
+
     async def run(self, task: TaskRecord) -> Any:
+        return await self.begin(task).outcome
+
+    def begin(self, task: TaskRecord) -> Begun:
+        """Hand the body to a pool thread now."""
         assert task.cell is not None
         loop = asyncio.get_running_loop()
         handback = self._handback
@@ -277,11 +283,17 @@ class ThreadMode(Mode):
         future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
         self._pool.submit(job, functools.partial(handback.put, future))
         task._sampler = job.where
+        return Begun(self._outcome(task, job, future), job.stop)
+
+    async def _outcome(
+        self, task: TaskRecord, job: _Job, future: asyncio.Future[tuple[bool, Any]]
+    ) -> Any:
         try:
             ok, value = await future
         except asyncio.CancelledError:
             job.stop()
-            loop.call_later(STUCK_NOTICE_DELAY, self._notice_if_stuck, job, task)
+            asyncio.get_running_loop().call_later(
+                STUCK_NOTICE_DELAY, self._notice_if_stuck, job, task)
             raise
         finally:
             task._sampler = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -10,7 +12,18 @@ if TYPE_CHECKING:
 
     from ..records import TaskRecord
 
-__all__ = ("Mode",)
+__all__ = ("Begun", "Mode")
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """A body that :meth:`Mode.begin` started."""
+
+    #: Awaited for the body's result (or error), as :meth:`Mode.run` would be; cancelling
+    #: the awaiting task stops the body.
+    outcome: Coroutine[Any, Any, Any]
+    #: Stops the body when ``outcome`` will never be awaited (the task was cancelled first).
+    stop: Callable[[], None]
 
 
 class Mode(metaclass=ABCMeta):
@@ -33,6 +46,16 @@ class Mode(metaclass=ABCMeta):
 
         Raise ``errors.BadArgument`` to refuse it (no task is created). The default accepts all.
         """
+
+    #: Whether :meth:`begin` starts a body at once (a mode that overrides it says so).
+    begins_at_once: ClassVar[bool] = False
+
+    def begin(self, task: TaskRecord) -> Begun:
+        """Start the body now, on the loop's thread, in the task's context (the runner
+        calls it at registration for a task that waits for nothing, when
+        :attr:`begins_at_once`): the first attempt then costs no loop turn before it runs.
+        """
+        raise NotImplementedError
 
     @abstractmethod
     async def run(self, task: TaskRecord) -> Any:
