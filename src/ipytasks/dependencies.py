@@ -155,6 +155,8 @@ class DependencyIndex:
 
     def shared(self, names: TaskNames) -> dict[TaskRecord, list[str]]:
         """The unfinished tasks that a task with ``names`` must come after, with why."""
+        if not (names.reads or names.mutates or names.binds or names.unknown or self._unknown):
+            return {}  # a cell of literals (``1 + 1``) shares nothing with anyone
         why: dict[TaskRecord, list[str]] = {}
 
         def note(records: Iterable[TaskRecord] | None, verb: str, name: str) -> None:

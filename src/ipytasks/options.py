@@ -357,7 +357,7 @@ def checked(values: dict[str, Any], caller: Caller) -> TaskOptions:
     """
     key = None
     if all(type(value) in _SCALARS for value in values.values()):
-        key = (caller, *((name, type(value), value) for name, value in values.items()))
+        key = (caller, *values.items(), *map(type, values.values()))
         options = _checked.get(key)
         if options is not None:
             return options
