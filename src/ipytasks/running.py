@@ -15,7 +15,8 @@ The life of a task, one asyncio task on the scheduler's loop (:meth:`TaskRunner.
 A task that waits for nothing (no upstream, group, cache or map) and is not shown (its
 submission has no display to send) in a mode that can begin a body at once (thread mode)
 begins its first attempt at registration, so its body does not wait for the loop to turn;
-its driver then awaits that attempt.
+its driver then awaits that attempt. When that body returns, the task ends in the turn its
+value arrives (unless it left figures to show), and its driver finds it ended.
 
 A ``--map`` task runs one item task per value instead, and ends with their results.
 Cancelling the asyncio task (``%cancel``, unload) ends the task as cancelled at any
@@ -157,6 +158,10 @@ class TaskRunner:
     def _start(self, record: TaskRecord, run: _Run) -> None:
         # A fresh context per task: the output variable set inside it stays its own.
         context = contextvars.copy_context()
+        run.driver = self.loop.create_task(
+            self._drive(record), name=f"ipytasks:{record.name}", context=context
+        )
+        run.driver.add_done_callback(functools.partial(self._driven, record, run))
         options = record.options
         if (not record.upstream and options.map is None and not options.cache
                 and options.group is None and not _shown(record)
@@ -164,22 +169,32 @@ class TaskRunner:
             mode = self._mode(record.mode)
             if mode.begins_at_once:
                 # Nothing to wait for: the body starts now, not on the driver's first turn.
-                context.run(self._begin, record, run, mode)
-        run.driver = self.loop.create_task(
-            self._drive(record), name=f"ipytasks:{record.name}", context=context
-        )
-        run.driver.add_done_callback(functools.partial(self._driven, record, run))
+                # (After the driver is made: its first step comes before the body's outcome.)
+                context.run(self._begin, record, run, mode, context)
 
-    def _begin(self, record: TaskRecord, run: _Run, mode: Mode) -> None:
-        """Begin the first attempt (in the task's context)."""
+    def _begin(
+        self, record: TaskRecord, run: _Run, mode: Mode, context: contextvars.Context
+    ) -> None:
+        """Begin the first attempt (in the task's ``context``)."""
         current_output.set(record.sink)
         self._enter_attempt(record)
         figures = plots.open_task_figures()
+        returned = functools.partial(self._returned, record, figures, context)
         try:
-            begun = mode.begin(record)
+            begun = mode.begin(record, returned)
         except Exception as exc:  # noqa: BLE001 - e.g. the pool closed: the attempt's error
             begun = Begun(_raise(exc), lambda: None)
         run.early = (figures, begun)
+
+    def _returned(
+        self, record: TaskRecord, figures: Any, context: contextvars.Context, value: Any
+    ) -> None:
+        """A body begun at registration returned ``value`` (on the loop, in the turn it
+        arrived): the task ends now, in its own context as its driver would end it, unless
+        its attempt has more to do (figures to show); its driver, resuming next, finds it
+        ended."""
+        if not figures and not record.state.ended:
+            context.run(self.end, record, TaskState.DONE, result=value)
 
     def _driven(self, record: TaskRecord, run: _Run, driver: asyncio.Task[None]) -> None:
         """The driver is done: the task has ended, unless the driver was cancelled before

@@ -90,7 +90,7 @@ async def test_outcomes_that_arrive_together_wake_the_loop_once(anyio_backend: s
     loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
     try:
         worker = threading.Thread(
-            target=lambda: [handback.put(f, (True, i)) for i, f in enumerate(futures)]
+            target=lambda: [handback.put(f, None, (True, i)) for i, f in enumerate(futures)]
         )
         worker.start()
         worker.join()  # the loop is busy (here) while every outcome arrives
@@ -98,7 +98,7 @@ async def test_outcomes_that_arrive_together_wake_the_loop_once(anyio_backend: s
         delivered = asyncio.gather(*(f for i, f in enumerate(futures) if i != 7))
         assert await asyncio.wait_for(delivered, 5) == [(True, i) for i in range(50) if i != 7]
         assert futures[7].cancelled()
-        handback.put(loop.create_future(), (True, None))  # the next one wakes it again
+        handback.put(loop.create_future(), None, (True, None))  # the next one wakes it again
         assert wakeups == 2
     finally:
         del loop.call_soon_threadsafe

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import costs
+from ..output import _report_internal_error
 from .abc import Begun, Mode
 
 if TYPE_CHECKING:
@@ -233,13 +234,21 @@ class _Handback:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._ready: list[tuple[asyncio.Future[Any], tuple[bool, Any]]] = []
+        self._ready: list[
+            tuple[asyncio.Future[Any], Callable[[Any], None] | None, tuple[bool, Any]]
+        ] = []
         self._woken = False
 
-    def put(self, future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
-        """From a pool thread: ``future`` gets ``outcome`` on the loop."""
+    def put(
+        self,
+        future: asyncio.Future[Any],
+        returned: Callable[[Any], None] | None,
+        outcome: tuple[bool, Any],
+    ) -> None:
+        """From a pool thread: ``future`` gets ``outcome`` on the loop, after
+        ``returned(value)`` if the body returned one."""
         with self._lock:
-            self._ready.append((future, outcome))
+            self._ready.append((future, returned, outcome))
             if self._woken:
                 return
             self._woken = True
@@ -252,9 +261,15 @@ class _Handback:
         with self._lock:
             ready, self._ready = self._ready, []
             self._woken = False
-        for future, outcome in ready:
-            if not future.done():  # not cancelled meanwhile
-                future.set_result(outcome)
+        for future, returned, outcome in ready:
+            if future.done():  # cancelled meanwhile
+                continue
+            if returned is not None and outcome[0]:
+                try:
+                    returned(outcome[1])
+                except Exception as exc:  # noqa: BLE001 - the outcome still goes on
+                    _report_internal_error("ending a thread task", exc)
+            future.set_result(outcome)
 
 
 class ThreadMode(Mode):
@@ -272,7 +287,9 @@ class ThreadMode(Mode):
     async def run(self, task: TaskRecord) -> Any:
         return await self.begin(task).outcome
 
-    def begin(self, task: TaskRecord) -> Begun:
+    def begin(
+        self, task: TaskRecord, returned: Callable[[Any], None] | None = None
+    ) -> Begun:
         """Hand the body to a pool thread now."""
         assert task.cell is not None
         loop = asyncio.get_running_loop()
@@ -281,7 +298,9 @@ class ThreadMode(Mode):
             handback = self._handback = _Handback(loop)
         job = _Job(task.cell, self.shell.user_ns)
         future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
-        self._pool.submit(job, functools.partial(handback.put, future))
+        if returned is not None:
+            returned = functools.partial(self._returned, task, job, returned)
+        self._pool.submit(job, functools.partial(handback.put, future, returned))
         task._sampler = job.where
         return Begun(self._outcome(task, job, future), job.stop)
 
@@ -304,6 +323,14 @@ class ThreadMode(Mode):
             raise value
         finally:
             del value
+
+    @staticmethod
+    def _returned(
+        task: TaskRecord, job: _Job, returned: Callable[[Any], None], value: Any
+    ) -> None:
+        task._sampler = None
+        task.cpu_time = job.cpu_time  # before the task ends: its end shows it
+        returned(value)
 
     @staticmethod
     def _notice_if_stuck(job: _Job, task: TaskRecord) -> None:

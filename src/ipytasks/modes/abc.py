@@ -50,10 +50,16 @@ class Mode(metaclass=ABCMeta):
     #: Whether :meth:`begin` starts a body at once (a mode that overrides it says so).
     begins_at_once: ClassVar[bool] = False
 
-    def begin(self, task: TaskRecord) -> Begun:
+    def begin(
+        self, task: TaskRecord, returned: Callable[[Any], None] | None = None
+    ) -> Begun:
         """Start the body now, on the loop's thread, in the task's context (the runner
         calls it at registration for a task that waits for nothing, when
         :attr:`begins_at_once`): the first attempt then costs no loop turn before it runs.
+
+        ``returned(value)``, when given, is called on the loop's thread in the turn the
+        body's value arrives (not when the body raises), before ``outcome`` gives it: the
+        runner ends the task there, so whoever waits for it resumes a turn sooner.
         """
         raise NotImplementedError
 
