@@ -128,3 +128,19 @@ def test_a_profiled_kernel_still_starts_thread_tasks_after_a_cancel(fresh_kernel
         timeout=20,
     )
     assert out.stdout.strip() == str(["done"] * 6)
+
+
+def test_a_quiet_thread_task_runs_before_its_cell_goes_on(kernel: Any) -> None:
+    """In a real kernel: a quiet thread task that waits for nothing is in its thread as
+    the call that submits it returns (the cell, blocking here, never lets the loop turn);
+    its value and its end are there when the cell then awaits it."""
+    out = kernel.execute(
+        "import threading, ipytasks\n"
+        "began51 = threading.Event()\n"
+        "ipytasks.submit('began51.set()\\n51 * 2', 'early51', quiet=True, mode='thread')\n"
+        "print(began51.wait(5))\n"
+        "await ipytasks.wait('early51')\n"
+        "print(ipytasks.tasks['early51'].state, ipytasks.tasks['early51'].result)",
+        timeout=30,
+    )
+    assert out.stdout.split() == ["True", "done", "102"]
